@@ -1,0 +1,333 @@
+"""Shared pieces of the applications: option tiers, loading the trained
+spatial transformer, flip decisions and crash-safe image output.
+
+The applications run as ``python -m applications.NAME``. Their options are
+built in tiers: ``utils.options.base_eval_argparse()`` (base + evaluation
+flags), then the application's own flags added here, then the dataset mode's
+flags during ``utils.options.parse_eval_options``.
+"""
+import argparse
+import json
+import math
+import os
+import tempfile
+
+import numpy as np
+import torch
+from PIL import Image
+
+from utils.checkpoint import load_checkpoint
+from utils.errors import UserError
+from utils.options import base_eval_argparse
+from utils.pretrained import apply_test_settings, resolve_checkpoint
+
+# Options describing the transformer's architecture, and their values when
+# neither the checkpoint nor the command line gives one (the trainer's defaults).
+STN_ARCHITECTURE_DEFAULTS = {
+    'transform': ['similarity', 'flow'],
+    'flow_size': 128,
+    'stn_channel_multiplier': 0.5,
+    'num_heads': 1,
+}
+
+
+# ----------------------------------------------------------------------------- option tiers
+
+def _has_option(parser, flag):
+    return any(flag in action.option_strings for action in parser._actions)
+
+
+def add_propagation_options(parser):
+    """Flags of ``applications.propagate_to_images`` (the original script's names and defaults).
+
+    ``--output_resolution`` and ``--out`` come from the evaluation tier.
+    """
+    group = parser.add_argument_group('propagation')
+    group.add_argument('-s', '--sigma', type=float, default=1.3,
+                       help='standard deviation (pixels) of the Gaussian splat of each propagated pixel')
+    group.add_argument('-o', '--opacity', type=float, default=0.75,
+                       help='opacity of the propagated label over the image, in [0, 1]')
+    group.add_argument('--objects', action='store_true',
+                       help="propagate the label's RGB colours (an RGBA edit) instead of colouring "
+                            'the mask with a colour map')
+    group.add_argument('--cluster', type=int, default=None,
+                       help='cluster (head) to use with a clustering model (required when it has '
+                            'several heads)')
+    group.add_argument('--n_mean', type=int, default=-1,
+                       help='number of images averaged into the average congealed image '
+                            '(average.png); -1: no average image')
+    group.add_argument('--average_path', type=str, default=None,
+                       help='an average congealed image to draw the label on '
+                            '(average_annotated_grid.png); set automatically by --n_mean')
+    group.add_argument('--resolution', type=int, default=256,
+                       help='the label is resampled to this many pixels per side before it is '
+                            'propagated; larger gives denser correspondences')
+    group.add_argument('--dset_indices', type=int, nargs='+', default=None,
+                       help='dataset indices of the images to process (default: every image)')
+    group.add_argument('--label_path', type=str, default=None,
+                       help='label in congealed space: an RGBA image (pixels with alpha > 0 are the '
+                            'label) or a black-and-white mask (white is the label)')
+    group.add_argument('--save_individual_images', action='store_true',
+                       help='also save every output image as its own PNG (default: grids only)')
+    return parser
+
+
+def add_pck_options(parser):
+    """Flags of ``applications.pck`` (the original script's names and defaults)."""
+    group = parser.add_argument_group('PCK-Transfer')
+    group.add_argument('--alphas', type=float, nargs='+', default=[0.1, 0.05, 0.01],
+                       help='thresholds (fractions of the bounding box or image size) at which to '
+                            'evaluate PCK-Transfer')
+    if not _has_option(parser, '--num_pck_pairs'):
+        group.add_argument('--num_pck_pairs', type=int, default=None,
+                           help='evaluate this many seeded random pairs (unset: the fixed pairs, or '
+                                'one random pairing of the images)')
+    group.add_argument('--transfer_both_ways', action='store_true',
+                       help='evaluate B -> A transfers as well as A -> B')
+    group.add_argument('--vis_transfer', action='store_true',
+                       help='save pictures of keypoint transfers (transfers/transfer_grid.png)')
+    group.add_argument('--num_bootstrap', type=int, default=0,
+                       help='if at least 2, also estimate standard deviations by resampling the '
+                            'evaluated pairs this many times')
+    return parser
+
+
+def propagation_argparse():
+    """Evaluation parser with the propagation flags (finish with parse_eval_options)."""
+    return add_propagation_options(base_eval_argparse())
+
+
+def pck_argparse():
+    """Evaluation parser with the PCK-Transfer flags (finish with parse_eval_options)."""
+    return add_pck_options(base_eval_argparse())
+
+
+def report_option_problems(parser, problems):
+    """One argparse error (exit 2) listing every problem, if there are any."""
+    if problems:
+        parser.error('; '.join(problems))
+
+
+# ----------------------------------------------------------------------------- the transformer
+
+def _checkpoint_architecture(ckpt):
+    """The architecture options recorded in a checkpoint's ``args`` ({} when absent)."""
+    saved = ckpt.get('args')
+    if isinstance(saved, argparse.Namespace):
+        saved = vars(saved)
+    if not isinstance(saved, dict):
+        return {}
+    found = {key: saved[key] for key in STN_ARCHITECTURE_DEFAULTS if saved.get(key) is not None}
+    if isinstance(found.get('transform'), str):
+        found['transform'] = [found['transform']]
+    return found
+
+
+def _describe(config):
+    return ', '.join(f"{key}={' '.join(value) if key == 'transform' else value}"
+                     for key, value in config.items())
+
+
+def stn_architecture(args, ckpt):
+    """The transformer's architecture: the checkpoint's where recorded, else flags, else defaults.
+
+    Args:
+        args: evaluation options; architecture flags left unset are None.
+        ckpt: the loaded checkpoint dict.
+    Returns:
+        {'transform': list, 'flow_size': int, 'stn_channel_multiplier': float, 'num_heads': int}.
+    Raises:
+        UserError: a flag given on the command line contradicts the
+            checkpoint (the message names both configurations).
+    """
+    recorded = _checkpoint_architecture(ckpt)
+    requested = {key: getattr(args, key, None) for key in STN_ARCHITECTURE_DEFAULTS}
+    requested = {key: value for key, value in requested.items() if value is not None}
+    conflicts = [key for key in requested if key in recorded and
+                 (list(requested[key]) != list(recorded[key]) if key == 'transform'
+                  else float(requested[key]) != float(recorded[key]))]
+    if conflicts:
+        raise UserError(
+            f"checkpoint '{args.ckpt}' holds a spatial transformer with {_describe(recorded)}, but "
+            f"the command line asks for {_describe(requested)}; drop "
+            f"{', '.join('--' + key for key in conflicts)} (the checkpoint's values are used) or "
+            f"use a checkpoint of that architecture")
+    config = dict(STN_ARCHITECTURE_DEFAULTS)
+    config.update(requested)
+    config.update(recorded)
+    config['transform'] = list(config['transform'])
+    config['flow_size'] = int(config['flow_size'])
+    config['num_heads'] = int(config['num_heads'])
+    return config
+
+
+def load_stn(args, device):
+    """Build the spatial transformer for ``args.ckpt`` and load its EMA weights.
+
+    ``args.ckpt`` is a released model's name (downloaded once) or a path. A
+    released model's test-time settings (padding mode, iterations, flip
+    inference, heads) are applied to ``args`` unless ``args.override``. The
+    architecture is taken from the checkpoint's recorded options where
+    present, from the flags otherwise; the values used are written back to
+    ``args`` (transform, flow_size, stn_channel_multiplier, num_heads).
+
+    Args:
+        args: evaluation options (see utils.options.base_eval_argparse).
+        device: torch.device for the model.
+    Returns:
+        The transformer (t_ema) in eval mode on ``device``, gradients off.
+    Raises:
+        UserError: unknown name or missing file, unreadable checkpoint, no
+            ``t_ema`` in it, flags contradicting it, weights of another
+            architecture, or a flow size larger than ``--real_size``.
+    """
+    from models import get_stn
+
+    path = resolve_checkpoint(args.ckpt)
+    apply_test_settings(args, args.ckpt)
+    ckpt = load_checkpoint(path, map_location='cpu')
+    if not isinstance(ckpt, dict) or 't_ema' not in ckpt:
+        raise UserError(f"checkpoint '{path}' has no spatial transformer (no 't_ema' entry); give a "
+                        f"GANgealing checkpoint saved by train.py or a released model name")
+    config = stn_architecture(args, ckpt)
+    if config['flow_size'] > args.real_size:
+        raise UserError(f"the spatial transformer works at flow_size {config['flow_size']}, larger than "
+                        f"--real_size {args.real_size}; evaluate at --real_size {config['flow_size']} "
+                        f"or more")
+    for key, value in config.items():
+        setattr(args, key, value)
+    t_ema = get_stn(config['transform'], flow_size=config['flow_size'], supersize=args.real_size,
+                    channel_multiplier=config['stn_channel_multiplier'], num_heads=config['num_heads'])
+    t_ema.load_state_dict(ckpt['t_ema'])
+    return t_ema.to(device).eval().requires_grad_(False)
+
+
+def stn_kwargs(args):
+    """Forward options of the transformer at test time: padding mode and iterations."""
+    return {'padding_mode': args.padding_mode, 'iters': args.iters}
+
+
+def cluster_policy(args, batch, device):
+    """The warp policy for ``batch`` images: 'cartesian' for one head, else
+    every image sent to head ``args.cluster`` ((N,) long tensor)."""
+    if args.num_heads <= 1:
+        return 'cartesian'
+    return torch.full((batch,), int(args.cluster), dtype=torch.long, device=device)
+
+
+@torch.no_grad()
+def determine_flips(t, images, flip_inference=True, warp_policy='cartesian', **stn_kwargs):
+    """Decide which images to mirror before congealing.
+
+    With ``flip_inference`` each image and its mirror go through the
+    transformer (``t.forward_with_flip``) and the one whose residual flow is
+    smoother is kept; otherwise nothing is mirrored.
+
+    Args:
+        t: the spatial transformer.
+        images: (N, C, H, W) in [-1, 1].
+        flip_inference: try mirrored inputs.
+        warp_policy: passed to the transformer ('cartesian' or per-image heads).
+        stn_kwargs: other forward options (padding_mode, iters, ...).
+    Returns:
+        (inputs (N, C, H, W) with the chosen images mirrored, mirrored (N,) bool).
+    """
+    if not flip_inference:
+        return images, torch.zeros(images.size(0), dtype=torch.bool, device=images.device)
+    _, inputs, mirrored = t.forward_with_flip(images, return_inputs=True, return_flip_indices=True,
+                                              warp_policy=warp_policy, **stn_kwargs)
+    return inputs, mirrored.reshape(-1).bool()
+
+
+def build_dataset(opt, pck=False):
+    """The dataset of the chosen ``--dataset_mode``: images, or PCK pairs with ``pck``.
+
+    Raises UserError when ``--real_data_path`` is missing or the folder is not
+    of the needed kind.
+    """
+    from datasets.modes import DATASET_MODES
+
+    if not getattr(opt, 'real_data_path', None):
+        raise UserError('--real_data_path is required: the dataset to run on')
+    if not os.path.exists(opt.real_data_path):
+        raise UserError(f"dataset '{opt.real_data_path}' does not exist; check --real_data_path")
+    mode = DATASET_MODES.get(opt.dataset_mode)
+    dataset = mode.build_pck(opt) if pck else mode.build_images(opt, 'test')
+    if dataset is None:
+        what = 'a PCK dataset (images plus keypoints.pt)' if pck else 'an image dataset'
+        raise UserError(f"'{opt.real_data_path}' is not {what} for --dataset_mode {opt.dataset_mode}; "
+                        f"prepare it with prepare_data.py")
+    return dataset
+
+
+# ----------------------------------------------------------------------------- crash-safe output
+
+def _atomic_write(path, write):
+    """Run ``write(file)`` on a hidden temporary file beside ``path``, then rename it.
+
+    An interrupted run leaves at most a ``.NAME.*.tmp`` file, never a
+    truncated file under the final name.
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp_path = tempfile.mkstemp(prefix=f'.{os.path.basename(path)}.', suffix='.tmp', dir=folder)
+    try:
+        with os.fdopen(fd, 'wb') as f:
+            write(f)
+        os.replace(tmp_path, path)
+    except BaseException:
+        try:
+            os.remove(tmp_path)
+        except FileNotFoundError:
+            pass
+        raise
+    return path
+
+
+def to_uint8(images, value_range=(-1.0, 1.0)):
+    """(N, C, H, W) or (C, H, W) float images -> uint8 (..., H, W, C) numpy array.
+
+    ``value_range`` maps to 0..255; None stretches each image to its own min..max.
+    """
+    images = images.detach().float().cpu()
+    single = images.dim() == 3
+    if single:
+        images = images.unsqueeze(0)
+    if value_range is None:
+        lo = images.amin(dim=(1, 2, 3), keepdim=True)
+        hi = images.amax(dim=(1, 2, 3), keepdim=True)
+    else:
+        lo, hi = (torch.tensor(float(v)) for v in value_range)
+    scaled = ((images - lo) / (hi - lo).clamp_min(1e-8)).clamp(0, 1).mul(255).round().to(torch.uint8)
+    array = scaled.permute(0, 2, 3, 1).numpy()
+    return array[0] if single else array
+
+
+def save_png(array, path):
+    """Save a uint8 (H, W, 3) or (H, W) array as a PNG, atomically."""
+    image = Image.fromarray(np.ascontiguousarray(array))
+    return _atomic_write(path, lambda f: image.save(f, format='PNG'))
+
+
+def save_json(obj, path):
+    """Write ``obj`` as indented JSON, atomically."""
+    text = json.dumps(obj, indent=2, sort_keys=True).encode('utf-8')
+    return _atomic_write(path, lambda f: f.write(text))
+
+
+def make_grid_array(images, nrow=None, padding=3, value_range=(-1.0, 1.0)):
+    """Tile (N, C, H, W) images into one uint8 (H', W', C) array, black borders.
+
+    ``nrow`` images per row (default: int(sqrt(N)), at least 1).
+    """
+    from torchvision.utils import make_grid
+
+    arrays = torch.from_numpy(to_uint8(images, value_range)).permute(0, 3, 1, 2)
+    nrow = nrow or max(1, int(math.sqrt(images.size(0))))
+    grid = make_grid(arrays, nrow=nrow, padding=padding, pad_value=0)
+    return grid.permute(1, 2, 0).numpy()
+
+
+def save_grid(images, path, nrow=None, value_range=(-1.0, 1.0)):
+    """Save (N, C, H, W) images as one grid PNG, atomically."""
+    return save_png(make_grid_array(images, nrow=nrow, value_range=value_range), path)

@@ -1,0 +1,223 @@
+"""Device choice and multi-process helpers (one process, or one per device under torchrun).
+
+Everything here works in a single process without a process group: the
+collectives then return their input, ``get_rank()`` is 0 and
+``get_world_size()`` is 1. Under torchrun (environment variables RANK,
+WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT), ``setup_distributed``
+joins the process group: NCCL when the device is CUDA, gloo on the CPU.
+Before that, rank and world size are read from the environment so that
+"only the main process writes" and per-rank seeding hold from the very start
+of a program; collectives act only once the group exists.
+"""
+import os
+import random
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from utils.errors import UserError
+
+DEVICE_CHOICES = ('auto', 'cpu', 'cuda')
+_TORCHRUN_VARIABLES = ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'MASTER_ADDR', 'MASTER_PORT')
+
+
+def _env_int(name, default):
+    value = os.environ.get(name)
+    if value is None or value == '':
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise UserError(f'environment variable {name}={value!r} is not an integer; '
+                        f'unset it or launch the program with torchrun') from None
+
+
+def launched_by_torchrun():
+    """True when the process was started by torchrun (or another launcher that
+    sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT)."""
+    return all(os.environ.get(name) for name in _TORCHRUN_VARIABLES)
+
+
+def torchrun_environment():
+    """(rank, world_size, local_rank) from the launcher's environment; (0, 1, 0) without one."""
+    if not launched_by_torchrun():
+        return 0, 1, 0
+    rank, world_size, local_rank = _env_int('RANK', 0), _env_int('WORLD_SIZE', 1), _env_int('LOCAL_RANK', 0)
+    if world_size < 1 or not 0 <= rank < world_size or local_rank < 0:
+        raise UserError(f'inconsistent launcher environment RANK={rank} WORLD_SIZE={world_size} '
+                        f'LOCAL_RANK={local_rank}; start the program with torchrun')
+    return rank, world_size, local_rank
+
+
+def is_initialized():
+    """True when a torch.distributed process group is active in this process."""
+    return dist.is_available() and dist.is_initialized()
+
+
+def choose_device(device_flag, local_rank=0):
+    """The torch.device for ``--device``: 'auto' (CUDA when available, else CPU), 'cpu' or 'cuda'.
+
+    Under torchrun each process takes the GPU numbered by its LOCAL_RANK.
+    Raises UserError for 'cuda' without a usable GPU or an unknown flag.
+    """
+    if device_flag not in DEVICE_CHOICES:
+        raise UserError(f"unknown device '{device_flag}'; choose one of {', '.join(DEVICE_CHOICES)}")
+    use_cuda = device_flag == 'cuda' or (device_flag == 'auto' and torch.cuda.is_available())
+    if not use_cuda:
+        return torch.device('cpu')
+    if not torch.cuda.is_available():
+        raise UserError('--device cuda was given but no CUDA GPU is available to PyTorch; '
+                        'use --device cpu (or --device auto) on this machine')
+    if local_rank >= torch.cuda.device_count():
+        raise UserError(f'this process has LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} '
+                        f'GPU(s) are visible; start at most that many processes per node '
+                        f'(torchrun --nproc_per_node)')
+    return torch.device('cuda', local_rank)
+
+
+def setup_distributed(device_flag='auto'):
+    """Pick the device and, under torchrun, join the process group.
+
+    Args:
+        device_flag: 'auto', 'cpu' or 'cuda' (the ``--device`` option).
+    Returns:
+        (device, rank, world_size): a torch.device, this process's rank in
+        [0, world_size) and the number of processes (1 without torchrun).
+    The backend is NCCL for CUDA devices and gloo for the CPU. Calling it again
+    once the group exists only returns the values.
+    """
+    rank, world_size, local_rank = torchrun_environment()
+    device = choose_device(device_flag, local_rank)
+    if device.type == 'cuda':
+        torch.cuda.set_device(device)
+    if launched_by_torchrun() and not is_initialized():
+        if not dist.is_available():
+            raise UserError('this PyTorch build has no torch.distributed support; run one process '
+                            'without torchrun')
+        backend = 'nccl' if device.type == 'cuda' else 'gloo'
+        dist.init_process_group(backend=backend, init_method='env://', rank=rank, world_size=world_size)
+    return device, get_rank(), get_world_size()
+
+
+def get_rank():
+    """This process's rank: from the process group when there is one, else from
+    the launcher's environment (0 in a plain single process)."""
+    if is_initialized():
+        return dist.get_rank()
+    return torchrun_environment()[0]
+
+
+def get_world_size():
+    """Number of processes: from the process group when there is one, else from
+    the launcher's environment (1 in a plain single process)."""
+    if is_initialized():
+        return dist.get_world_size()
+    return torchrun_environment()[1]
+
+
+def is_main_process():
+    """True on rank 0, the only process that writes files and logs."""
+    return get_rank() == 0
+
+
+def _in_group():
+    return is_initialized() and dist.get_world_size() > 1
+
+
+def barrier():
+    """Wait until every process reaches this point (no-op in one process)."""
+    if _in_group():
+        dist.barrier()
+
+
+def synchronize(device=None):
+    """Finish this process's queued CUDA work (for honest timings), then ``barrier()``.
+
+    Args:
+        device: the torch.device whose queue to drain; CPU or None skips that step.
+    """
+    if device is not None and torch.device(device).type == 'cuda':
+        torch.cuda.synchronize(device)
+    barrier()
+
+
+def all_gather_tensor(tensor):
+    """Concatenate every rank's ``tensor`` along dim 0, in rank order.
+
+    Args:
+        tensor: (N_r, ...) on this process's device; N_r may differ between
+            ranks, the other dimensions must agree.
+    Returns:
+        (sum of N_r, ...) on the same device; ``tensor`` itself in one process.
+    No gradient flows through the gathered copies.
+    """
+    if not _in_group():
+        return tensor
+    if tensor.dim() == 0:
+        tensor = tensor.unsqueeze(0)
+    world_size = dist.get_world_size()
+    local_count = torch.tensor([tensor.shape[0]], dtype=torch.long, device=tensor.device)
+    counts = [torch.zeros_like(local_count) for _ in range(world_size)]
+    dist.all_gather(counts, local_count)
+    counts = [int(c.item()) for c in counts]
+    largest = max(counts)
+    # Collectives need equal shapes: pad every piece to the largest, trim afterwards.
+    padded = tensor.new_zeros((largest,) + tuple(tensor.shape[1:]))
+    padded[:tensor.shape[0]] = tensor.detach()
+    pieces = [torch.empty_like(padded) for _ in range(world_size)]
+    dist.all_gather(pieces, padded.contiguous())
+    return torch.cat([piece[:count] for piece, count in zip(pieces, counts)], dim=0)
+
+
+def all_reduce_mean(tensor):
+    """The element-wise mean of ``tensor`` over all ranks (any shape, floating point).
+
+    Returns a new tensor on the same device (a detached copy in one process); the
+    input is not modified.
+    """
+    result = tensor.detach().clone()
+    if not result.is_floating_point():
+        result = result.float()
+    if _in_group():
+        dist.all_reduce(result, op=dist.ReduceOp.SUM)
+        result /= dist.get_world_size()
+    return result
+
+
+def reduce_loss_dict(loss_dict):
+    """Average a dict of scalar loss tensors over all ranks (for logging).
+
+    Args:
+        loss_dict: name -> scalar (0-d or one-element) tensor; every rank must
+            pass the same names.
+    Returns:
+        name -> detached 0-d tensor holding the mean over ranks (the values
+        themselves in one process).
+    """
+    if not loss_dict:
+        return {}
+    names = sorted(loss_dict)
+    stacked = torch.stack([loss_dict[name].detach().reshape(()).float() for name in names])
+    stacked = all_reduce_mean(stacked)  # one collective for all the losses
+    return {name: value for name, value in zip(names, stacked)}
+
+
+def seed_everything(seed):
+    """Seed torch (all devices), numpy and random for this rank.
+
+    The per-rank seed is ``seed * world_size + rank``, so ranks draw different
+    samples and a run is reproducible for a given number of processes.
+    Returns that per-rank seed.
+    """
+    rank_seed = seed * get_world_size() + get_rank()
+    torch.manual_seed(rank_seed)
+    np.random.seed(rank_seed % 2 ** 32)
+    random.seed(rank_seed)
+    return rank_seed
+
+
+def cleanup():
+    """Leave the process group if one was joined (call once at the end of a program)."""
+    if is_initialized():
+        dist.destroy_process_group()

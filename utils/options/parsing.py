@@ -1,0 +1,74 @@
+"""The full parse of training and evaluation options (pix2pix/CycleGAN style).
+
+1. static tiers: base + phase flags;
+2. preliminary passes: learn the chosen generator, let it add flags (it may
+   change the default loss and dataset mode), then the perceptual loss, then
+   the dataset mode, each learnt from a re-parse with the current defaults;
+3. final parse (only this one acts on -h/--help, so help lists every flag
+   that applies), validation, printing and, for training, saving.
+"""
+import os
+import sys
+
+from utils.distributed import is_main_process
+from utils.options.components import (EVAL_COMPONENTS, TRAINING_COMPONENTS, apply_component_options,
+                                      check_choices_unchanged, list_registered_names)
+from utils.options.parser_tools import explicitly_given
+from utils.options.persistence import format_options, save_options
+from utils.options.tiers import base_training_argparse
+from utils.options.validation import validate_eval_options, validate_training_options
+
+
+def _arguments(argv):
+    return list(sys.argv[1:] if argv is None else argv)
+
+
+def build_training_parser(argv=None):
+    """The complete training parser for ``argv``: tiers plus the chosen components' flags.
+
+    Returns (parser, {selector: (name, component class)}).
+    """
+    argv = _arguments(argv)
+    parser, chosen = apply_component_options(base_training_argparse(), argv, TRAINING_COMPONENTS,
+                                             is_train=True)
+    return list_registered_names(parser, chosen), chosen
+
+
+def parse_training_options(argv=None, save=True):
+    """Parse, validate, print and save the training options.
+
+    Args:
+        argv: command-line arguments without the program name (default sys.argv[1:]).
+        save: write opt.txt and opt.json into <results>/<exp-name> (main process only).
+    Returns:
+        argparse.Namespace with every option; ``generator`` holds the resolved name.
+    Bad options end the program through argparse (usage, message, exit 2).
+    """
+    argv = _arguments(argv)
+    parser, chosen = build_training_parser(argv)
+    opt = parser.parse_args(argv)
+    check_choices_unchanged(opt, chosen)
+    notes = validate_training_options(opt, parser, explicitly_given(parser, argv), chosen)
+    if is_main_process():
+        print(format_options(opt, parser, notes), end='', flush=True)
+    if save:
+        save_options(opt, parser, os.path.join(opt.results, opt.exp_name), notes=notes)
+    return opt
+
+
+def parse_eval_options(parser, argv=None, verbose=True):
+    """Finish and run an evaluation parser (``base_eval_argparse()`` plus an application's flags).
+
+    The chosen dataset mode adds its flags first (is_train=False); then the
+    final parse, validation and, when ``verbose``, printing on the main process.
+    Returns the argparse.Namespace.
+    """
+    argv = _arguments(argv)
+    parser, chosen = apply_component_options(parser, argv, EVAL_COMPONENTS, is_train=False)
+    list_registered_names(parser, chosen)
+    opt = parser.parse_args(argv)
+    check_choices_unchanged(opt, chosen)
+    validate_eval_options(opt, parser, chosen)
+    if verbose and is_main_process():
+        print(format_options(opt, parser), end='', flush=True)
+    return opt

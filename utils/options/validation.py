@@ -1,0 +1,173 @@
+"""Checks that turn impossible option combinations into one clear argparse error.
+
+Each ``*_problems`` function returns a list of readable sentences; the
+``validate_*`` functions report them all at once through ``parser.error``
+(usage, the message, exit status 2, no traceback).
+"""
+import math
+import os
+
+from utils.options.components import generator_n_latent, run_component_validators
+from utils.options.parser_tools import flag_name
+
+MIN_IMAGE_SIZE = 8
+WEIGHTS_NEEDING_FLOW = ('tv_weight', 'flow_identity_weight')
+
+
+def is_power_of_two(value):
+    """True for 1, 2, 4, 8, ... (integers only)."""
+    return isinstance(value, int) and value > 0 and value & (value - 1) == 0
+
+
+class _Checker:
+    """Collects problems about ``opt``, naming options the way the user types them."""
+
+    def __init__(self, opt, parser):
+        self.opt, self.parser, self.problems = opt, parser, []
+
+    def flag(self, dest):
+        return flag_name(self.parser, dest)
+
+    def has(self, dest):
+        return getattr(self.opt, dest, None) is not None
+
+    def fail(self, message):
+        self.problems.append(message)
+
+    def at_least(self, dest, minimum):
+        if self.has(dest) and getattr(self.opt, dest) < minimum:
+            self.fail(f'{self.flag(dest)} must be at least {minimum} (got {getattr(self.opt, dest)})')
+
+    def positive(self, dest):
+        if self.has(dest) and not getattr(self.opt, dest) > 0:
+            self.fail(f'{self.flag(dest)} must be greater than 0 (got {getattr(self.opt, dest)})')
+
+    def image_size(self, dest):
+        value = getattr(self.opt, dest, None)
+        if value is not None and not (is_power_of_two(value) and value >= MIN_IMAGE_SIZE):
+            self.fail(f'{self.flag(dest)} must be a power of two of at least {MIN_IMAGE_SIZE} (got {value})')
+
+    def finite_numbers(self):
+        for dest, value in sorted(vars(self.opt).items()):
+            if isinstance(value, float) and not math.isfinite(value):
+                self.fail(f'{self.flag(dest)} must be a finite number (got {value})')
+
+    def flow_size(self, size_dests):
+        value = getattr(self.opt, 'flow_size', None)
+        if value is None:
+            return
+        if not is_power_of_two(value):
+            self.fail(f'{self.flag("flow_size")} must be a power of two (got {value})')
+        for dest in size_dests:
+            size = getattr(self.opt, dest, None)
+            if size is not None and value > size:
+                self.fail(f'{self.flag("flow_size")} ({value}) must not exceed {self.flag(dest)} ({size})')
+
+    def transform_list(self):
+        transform = getattr(self.opt, 'transform', None)
+        if transform is not None and len(set(transform)) != len(transform):
+            self.fail(f'{self.flag("transform")} names a warp twice ({" ".join(transform)}); '
+                      f'give each of similarity, flow at most once')
+
+
+def _experiment_name_problem(name):
+    if not name or not name.strip():
+        return 'must not be empty'
+    if os.path.isabs(name) or '..' in name.replace('\\', '/').split('/'):
+        return 'must be a name inside --results (no absolute path, no "..")'
+    return None
+
+
+def training_problems(opt, parser, explicit, chosen):
+    """Problems with training options ``opt`` (after the final parse).
+
+    Args:
+        explicit: dests the user gave on the command line.
+        chosen: {selector: (name, component)} from apply_component_options.
+    Returns:
+        (problems, notes): readable sentences, and {dest: note} for options
+        this function adjusted (it sets flow-only loss weights to 0 when the
+        transform has no flow and the user left them at their defaults).
+    """
+    c = _Checker(opt, parser)
+    notes = {}
+    c.finite_numbers()
+    problem = _experiment_name_problem(opt.exp_name)
+    if problem:
+        c.fail(f'--exp-name {problem} (got {opt.exp_name!r})')
+    for dest in ('batch', 'iter', 'num_heads', 'ndirs', 'dim_latent', 'n_mlp', 'gen_channel_multiplier',
+                 'tm', 'vis_every', 'ckpt_every', 'log_every', 'n_mean', 'n_sample', 'vis_batch_size',
+                 'n_pca', 'kmeans_candidates'):
+        c.at_least(dest, 1)
+    for dest in ('num_fp16_res', 'num_workers', 'seed', 'anneal_psi', 'stn_lr', 'll_lr',
+                 'tv_weight', 'flow_identity_weight'):
+        c.at_least(dest, 0)
+    c.at_least('period', 1)
+    c.positive('stn_channel_multiplier')
+    if not 0 < opt.decay <= 1:
+        c.fail(f'--decay must be in (0, 1] (got {opt.decay})')
+    c.image_size('real_size')
+    c.image_size('gen_size')
+    c.flow_size(('real_size', 'gen_size'))
+    c.transform_list()
+    if opt.ndirs > opt.dim_latent >= 1:
+        c.fail(f'--ndirs ({opt.ndirs}) must not exceed --dim_latent ({opt.dim_latent})')
+    if opt.ndirs >= 1 and opt.n_pca < opt.ndirs:
+        c.fail(f'--n_pca ({opt.n_pca}) must be at least --ndirs ({opt.ndirs})')
+    if opt.num_heads > 1 and opt.kmeans_candidates < opt.num_heads:
+        c.fail(f'--kmeans_candidates ({opt.kmeans_candidates}) must be at least --num_heads ({opt.num_heads})')
+    if opt.load_G_only and not opt.ckpt:
+        c.fail('--load_G_only needs --ckpt (the checkpoint to take the generator from)')
+    if is_power_of_two(opt.gen_size) and opt.gen_size >= MIN_IMAGE_SIZE:
+        n_latent = generator_n_latent(chosen, opt)
+        if n_latent is not None and not 1 <= opt.inject <= n_latent:
+            c.fail(f'--inject must be in [1, {n_latent}] for generator {opt.generator} at --gen_size '
+                   f'{opt.gen_size} (it has {n_latent} W+ entries; got {opt.inject})')
+    if 'flow' not in opt.transform:
+        for dest in WEIGHTS_NEEDING_FLOW:
+            value = getattr(opt, dest)
+            if dest in explicit and value > 0:
+                c.fail(f'{c.flag(dest)} {value} regularises the residual flow, but --transform '
+                       f'{" ".join(opt.transform)} has none: add flow to --transform or drop {c.flag(dest)}')
+            elif dest not in explicit and value != 0:
+                setattr(opt, dest, 0.0)
+                notes[dest] = 'set to 0: --transform has no flow'
+    return c.problems, notes
+
+
+def eval_problems(opt, parser):
+    """Problems with evaluation options ``opt``; options an application removed are skipped."""
+    c = _Checker(opt, parser)
+    c.finite_numbers()
+    for dest in ('batch', 'iters', 'num_heads', 'output_resolution'):
+        c.at_least(dest, 1)
+    for dest in ('num_workers', 'seed'):
+        c.at_least(dest, 0)
+    c.positive('stn_channel_multiplier')
+    c.image_size('real_size')
+    c.flow_size(('real_size',))
+    c.transform_list()
+    return c.problems
+
+
+def _report(parser, problems):
+    if problems:
+        parser.error('; '.join(problems))
+
+
+def validate_training_options(opt, parser, explicit, chosen):
+    """Check training options; one ``parser.error`` (exit 2) listing every problem.
+
+    Then the chosen components' own ``validate(opt, parser)`` run. Returns the
+    notes about adjusted options ({dest: text}).
+    """
+    problems, notes = training_problems(opt, parser, explicit, chosen)
+    _report(parser, problems)
+    run_component_validators(opt, parser, chosen)
+    return notes
+
+
+def validate_eval_options(opt, parser, chosen):
+    """Check evaluation options; one ``parser.error`` (exit 2) listing every problem."""
+    _report(parser, eval_problems(opt, parser))
+    run_component_validators(opt, parser, chosen)
