@@ -10,6 +10,7 @@ import argparse
 import json
 import math
 import os
+import re
 import tempfile
 
 import numpy as np
@@ -23,6 +24,7 @@ from utils.pretrained import apply_test_settings, resolve_checkpoint
 
 # Options describing the transformer's architecture, and their values when
 # neither the checkpoint nor the command line gives one (the trainer's defaults).
+RELEASED_TRUNK_WIDTH = 512  # channels of the low-resolution layers of every released transformer
 STN_ARCHITECTURE_DEFAULTS = {
     'transform': ['similarity', 'flow'],
     'flow_size': 128,
@@ -161,6 +163,17 @@ def stn_architecture(args, ckpt):
     return config
 
 
+def _trunk_width(state_dict):
+    """Width of the transformer's low-resolution layers (its final convolution's
+    output channels), or None when the state dict does not show it."""
+    if not isinstance(state_dict, dict):
+        return None
+    for key, value in state_dict.items():
+        if re.search(r'(^|\.)final_conv\.0\.weight$', key) and torch.is_tensor(value):
+            return int(value.shape[0])
+    return None
+
+
 def load_stn(args, device):
     """Build the spatial transformer for ``args.ckpt`` and load its EMA weights.
 
@@ -196,8 +209,13 @@ def load_stn(args, device):
                         f"or more")
     for key, value in config.items():
         setattr(args, key, value)
+    extra = {}
+    width = _trunk_width(ckpt['t_ema'])
+    if width is not None and width != RELEASED_TRUNK_WIDTH:
+        extra['max_channels'] = width  # a narrow (test or experimental) transformer
     t_ema = get_stn(config['transform'], flow_size=config['flow_size'], supersize=args.real_size,
-                    channel_multiplier=config['stn_channel_multiplier'], num_heads=config['num_heads'])
+                    channel_multiplier=config['stn_channel_multiplier'], num_heads=config['num_heads'],
+                    **extra)
     t_ema.load_state_dict(ckpt['t_ema'])
     return t_ema.to(device).eval().requires_grad_(False)
 

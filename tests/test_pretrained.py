@@ -69,8 +69,7 @@ def test_offline_error_names_url_and_place(tmp_path, monkeypatch):
 
 def test_test_settings_applied_unless_override():
     assert pretrained.pretrained_test_settings('car')['num_heads'] == 4
-    assert pretrained.pretrained_test_settings('cub') == {'padding_mode': 'border', 'iters': 1, 'num_heads': 1,
-                                                          'no_flip_inference': False}
+    assert pretrained.pretrained_test_settings('cub') == {'padding_mode': 'border', 'iters': 1, 'num_heads': 1}
     assert pretrained.pretrained_test_settings('simclr_vgg_phase150') == {}
     assert pretrained.pretrained_test_settings('some/path.pt') == {}
 

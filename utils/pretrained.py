@@ -25,19 +25,18 @@ PRETRAINED_SHA256 = {name: None for name in PRETRAINED_NAMES}
 
 # Test-time settings of the released models: the STN's padding mode (the one
 # used in training), how often the similarity transform is iterated (3 for the
-# hard LSUN categories), the number of cluster heads, and whether mirrored
-# inputs are tried (not worth it for cat, celeba and tvmonitor; clustering
-# models decide flips with their classifier instead).
+# hard LSUN categories) and the number of cluster heads. Flip inference is
+# left to --no_flip_inference, as in the original release.
 _TEST_SETTINGS = {
-    'bicycle':      dict(padding_mode='reflection', iters=3, num_heads=1, no_flip_inference=False),
-    'car':          dict(padding_mode='reflection', iters=3, num_heads=4, no_flip_inference=False),
-    'cat':          dict(padding_mode='border', iters=3, num_heads=1, no_flip_inference=True),
-    'cat_ssl_mix6': dict(padding_mode='border', iters=3, num_heads=1, no_flip_inference=False),
-    'celeba':       dict(padding_mode='border', iters=1, num_heads=1, no_flip_inference=True),
-    'cub':          dict(padding_mode='border', iters=1, num_heads=1, no_flip_inference=False),
-    'dog':          dict(padding_mode='border', iters=3, num_heads=1, no_flip_inference=False),
-    'horse':        dict(padding_mode='reflection', iters=3, num_heads=4, no_flip_inference=False),
-    'tvmonitor':    dict(padding_mode='reflection', iters=3, num_heads=1, no_flip_inference=True),
+    'bicycle':      dict(padding_mode='reflection', iters=3, num_heads=1),
+    'car':          dict(padding_mode='reflection', iters=3, num_heads=4),
+    'cat':          dict(padding_mode='border', iters=3, num_heads=1),
+    'cat_ssl_mix6': dict(padding_mode='border', iters=3, num_heads=1),
+    'celeba':       dict(padding_mode='border', iters=1, num_heads=1),
+    'cub':          dict(padding_mode='border', iters=1, num_heads=1),
+    'dog':          dict(padding_mode='border', iters=3, num_heads=1),
+    'horse':        dict(padding_mode='reflection', iters=3, num_heads=4),
+    'tvmonitor':    dict(padding_mode='reflection', iters=3, num_heads=1),
 }
 
 LEGACY_FOLDER = 'pretrained'  # where the original code kept downloads (relative to the working folder)
