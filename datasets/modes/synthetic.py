@@ -17,7 +17,9 @@ import tempfile
 import torch
 from torch.utils.data import Dataset
 
+from datasets.lmdb_dataset import close_reader, write_lmdb_dataset
 from datasets.modes import DATASET_MODES
+from datasets.pck import PCKDataset, write_pck_files
 from utils.synthetic_world import (MIRROR_PERMUTATION, add_world_options, factors_from_options,
                                    indexed_params, render, render_dataset)
 
@@ -75,9 +77,6 @@ def write_synthetic_pck(folder, count, size, seed, factors, description):
     ``description`` written last), so an interrupted run leaves nothing that
     looks finished.
     """
-    from datasets.lmdb_dataset import close_reader, write_lmdb_dataset
-    from datasets.pck import write_pck_files
-
     parent = os.path.dirname(os.path.abspath(folder))
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(prefix='.synthetic_eval.', dir=parent)
@@ -89,6 +88,9 @@ def write_synthetic_pck(folder, count, size, seed, factors, description):
         write_pck_files(staging, keypoints, pairs, MIRROR_PERMUTATION, keypoint_size=size)
         with open(os.path.join(staging, DESCRIPTION_FILE), 'w') as f:
             json.dump(description, f, indent=2, sort_keys=True)
+        if _read_description(folder) == description:
+            shutil.rmtree(staging)  # another process (rank) finished the same set first
+            return
         if os.path.exists(folder):
             close_reader(folder)
             shutil.rmtree(folder)
@@ -137,8 +139,6 @@ class SyntheticMode:
     def build_pck(opt):
         """datasets.pck.PCKDataset of --synthetic_eval_images held-out faces at
         --real_size (consecutive pairs), rendered once and cached."""
-        from datasets.pck import PCKDataset
-
         factors = factors_from_options(opt)
         count, size = int(opt.synthetic_eval_images), int(opt.real_size)
         seed = opt.synthetic_seed + SPLIT_SEED_OFFSET['test']

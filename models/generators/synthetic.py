@@ -1,0 +1,56 @@
+"""The built-in synthetic world as the ``--generator synthetic`` component.
+
+Chosen by default when no ``--ckpt`` is given. Besides its world flags
+(``--synthetic_*``, shared with the synthetic dataset mode) it sets the
+defaults of a CPU demo: ``python train.py --exp-name demo`` trains on 64 x 64
+synthetic faces with a weight-free loss and reports PCK-Transfer on held-out
+rendered faces. The values (documented in docs/synthetic_world.md) aim at
+about ten minutes on two CPU cores; every one can be overridden on the
+command line.
+"""
+from models.generators import GENERATORS
+from models.synthetic_generator import COARSE_LAYERS, N_LATENT, SyntheticGenerator
+from utils.synthetic_world import NUM_FACTORS, add_world_options, factors_from_options
+
+DEMO_DEFAULTS = dict(
+    dataset_mode='synthetic',
+    loss_fn='laplacian',        # weight-free: nothing to download
+    gen_size=64, real_size=64,
+    flow_size=32, stn_channel_multiplier=0.125,
+    dim_latent=NUM_FACTORS, n_mlp=1,
+    inject=COARSE_LAYERS,       # W+ entries [0, 4) hold pose and shape
+    iter=4000, anneal_psi=1000, period=1000,  # learning rate reaches zero at 2000 and 4000
+    vis_every=500, ckpt_every=1000, log_every=25,
+    n_mean=500, n_sample=16, vis_batch_size=50,
+    n_pca=20000, kmeans_candidates=2000,
+)
+
+
+@GENERATORS.register('synthetic')
+class SyntheticComponent:
+    """Builds ``models.synthetic_generator.SyntheticGenerator`` from --gen_size,
+    --dim_latent and the --synthetic_* world flags."""
+
+    @staticmethod
+    def modify_commandline_options(parser, is_train):
+        """Adds the world flags and sets the CPU-demo defaults (DEMO_DEFAULTS). Returns ``parser``."""
+        add_world_options(parser)
+        parser.set_defaults(**DEMO_DEFAULTS)
+        return parser
+
+    @staticmethod
+    def n_latent(opt):
+        """Number of W+ entries: always 8 (entries [0, 4) pose and shape, [4, 8) appearance)."""
+        return N_LATENT
+
+    @staticmethod
+    def validate(opt, parser):
+        """Rejects a W space too narrow for the world's factors (parser.error, exit 2)."""
+        if getattr(opt, 'dim_latent', NUM_FACTORS) < NUM_FACTORS:
+            parser.error(f'--generator synthetic needs --dim_latent >= {NUM_FACTORS}, got {opt.dim_latent}')
+
+    @staticmethod
+    def build(opt):
+        """A SyntheticGenerator of resolution opt.gen_size (its fixed weights are
+        the same in every run; loading a g_ema state dict restores them too)."""
+        return SyntheticGenerator(opt.gen_size, opt.dim_latent, factors=factors_from_options(opt))

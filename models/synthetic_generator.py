@@ -1,0 +1,219 @@
+"""A differentiable generator of the synthetic world with StyleGAN2's interface.
+
+z (N, style_dim) -> w by a fixed mapping: scale each coordinate, then rotate by
+a fixed orthogonal matrix (drawn from a fixed seed, so every run has the same
+world). The W+ latent has ``n_latent`` = 8 entries; like StyleGAN's coarse and
+fine layers, entries [0, 4) set pose and shape and entries [4, 8) appearance:
+
+    entry 0: scale, rotation        entry 4: fur, marking and light colours
+    entry 1: translation            entry 5: iris, nose, stripe and dark colours
+    entry 2: shape factors 0-5      entry 6: stripes, fur-noise strength, gaze
+    entry 3: shape factors 6-11     entry 7: background colours, noise strength, distractors
+
+Each world factor j reads coordinate j of its entry in the mapping's basis,
+divided by that coordinate's scale, which is standard normal for w = style(z);
+the normal CDF turns it into the uniform factor the renderer expects. So the
+generator's images follow exactly the distribution of
+``utils.synthetic_world.sample_params`` (without mirroring: this generator never
+mirrors; train with --flips to handle mirrored real images), and w = mean
+latent gives the canonical face: upright, centred, mean size and shape,
+canonical palette. Coordinates beyond the 64 used ones have no effect.
+
+Noise inputs play the role of StyleGAN's: they set the fur texture and the
+background noise pattern, which are independent of the latents. ``noise`` is a
+list [fur (B, 1, 16, 16), background (B, 3, 6, 6)] with B = 1 or N (a None
+entry is drawn as below); without it, ``randomize_noise`` draws fresh standard
+normal fields, otherwise the fixed fields stored in the module are used.
+"""
+import math
+
+import torch
+from torch import nn
+
+from utils import synthetic_world as world
+from utils.errors import UserError
+
+N_LATENT = 8
+COARSE_LAYERS = 4  # W+ entries [0, COARSE_LAYERS) set pose and shape: the natural --inject
+MAPPING_SEED = 20220601
+
+# W+ entry of each factor group; a tuple spreads the group evenly over those entries.
+_LAYER_OF_GROUP = {
+    'scale': 0, 'rotation': 0, 'translation': 1, 'shape': (2, 3),
+    'fur_colors': 4, 'feature_colors': 5, 'texture': 6, 'background': 7,
+}
+
+
+def _factor_layers():
+    layers = []
+    for name, width in world.FACTOR_GROUPS:
+        entry = _LAYER_OF_GROUP[name]
+        entries = entry if isinstance(entry, tuple) else (entry,)
+        layers += [entries[i * len(entries) // width] for i in range(width)]
+    return torch.tensor(layers, dtype=torch.long)
+
+
+def _coordinate_scales(style_dim):
+    # Pose and shape coordinates get the largest spread so that W's principal
+    # directions are, in order, scale, rotation, translation and shape (as pose
+    # dominates StyleGAN's W); unused coordinates get the smallest.
+    scales = torch.full((style_dim,), 0.5)
+    n_coarse = sum(w for name, w in world.FACTOR_GROUPS if name in world.POSE_SHAPE_GROUPS)
+    scales[:n_coarse] = torch.linspace(2.0, 1.25, n_coarse)
+    scales[n_coarse:world.NUM_FACTORS] = 1.0
+    return scales
+
+
+class FixedMapping(nn.Module):
+    """The mapping network z -> w: ``w = (z * scales) @ weight.T``.
+
+    ``weight`` (style_dim, style_dim) is orthogonal, so w is Gaussian with
+    covariance weight diag(scales^2) weight^T. ``coordinates(w)`` inverts it to
+    standard normal coordinates. Both are fixed (not trained).
+    """
+
+    def __init__(self, style_dim, seed=MAPPING_SEED):
+        super().__init__()
+        generator = torch.Generator().manual_seed(seed)
+        q, r = torch.linalg.qr(torch.randn(style_dim, style_dim, generator=generator, dtype=torch.float64))
+        q = q * torch.sign(torch.diagonal(r))  # the unique QR factor with a positive diagonal in R
+        self.weight = nn.Parameter(q.float(), requires_grad=False)
+        self.register_buffer('scales', _coordinate_scales(style_dim))
+
+    def forward(self, z):
+        """z (..., style_dim) -> w (..., style_dim)."""
+        return (z * self.scales) @ self.weight.t()
+
+    def coordinates(self, w):
+        """w (..., style_dim) -> standard normal coordinates (..., style_dim)."""
+        return (w @ self.weight) / self.scales
+
+
+class SyntheticGenerator(nn.Module):
+    """Differentiable renderer of the synthetic world driven by StyleGAN-like latents.
+
+    Args:
+        size: output resolution (images are (N, 3, size, size) in [-1, 1]).
+        style_dim: width of z and w; at least utils.synthetic_world.NUM_FACTORS (64).
+        n_mlp: accepted for parity with models.Generator and ignored (the
+            mapping is one fixed linear map).
+        factors: utils.synthetic_world.WorldFactors (ranges and switches);
+            ``mirror`` is ignored (the generator never mirrors).
+        edge_softness: anti-aliasing ramp width in pixels.
+    """
+
+    def __init__(self, size=64, style_dim=64, n_mlp=None, factors=None, edge_softness=0.25):
+        super().__init__()
+        if style_dim < world.NUM_FACTORS:
+            raise UserError(f'the synthetic generator needs --dim_latent >= {world.NUM_FACTORS}, got {style_dim}')
+        if int(size) != size or size < 8:
+            raise UserError(f'the synthetic generator needs an image size >= 8, got {size}')
+        self.size = int(size)
+        self.style_dim = style_dim
+        self.n_latent = N_LATENT
+        self.coarse_layers = COARSE_LAYERS
+        self.factors = (factors or world.WorldFactors()).validate()
+        self.edge_softness = edge_softness
+        self.style = FixedMapping(style_dim)
+        self.register_buffer('factor_layer', _factor_layers(), persistent=False)
+        generator = torch.Generator().manual_seed(MAPPING_SEED + 1)
+        self.register_buffer('noise_fur', torch.randn(1, *world.FUR_NOISE_SHAPE, generator=generator))
+        self.register_buffer('noise_background', torch.randn(1, *world.BACKGROUND_NOISE_SHAPE, generator=generator))
+
+    def extra_repr(self):
+        return f'size={self.size}, style_dim={self.style_dim}, n_latent={self.n_latent}, factors={self.factors}'
+
+    # -- latents ------------------------------------------------------------
+    def get_latent(self, z):
+        """z (N, style_dim) -> w (N, style_dim)."""
+        return self.style(z)
+
+    def batch_latent(self, n):
+        """(n, style_dim) w samples."""
+        return self.style(torch.randn(n, self.style_dim, device=self.style.weight.device))
+
+    def mean_latent(self, n):
+        """(1, style_dim) average of n w samples (close to 0, the canonical face)."""
+        return self.batch_latent(n).mean(dim=0, keepdim=True)
+
+    def make_noise(self, batch_size=1):
+        """Fresh noise inputs: [fur (B, 1, 16, 16), background (B, 3, 6, 6)]."""
+        device = self.style.weight.device
+        return [torch.randn(batch_size, *world.FUR_NOISE_SHAPE, device=device),
+                torch.randn(batch_size, *world.BACKGROUND_NOISE_SHAPE, device=device)]
+
+    def _wplus(self, styles, inject_index):
+        # One or two w / W+ tensors -> W+ (N, n_latent, style_dim).
+        def expand(s):
+            if s.dim() == 2:
+                return s.unsqueeze(1).expand(-1, self.n_latent, -1)
+            if s.dim() == 3 and s.shape[1] == self.n_latent:
+                return s
+            raise UserError(f'synthetic generator: styles must be (N, {self.style_dim}) or '
+                            f'(N, {self.n_latent}, {self.style_dim}), got {tuple(s.shape)}')
+        if len(styles) == 1:
+            return expand(styles[0])
+        if len(styles) != 2:
+            raise UserError(f'synthetic generator: expected one or two styles, got {len(styles)}')
+        if inject_index is None:
+            inject_index = int(torch.randint(1, self.n_latent, ()).item())
+        first, second = expand(styles[0]), expand(styles[1])
+        return torch.cat([first[:, :inject_index], second[:, inject_index:]], dim=1)
+
+    def _noise(self, n, noise, randomize_noise):
+        noise = list(noise) if noise is not None else [None, None]
+        if len(noise) != 2:
+            raise UserError(f'synthetic generator: noise must be a list of 2 tensors (fur, background), '
+                            f'got {len(noise)}')
+        fixed = (self.noise_fur, self.noise_background)
+        shapes = (world.FUR_NOISE_SHAPE, world.BACKGROUND_NOISE_SHAPE)
+        out = []
+        for given, buffer, shape in zip(noise, fixed, shapes):
+            if given is None:
+                given = torch.randn(n, *shape, device=buffer.device) if randomize_noise else buffer
+            out.append(given.to(buffer.dtype).expand(n, *shape))
+        return out
+
+    # -- rendering ----------------------------------------------------------
+    def world_params(self, latent, noise=None, randomize_noise=True):
+        """World parameters (utils.synthetic_world.params_from_factors) of W+ latents.
+
+        latent: (N, n_latent, style_dim). Differentiable with respect to latent.
+        """
+        coords = self.style.coordinates(latent)
+        index = torch.arange(world.NUM_FACTORS, device=latent.device)
+        uniform = 0.5 * (1 + torch.erf(coords[:, self.factor_layer, index] / math.sqrt(2)))
+        fur, background = self._noise(latent.shape[0], noise, randomize_noise)
+        mirror = torch.zeros(latent.shape[0], device=latent.device, dtype=latent.dtype)
+        return world.params_from_factors(uniform, fur, background, mirror, self.factors)
+
+    def forward(self, styles, return_latents=False, inject_index=None, truncation=1, truncation_latent=None,
+                input_is_latent=False, noise=None, randomize_noise=True, return_keypoints=False):
+        """Render faces from latents.
+
+        Args:
+            styles: list of one or two tensors (or one tensor): z (N, style_dim),
+                or with input_is_latent w (N, style_dim) or W+ (N, n_latent, style_dim).
+                Two styles are mixed: entries [0, inject_index) from the first
+                (inject_index random in [1, n_latent) when None).
+            truncation, truncation_latent: each style becomes
+                truncation_latent + truncation * (style - truncation_latent) when truncation < 1.
+            noise, randomize_noise: see the module docstring.
+            return_keypoints: also return the keypoints of the drawn faces.
+        Returns:
+            (images (N, 3, size, size) in [-1, 1], W+ (N, n_latent, style_dim) or None),
+            plus keypoints (N, P, 3) (x, y pixels, visibility) when return_keypoints.
+        """
+        if torch.is_tensor(styles):
+            styles = [styles]
+        if not input_is_latent:
+            styles = [self.style(s) for s in styles]
+        if truncation < 1:
+            if truncation_latent is None:
+                raise UserError('synthetic generator: truncation < 1 needs truncation_latent (e.g. mean_latent)')
+            styles = [truncation_latent + truncation * (s - truncation_latent) for s in styles]
+        latent = self._wplus(styles, inject_index)
+        params = self.world_params(latent, noise, randomize_noise)
+        images, keypoints = world.render(params, self.size, self.edge_softness)
+        out = (images, latent if return_latents else None)
+        return out + (keypoints,) if return_keypoints else out
