@@ -239,7 +239,8 @@ def determine_flips(t, images, flip_inference=True, warp_policy='cartesian', **s
 
     With ``flip_inference`` each image and its mirror go through the
     transformer (``t.forward_with_flip``) and the one whose residual flow is
-    smoother is kept; otherwise nothing is mirrored.
+    smoother is kept; otherwise, and for transformers without a flow stage
+    (nothing to compare), nothing is mirrored.
 
     Args:
         t: the spatial transformer.
@@ -250,7 +251,7 @@ def determine_flips(t, images, flip_inference=True, warp_policy='cartesian', **s
     Returns:
         (inputs (N, C, H, W) with the chosen images mirrored, mirrored (N,) bool).
     """
-    if not flip_inference:
+    if not flip_inference or not getattr(t, 'is_flow', True):
         return images, torch.zeros(images.size(0), dtype=torch.bool, device=images.device)
     _, inputs, mirrored = t.forward_with_flip(images, return_inputs=True, return_flip_indices=True,
                                               warp_policy=warp_policy, **stn_kwargs)

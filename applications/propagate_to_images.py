@@ -1,0 +1,292 @@
+"""Congeal images, average them, and carry a label drawn on the average back to every image.
+
+    python -m applications.propagate_to_images --ckpt cat --real_data_path data/lsun_cats \
+        --n_mean 1000 --label_path assets/masks/cat_mask.png --dset_indices 1922 2363 8558
+    torchrun --nproc_per_node=8 -m applications.propagate_to_images ...
+
+Outputs (in --out):
+- input_images_grid.png, congealed_images_grid.png: the chosen images (all of
+  the dataset without --dset_indices; grids show the first GRID_LIMIT) and
+  their aligned versions;
+- average.png (--n_mean N): the mean of N congealed images;
+- propagated_grid.png (--label_path): the label splatted onto every image;
+- average_annotated_grid.png (--label_path with --average_path or --n_mean):
+  the label drawn on the average image;
+- with --save_individual_images, folders of the same names (without _grid)
+  holding one PNG per image, numbered by position in the selection.
+
+The label lives in congealed space. Each of its pixels is sent through the
+inverse warp (a lookup in the transformer's sampling grid) to where it sits in
+the image, and splatted there with a Gaussian (--sigma) blended at --opacity.
+Every file is written to a temporary name and renamed when complete.
+"""
+import os
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch.utils.data import DataLoader, Subset
+
+from applications import (build_dataset, cluster_policy, determine_flips, load_stn, propagation_argparse,
+                          report_option_problems, save_grid, save_png, stn_kwargs, to_uint8)
+from ops.splat import splat_points
+from utils.distributed import (all_gather_tensor, cleanup, get_rank, get_world_size, is_main_process,
+                               setup_distributed)
+from utils.errors import UserError, exit_on_user_error
+from utils.options import parse_eval_options
+
+GRID_LIMIT = 100  # images shown in each grid; individual files have no limit
+
+# The 'plasma' colour map at 0, 1/4, 1/2, 3/4 and 1, interpolated linearly in between.
+PLASMA_ANCHORS = ((13, 8, 135), (126, 3, 168), (204, 71, 120), (248, 149, 64), (240, 249, 33))
+
+
+def option_problems(opt):
+    """Readable problems with the propagation options (empty when fine)."""
+    problems = []
+    if not opt.sigma > 0:
+        problems.append(f'--sigma must be greater than 0 (got {opt.sigma})')
+    if not 0 <= opt.opacity <= 1:
+        problems.append(f'--opacity must be in [0, 1] (got {opt.opacity})')
+    if opt.resolution < 1:
+        problems.append(f'--resolution must be at least 1 (got {opt.resolution})')
+    if opt.n_mean == 0 or opt.n_mean < -1:
+        problems.append(f'--n_mean must be a positive number of images, or -1 for none (got {opt.n_mean})')
+    if opt.dset_indices is not None and min(opt.dset_indices) < 0:
+        problems.append('--dset_indices must not be negative')
+    return problems
+
+
+def colour_map(count, device):
+    """``count`` colours along the plasma map, (count, 3) in [-1, 1]."""
+    anchors = torch.tensor(PLASMA_ANCHORS, dtype=torch.float32, device=device) / 127.5 - 1
+    position = torch.linspace(0, len(PLASMA_ANCHORS) - 1, count, device=device)
+    low = position.floor().long().clamp(max=len(PLASMA_ANCHORS) - 2)
+    frac = (position - low).unsqueeze(1)
+    return anchors[low] * (1 - frac) + anchors[low + 1] * frac
+
+
+def load_label(path, resolution, objects, device):
+    """Read a congealed-space label and list its pixels.
+
+    Args:
+        path: RGBA image (label = alpha > 0) or an image without alpha
+            (label = pixels brighter than mid-grey).
+        resolution: the label is resampled (bilinearly) to this size first.
+        objects: use the label's own RGB colours; otherwise the pixels are
+            coloured along the plasma map in raster order.
+        device: where the tensors go.
+    Returns:
+        points (P, 2) pixel x, y at ``resolution``; colours (P, 3) in [-1, 1];
+        alpha (P, 1) in [0, 1].
+    Raises:
+        UserError: unreadable file or an empty label.
+    """
+    if not os.path.isfile(path):
+        raise UserError(f"label '{path}' does not exist; check --label_path")
+    try:
+        with Image.open(path) as image:
+            has_alpha = image.mode in ('RGBA', 'LA', 'PA') or 'transparency' in image.info
+            rgba = np.asarray(image.convert('RGBA'), dtype=np.float32) / 255.0
+    except OSError as e:
+        raise UserError(f"label '{path}' could not be read as an image ({e})") from None
+    label = torch.from_numpy(rgba).permute(2, 0, 1).unsqueeze(0).to(device)  # (1, 4, H, W)
+    if not has_alpha:  # a plain mask: brightness decides membership
+        label[:, 3] = (label[:, :3].mean(dim=1) > 0.5).float()
+    if label.shape[-2:] != (resolution, resolution):
+        label = F.interpolate(label, size=(resolution, resolution), mode='bilinear', align_corners=False)
+    rows, cols = torch.where(label[0, 3] > 0)
+    if rows.numel() == 0:
+        raise UserError(f"label '{path}' is empty (no pixel has alpha > 0, or the mask is all black)")
+    points = torch.stack([cols, rows], dim=-1).float()
+    alpha = label[0, 3, rows, cols].unsqueeze(1).clamp(0, 1)
+    if objects:
+        colours = label[0, :3, rows, cols].t() * 2 - 1
+    else:
+        colours = colour_map(points.size(0), device)
+        alpha = torch.ones_like(alpha)
+    return points, colours, alpha
+
+
+def label_pixels_to_template(points, resolution):
+    """Label pixels at ``resolution`` -> normalised template positions (align_corners=False)."""
+    return (2 * points + 1) / resolution - 1
+
+
+def label_pixels_to_size(points, resolution, size):
+    """Label pixels at ``resolution`` -> pixel coordinates of a ``size`` image of the template."""
+    return (points + 0.5) * (size / resolution) - 0.5
+
+
+@torch.no_grad()
+def congeal(t, opt, images):
+    """Flip decision and alignment of a batch.
+
+    Returns (inputs mirrored where chosen, mirrored (N,) bool, warp policy,
+    congealed (N, 3, R, R) with R = --output_resolution).
+    """
+    policy = cluster_policy(opt, images.size(0), images.device)
+    inputs, mirrored = determine_flips(t, images, flip_inference=not opt.no_flip_inference,
+                                       warp_policy=policy, **stn_kwargs(opt))
+    congealed = t(inputs, output_resolution=opt.output_resolution, warp_policy=policy, **stn_kwargs(opt))
+    return inputs, mirrored, policy, congealed
+
+
+@torch.no_grad()
+def propagate(t, opt, images, inputs, mirrored, policy, label):
+    """Splat the label onto ``images`` (N, 3, S, S) through the inverse warps.
+
+    ``label`` is (template points (P, 2) normalised, colours (P, 3), alpha (P, 1)).
+    """
+    template, colours, alpha = label
+    n, size = images.size(0), images.size(-1)
+    template = template.unsqueeze(0).expand(n, -1, -1)
+    points = t.uncongeal_points(inputs, template, normalize_input_points=False, unnormalize_output_points=True,
+                                warp_policy=policy, **stn_kwargs(opt))
+    # Points found in a mirrored input belong at the mirrored x of the original image.
+    points = points.clone()
+    points[..., 0] = torch.where(mirrored.view(n, 1), size - 1 - points[..., 0], points[..., 0])
+    return splat_points(images, points, sigma=opt.sigma, opacity=opt.opacity, colors=colours.unsqueeze(0),
+                        alpha_channel=alpha.unsqueeze(0))
+
+
+def rank_share(indices):
+    """This process's part of ``indices``: every world_size-th entry from its rank."""
+    return indices[get_rank()::get_world_size()]
+
+
+def make_loader(dataset, indices, opt):
+    return DataLoader(Subset(dataset, indices), batch_size=opt.batch, shuffle=False,
+                      num_workers=opt.num_workers, drop_last=False)
+
+
+@torch.no_grad()
+def average_congealed(t, opt, dataset, device):
+    """Mean of the first --n_mean congealed images (all processes); saves average.png.
+
+    Returns the average (3, R, R) in image units and its path.
+    """
+    count = min(opt.n_mean, len(dataset))
+    total = torch.zeros(1, 3, opt.output_resolution, opt.output_resolution, device=device)
+    for images in make_loader(dataset, rank_share(list(range(count))), opt):
+        total += congeal(t, opt, images.to(device))[3].sum(dim=0, keepdim=True)
+    average = all_gather_tensor(total).sum(dim=0) / count
+    path = os.path.join(opt.out, 'average.png')
+    if is_main_process():
+        # Averages are low in contrast; stretched to the full range, as the original tool saves them.
+        save_png(to_uint8(average, value_range=None), path)
+        print(f'Saved the average of {count} congealed images to {path}')
+    return average, path
+
+
+class GridCollector:
+    """Keeps the first GRID_LIMIT outputs of each kind, tagged with their positions."""
+
+    def __init__(self):
+        self.parts = {}
+
+    def add(self, kind, positions, images):
+        keep = [i for i, p in enumerate(positions) if p < GRID_LIMIT]
+        if keep:
+            self.parts.setdefault(kind, []).append((torch.tensor([positions[i] for i in keep]),
+                                                    images[keep].float().cpu()))
+
+    def gathered(self, kind, device, channels, size):
+        """Every process's kept images of ``kind`` in position order (collective)."""
+        parts = self.parts.get(kind, [])
+        positions = torch.cat([p for p, _ in parts]) if parts else torch.zeros(0, dtype=torch.long)
+        images = torch.cat([i for _, i in parts]) if parts else torch.zeros(0, channels, size, size)
+        positions = all_gather_tensor(positions.to(device)).cpu()
+        images = all_gather_tensor(images.to(device)).cpu()
+        return images[positions.argsort()]
+
+
+def write_individual(opt, kind, positions, images):
+    if opt.save_individual_images:
+        for position, image in zip(positions, images):
+            save_png(to_uint8(image), os.path.join(opt.out, kind, f'{position:03}.png'))
+
+
+@torch.no_grad()
+def process_selection(t, opt, dataset, device, label):
+    """Congeal (and propagate onto) the selected images; write grids and files."""
+    selection = list(opt.dset_indices) if opt.dset_indices is not None else list(range(len(dataset)))
+    bad = [i for i in selection if i >= len(dataset)]
+    if bad:
+        raise UserError(f'--dset_indices {bad[0]} is out of range: the dataset has {len(dataset)} images '
+                        f'(indices 0 to {len(dataset) - 1})')
+    positions = rank_share(list(range(len(selection))))
+    grids = GridCollector()
+    done = 0
+    for images in make_loader(dataset, [selection[p] for p in positions], opt):
+        batch_positions = positions[done:done + images.size(0)]
+        done += images.size(0)
+        images = images.to(device)
+        inputs, mirrored, policy, congealed = congeal(t, opt, images)
+        outputs = {'input_images': images, 'congealed_images': congealed}
+        if label is not None:
+            outputs['propagated'] = propagate(t, opt, images, inputs, mirrored, policy, label)
+        for kind, batch in outputs.items():
+            grids.add(kind, batch_positions, batch)
+            write_individual(opt, kind, batch_positions, batch)
+    sizes = {'input_images': opt.real_size, 'congealed_images': opt.output_resolution,
+             'propagated': opt.real_size}
+    for kind in ('input_images', 'congealed_images', 'propagated'):
+        if kind == 'propagated' and label is None:
+            continue
+        gathered = grids.gathered(kind, device, 3, sizes[kind])
+        if is_main_process():
+            save_grid(gathered, os.path.join(opt.out, f'{kind}_grid.png'))
+
+
+def annotate_average(opt, label_points, label_colours, label_alpha, device):
+    """Draw the label on the average congealed image; saves average_annotated_grid.png."""
+    if not os.path.isfile(opt.average_path):
+        raise UserError(f"average image '{opt.average_path}' does not exist; check --average_path")
+    size = opt.output_resolution
+    try:
+        with Image.open(opt.average_path) as image:
+            average = np.asarray(image.convert('RGB').resize((size, size), Image.LANCZOS), dtype=np.float32)
+    except OSError as e:
+        raise UserError(f"average image '{opt.average_path}' could not be read ({e})") from None
+    average = torch.from_numpy(average).permute(2, 0, 1).unsqueeze(0).to(device) / 127.5 - 1
+    points = label_pixels_to_size(label_points, opt.resolution, size).unsqueeze(0)
+    annotated = splat_points(average, points, sigma=opt.sigma, opacity=opt.opacity,
+                             colors=label_colours.unsqueeze(0), alpha_channel=label_alpha.unsqueeze(0))
+    save_grid(annotated, os.path.join(opt.out, 'average_annotated_grid.png'))
+    write_individual(opt, 'average_annotated', [0], annotated)
+
+
+@exit_on_user_error
+def main(argv=None):
+    parser = propagation_argparse()
+    opt = parse_eval_options(parser, argv)
+    report_option_problems(parser, option_problems(opt))
+    if opt.output_resolution is None:
+        opt.output_resolution = opt.real_size
+    device, _, _ = setup_distributed(opt.device)
+    try:
+        dataset = build_dataset(opt)
+        t = load_stn(opt, device)
+        if opt.num_heads > 1 and (opt.cluster is None or not 0 <= opt.cluster < opt.num_heads):
+            raise UserError(f'this model has {opt.num_heads} clusters: choose one with --cluster '
+                            f'(0 to {opt.num_heads - 1})')
+        label = None
+        if opt.label_path is not None:
+            points, colours, alpha = load_label(opt.label_path, opt.resolution, opt.objects, device)
+            label = (label_pixels_to_template(points, opt.resolution), colours, alpha)
+        os.makedirs(opt.out, exist_ok=True)
+        if opt.n_mean > 0:
+            _, opt.average_path = average_congealed(t, opt, dataset, device)
+        process_selection(t, opt, dataset, device, label)
+        if label is not None and opt.average_path is not None and is_main_process():
+            annotate_average(opt, points, colours, alpha, device)
+        if is_main_process():
+            print(f'All output images are in {opt.out}')
+    finally:
+        cleanup()
+
+
+if __name__ == '__main__':
+    main()
