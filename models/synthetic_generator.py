@@ -19,11 +19,16 @@ mirrors; train with --flips to handle mirrored real images), and w = mean
 latent gives the canonical face: upright, centred, mean size and shape,
 canonical palette. Coordinates beyond the 64 used ones have no effect.
 
-Noise inputs play the role of StyleGAN's: they set the fur texture and the
-background noise pattern, which are independent of the latents. ``noise`` is a
-list [fur (B, 1, 16, 16), background (B, 3, 6, 6)] with B = 1 or N (a None
-entry is drawn as below); without it, ``randomize_noise`` draws fresh standard
-normal fields, otherwise the fixed fields stored in the module are used.
+The fur texture and the background noise pattern are, like the rest of the
+appearance, set by the fine latents (entries 6 and 7, through fixed random
+projections), and noise inputs play the role of StyleGAN's: they add a small
+stochastic part (``NOISE_SHARE`` of each pattern's variance), so two renders of
+one latent with fresh noise differ only in fine detail, as GANgealing's pairs
+assume. ``noise`` is a list [fur (B, 1, 16, 16), background (B, 3, 6, 6)] with
+B = 1 or N (a None entry is drawn as below); without it, ``randomize_noise``
+draws fresh standard normal fields, otherwise the fixed fields stored in the
+module are used. Either way each pattern stays standard normal, as in the
+renderer's "real" images.
 """
 import math
 
@@ -36,6 +41,8 @@ from utils.errors import UserError
 N_LATENT = 8
 COARSE_LAYERS = 4  # W+ entries [0, COARSE_LAYERS) set pose and shape: the natural --inject
 MAPPING_SEED = 20220601
+NOISE_SHARE = 0.02  # variance share of the noise inputs in the fur and background patterns
+_PATTERN_LAYERS = (6, 7)  # W+ entries setting the fur and the background patterns
 
 # W+ entry of each factor group; a tuple spreads the group evenly over those entries.
 _LAYER_OF_GROUP = {
@@ -119,6 +126,10 @@ class SyntheticGenerator(nn.Module):
         generator = torch.Generator().manual_seed(MAPPING_SEED + 1)
         self.register_buffer('noise_fur', torch.randn(1, *world.FUR_NOISE_SHAPE, generator=generator))
         self.register_buffer('noise_background', torch.randn(1, *world.BACKGROUND_NOISE_SHAPE, generator=generator))
+        # Fixed projections from a W+ entry's coordinates to unit-variance patterns.
+        for name, shape in (('fur', world.FUR_NOISE_SHAPE), ('background', world.BACKGROUND_NOISE_SHAPE)):
+            projection = torch.randn(style_dim, math.prod(shape), generator=generator) / math.sqrt(style_dim)
+            self.register_buffer(f'pattern_{name}', projection, persistent=False)
 
     def extra_repr(self):
         return f'size={self.size}, style_dim={self.style_dim}, n_latent={self.n_latent}, factors={self.factors}'
@@ -174,6 +185,14 @@ class SyntheticGenerator(nn.Module):
             out.append(given.to(buffer.dtype).expand(n, *shape))
         return out
 
+    def _patterns(self, coords, noise):
+        # Latent-driven pattern plus a small stochastic share; variance stays 1.
+        out = []
+        for layer, projection, field in zip(_PATTERN_LAYERS, (self.pattern_fur, self.pattern_background), noise):
+            from_latent = (coords[:, layer] @ projection).view_as(field)
+            out.append(math.sqrt(1 - NOISE_SHARE) * from_latent + math.sqrt(NOISE_SHARE) * field)
+        return out
+
     # -- rendering ----------------------------------------------------------
     def world_params(self, latent, noise=None, randomize_noise=True):
         """World parameters (utils.synthetic_world.params_from_factors) of W+ latents.
@@ -183,7 +202,7 @@ class SyntheticGenerator(nn.Module):
         coords = self.style.coordinates(latent)
         index = torch.arange(world.NUM_FACTORS, device=latent.device)
         uniform = 0.5 * (1 + torch.erf(coords[:, self.factor_layer, index] / math.sqrt(2)))
-        fur, background = self._noise(latent.shape[0], noise, randomize_noise)
+        fur, background = self._patterns(coords, self._noise(latent.shape[0], noise, randomize_noise))
         mirror = torch.zeros(latent.shape[0], device=latent.device, dtype=latent.dtype)
         return world.params_from_factors(uniform, fur, background, mirror, self.factors)
 

@@ -16,7 +16,7 @@ DEMO_DEFAULTS = dict(
     dataset_mode='synthetic',
     loss_fn='laplacian',        # weight-free: nothing to download
     gen_size=64, real_size=64,
-    flow_size=32, stn_channel_multiplier=0.125,
+    flow_size=32, stn_channel_multiplier=0.125, stn_max_channels=64,
     dim_latent=NUM_FACTORS, n_mlp=1,
     inject=COARSE_LAYERS,       # W+ entries [0, 4) hold pose and shape
     iter=4000, anneal_psi=1000, period=1000,  # learning rate reaches zero at 2000 and 4000

@@ -76,6 +76,9 @@ def add_base_options(parser):
                           'of two no larger than the image resolutions')
     stn.add_argument('--stn_channel_multiplier', type=float, default=None,
                      help="width multiplier of the STN's convolutions")
+    stn.add_argument('--stn_max_channels', type=int, default=None,
+                     help="cap on the STN's convolution widths (the original uses 512; small "
+                          'values make a fast CPU model)')
     stn.add_argument('--num_heads', type=int, default=None,
                      help='number of clusters, each with its own warp head (1: unimodal GANgealing)')
     stn.add_argument('--padding_mode', type=str, default=None, choices=PADDING_MODES,
@@ -160,7 +163,7 @@ def add_training_options(parser):
                      help='show a random set of real images instead of the first ones')
 
     parser.set_defaults(batch=5, padding_mode='reflection', transform=list(TRANSFORMS), flow_size=128,
-                        stn_channel_multiplier=0.5, num_heads=1)
+                        stn_channel_multiplier=0.5, stn_max_channels=512, num_heads=1)
     return parser
 
 
@@ -181,7 +184,7 @@ def add_eval_options(parser):
     group.add_argument('--out', type=str, default='visuals', help='folder for the outputs')
     # Unset spatial-transformer flags are read from the checkpoint.
     parser.set_defaults(batch=40, padding_mode='border', transform=None, flow_size=None,
-                        stn_channel_multiplier=None, num_heads=None)
+                        stn_channel_multiplier=None, stn_max_channels=None, num_heads=None)
     return parser
 
 

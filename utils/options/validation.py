@@ -104,6 +104,7 @@ def training_problems(opt, parser, explicit, chosen):
         c.at_least(dest, 0)
     c.at_least('period', 1)
     c.positive('stn_channel_multiplier')
+    c.at_least('stn_max_channels', 1)
     if not 0 < opt.decay <= 1:
         c.fail(f'--decay must be in (0, 1] (got {opt.decay})')
     c.image_size('real_size')
@@ -144,6 +145,7 @@ def eval_problems(opt, parser):
     for dest in ('num_workers', 'seed'):
         c.at_least(dest, 0)
     c.positive('stn_channel_multiplier')
+    c.at_least('stn_max_channels', 1)
     c.image_size('real_size')
     c.flow_size(('real_size',))
     c.transform_list()
