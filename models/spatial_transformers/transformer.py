@@ -1,0 +1,268 @@
+"""A single spatial transformer: one trunk and one warp head (similarity or flow)."""
+import torch
+
+from utils.errors import UserError
+from models.spatial_transformers.base import STNBase, pack_outputs
+from models.spatial_transformers.batching import alpha_per_row, repeat_rows, resolve_warp_policy
+from models.spatial_transformers.geometry import (
+    apply_affine, invert_affine, normalize_points, unnormalize_points)
+from models.spatial_transformers.heads import FlowHead, SimilarityHead
+from models.spatial_transformers.point_maps import nearest_grid_pixels, sample_grid_at_points
+from models.spatial_transformers.sampling import TentDownsample, check_padding_mode, tent_downsample
+from models.spatial_transformers.trunk import build_convs, build_final_layers
+from models.spatial_transformers.warp_checks import warp_exceeds_image_bounds
+
+TRANSFORMS = ('similarity', 'flow')
+
+
+def _is_power_of_two(value):
+    return isinstance(value, int) and value > 0 and value & (value - 1) == 0
+
+
+def validate_stn_args(transform, flow_size, supersize, num_heads, flow_downsample,
+                      channel_multiplier):
+    """Raise UserError for a configuration no spatial transformer can be built with."""
+    if transform not in TRANSFORMS:
+        raise UserError(f"unknown transform '{transform}'; choose from {', '.join(TRANSFORMS)}")
+    smallest = 2 * flow_downsample if transform == 'flow' else 4
+    if not _is_power_of_two(flow_size) or flow_size < smallest:
+        raise UserError(f'flow_size must be a power of two of at least {smallest} for a '
+                        f'{transform} transformer, got {flow_size}')
+    if transform == 'flow' and not _is_power_of_two(flow_downsample):
+        raise UserError(f'flow_downsample must be a power of two, got {flow_downsample}')
+    ratio = supersize // flow_size if isinstance(supersize, int) else 0
+    if not isinstance(supersize, int) or supersize < flow_size or supersize % flow_size or \
+            (ratio > 1 and ratio % 2):
+        raise UserError(f'supersize ({supersize}) must equal flow_size ({flow_size}) or be an '
+                        f'even multiple of it')
+    if not isinstance(num_heads, int) or num_heads < 1:
+        raise UserError(f'num_heads must be a positive integer, got {num_heads}')
+    if not channel_multiplier > 0:
+        raise UserError(f'channel_multiplier must be positive, got {channel_multiplier}')
+
+
+class SpatialTransformer(STNBase):
+    """Regresses a warp from a flow_size copy of the input and applies it.
+
+    Args:
+        flow_size: resolution the warp is regressed at (and the default
+            output resolution).
+        supersize: resolution of the input images (>= flow_size); larger inputs
+            are tent-filtered down for regression.
+        channel_multiplier: width of the high-resolution trunk layers.
+        blur_kernel: FIR kernel of the trunk's downsampling blocks.
+        num_heads: number of cluster heads K.
+        transform: 'similarity' or 'flow'.
+        flow_downsample: the flow is regressed at flow_size / flow_downsample.
+        antialias: anti-aliased (mip-map) sampling.
+        max_channels: width of the low-resolution layers (512 in the released
+            models; smaller values make small test models).
+    """
+
+    def __init__(self, flow_size, supersize, channel_multiplier=0.5, blur_kernel=(1, 3, 3, 1),
+                 num_heads=1, transform='similarity', flow_downsample=8, antialias=True,
+                 max_channels=512):
+        super().__init__()
+        validate_stn_args(transform, flow_size, supersize, num_heads, flow_downsample,
+                          channel_multiplier)
+        self.transform = transform
+        self.is_flow = transform == 'flow'
+        self.stn_in_size = flow_size
+        self.supersize = supersize
+        self.num_heads = num_heads
+        self.config = dict(transforms=[transform], flow_size=flow_size, supersize=supersize,
+                           channel_multiplier=channel_multiplier, num_heads=num_heads)
+        if supersize > flow_size:
+            self.input_downsample = TentDownsample(supersize // flow_size)
+        self.convs, trunk_channels, _ = build_convs(flow_size, channel_multiplier, self.is_flow,
+                                                    flow_downsample, blur_kernel, max_channels)
+        self.final_conv, final_linear, width = build_final_layers(trunk_channels, self.is_flow,
+                                                                  max_channels)
+        if final_linear is not None:
+            self.final_linear = final_linear
+        if self.is_flow:
+            self.warp_head = FlowHead(width, flow_size, num_heads, flow_downsample, antialias)
+        else:
+            self.warp_head = SimilarityHead(width, num_heads, antialias)
+
+    @property
+    def identity_flow(self):
+        """(1, flow_size, flow_size, 2) identity grid (flow transformers only)."""
+        return self.warp_head.identity_flow
+
+    # ----- warping -----
+
+    def regression_input(self, img):
+        """(N, 3, S, S) images -> (N, 3, flow_size, flow_size) for the trunk."""
+        size = img.shape[-1]
+        if img.shape[-2] != size:
+            raise UserError(f'spatial transformers take square images, got '
+                            f'{img.shape[-2]}x{size}; pad or crop them to a square')
+        if size == self.stn_in_size:
+            return img
+        if size == self.supersize and hasattr(self, 'input_downsample'):
+            return self.input_downsample(img)
+        factor = size // self.stn_in_size
+        if size % self.stn_in_size == 0 and factor % 2 == 0:
+            return tent_downsample(img, factor)
+        raise UserError(f'input images are {size}x{size}, but this spatial transformer '
+                        f'regresses warps at {self.stn_in_size}x{self.stn_in_size}; resize them '
+                        f'to {self.stn_in_size} or an even multiple of it (e.g. {self.supersize})')
+
+    def features(self, img):
+        """Trunk features: (N, D) for similarity, (N, D, h, w) for flow."""
+        out = self.final_conv(self.convs(self.regression_input(img)))
+        if self.is_flow:
+            return out
+        return self.final_linear(out.flatten(1))
+
+    def _stage(self, img, source, output_resolution, head_index, base_warp, alpha, stop_grad,
+               padding_mode):
+        """One regression and warp: (images, grid, residual flow or matrix)."""
+        rows = img.shape[0] * (self.num_heads if head_index is None else 1)
+        return self.warp_head(source, self.features(img), output_resolution,
+                              head_index=head_index, base_warp=base_warp,
+                              alpha=alpha_per_row(alpha, rows, img), stop_grad=stop_grad,
+                              padding_mode=padding_mode)
+
+    def iterate(self, img, source, output_resolution, iters, head_index, base_warp, alpha,
+                 stop_grad, padding_mode, intermediate_resolution=None):
+        """Apply the transformer ``iters`` times to its own output, composing warps.
+
+        Returns:
+            list over iterations of (images, grid, residual flow or matrix);
+            after the first iteration every row keeps the head that made it.
+        """
+        if iters < 1:
+            raise UserError(f'iters must be at least 1, got {iters}')
+        if iters > 1 and self.is_flow:
+            raise UserError('only similarity transformers can be iterated (iters > 1)')
+        intermediate_resolution = intermediate_resolution or self.stn_in_size
+        results = []
+        current, warp = img, base_warp
+        for iteration in range(iters):
+            last = iteration == iters - 1
+            result = self._stage(current, source, output_resolution if last else intermediate_resolution,
+                                 head_index, warp, alpha if last else None, stop_grad, padding_mode)
+            results.append(result)
+            current, _, warp = result
+            if head_index is None and self.num_heads > 1:
+                head_index = torch.arange(self.num_heads, device=img.device).repeat(img.shape[0])
+                source = repeat_rows(source, current.shape[0])
+        return results
+
+    def forward(self, img, output_resolution=None, iters=1, return_warp=False, return_flow=False,
+                padding_mode='border', alpha=None, input_img_for_sampling=None,
+                warp_policy='cartesian', unfold=False, stop_grad=False, base_warp=None,
+                return_out_of_bounds=False, image_bounds=None, return_intermediates=False,
+                intermediate_output_resolution=None):
+        """Warp images into the learned template.
+
+        Args:
+            img: (N, 3, S, S) images in [-1, 1] (S = flow_size, supersize or an
+                even multiple of flow_size) to regress the warp from.
+            output_resolution: side R of the output (default flow_size); the
+                warp is resized, not the warped image.
+            iters: re-apply the similarity to its own output, composing warps.
+            return_warp: also return the sampling grid (rows, R, R, 2).
+            return_flow: also return the residual flow (rows, F, F, 2) of a flow
+                transformer or the (rows, 2, 3) matrix of a similarity one.
+            padding_mode: 'border', 'zeros' or 'reflection'.
+            alpha: blend of the warp toward the identity (number or (N,)).
+            input_img_for_sampling: (N, 3, H, W) image to sample instead of
+                ``img`` (e.g. a higher-resolution copy).
+            warp_policy: 'cartesian' (every head warps every image; rows
+                ordered image-major: row n * K + k is image n, head k), (N,)
+                head indices, (N, S) head scores or a classifier module.
+            unfold: return rows as (N, rows per image, ...).
+            stop_grad: no gradient into the warp regression.
+            base_warp: (N or rows, 2, 3) similarity to compose with.
+            return_out_of_bounds: also return (rows,) bool, True where the warp
+                reads beyond the image content (see warp_exceeds_image_bounds).
+            image_bounds: (N, 2) original (height, width) for that check.
+            return_intermediates: return (list of images, list of grids), one
+                per iteration, instead.
+            intermediate_output_resolution: output size of non-final iterations.
+        Returns:
+            images (rows, 3, R, R) alone, or a tuple with the requested extras in
+            the order warp, flow, out-of-bounds.
+        """
+        padding_mode = check_padding_mode(padding_mode)
+        source = img if input_img_for_sampling is None else input_img_for_sampling
+        head_index = resolve_warp_policy(warp_policy, self.num_heads, source)
+        results = self.iterate(img, source, output_resolution or self.stn_in_size, iters,
+                                head_index, base_warp, alpha, stop_grad, padding_mode,
+                                intermediate_output_resolution)
+        if return_intermediates:
+            return [r[0] for r in results], [r[1] for r in results]
+        images, grid, flow = results[-1]
+        outputs = [images] + [grid] * return_warp + [flow] * return_flow
+        if return_out_of_bounds:
+            outputs.append(warp_exceeds_image_bounds(grid, image_bounds))
+        return pack_outputs(outputs, img.shape[0], unfold)
+
+    # ----- points -----
+
+    def congeal_points(self, imgA, pointsA, normalize_input_points=True,
+                       unnormalize_output_points=False, output_resolution=None, iters=1,
+                       input_img_for_sampling=None, return_full=False, **forward_kwargs):
+        """Map image points into the template (inverse of the sampling warp).
+
+        Args:
+            imgA: (N, 3, S, S) images.
+            pointsA: (N, P, 2) points (x, y): pixels of the sampled image, or
+                normalised when ``normalize_input_points`` is False.
+            unnormalize_output_points: similarity only: return pixels of the
+                sampled image's size instead of normalised positions.
+        Returns:
+            (rows, P, 2) template points: for similarity normalised (closed-form
+            inverse), for flow pixel indices on the flow_size grid (nearest
+            neighbour). With ``return_full`` (images, residual flow or matrix,
+            points).
+        """
+        source_size = (imgA if input_img_for_sampling is None else input_img_for_sampling).shape[-1]
+        images, _, flow = self.forward(imgA, return_warp=True, return_flow=True,
+                                       output_resolution=output_resolution, iters=iters,
+                                       input_img_for_sampling=input_img_for_sampling,
+                                       **forward_kwargs)
+        points = repeat_rows(pointsA, flow.shape[0], 'points').to(flow.dtype)
+        if normalize_input_points:
+            points = normalize_points(points, source_size, source_size)
+        if self.is_flow:
+            points = nearest_grid_pixels(self.identity_flow + flow, points)
+        else:
+            points = apply_affine(invert_affine(flow), points)
+            if unnormalize_output_points:
+                points = unnormalize_points(points, source_size, source_size)
+        return (images, flow, points) if return_full else points
+
+    def uncongeal_points(self, imgB, points_congealed, unnormalize_output_points=True,
+                         normalize_input_points=False, output_resolution=None, iters=1,
+                         input_img_for_sampling=None, **forward_kwargs):
+        """Map template points into images (sampling the warp at them).
+
+        Args:
+            imgB: (N, 3, S, S) images.
+            points_congealed: (N or rows, P, 2) template points, normalised, or
+                with ``normalize_input_points`` pixels (similarity: of an
+                S-sized template; flow: of the flow_size grid).
+        Returns:
+            (rows, P, 2) points in pixels of the sampled image (normalised
+            without ``unnormalize_output_points``).
+        """
+        source_size = (imgB if input_img_for_sampling is None else input_img_for_sampling).shape[-1]
+        _, grid, flow = self.forward(imgB, return_warp=True, return_flow=True,
+                                     output_resolution=output_resolution, iters=iters,
+                                     input_img_for_sampling=input_img_for_sampling,
+                                     **forward_kwargs)
+        points = repeat_rows(points_congealed, grid.shape[0], 'points').to(grid.dtype)
+        if normalize_input_points:
+            template_size = self.stn_in_size if self.is_flow else imgB.shape[-1]
+            points = normalize_points(points, source_size, template_size)
+        if self.is_flow:
+            points = sample_grid_at_points(grid, points)
+        else:
+            points = apply_affine(flow, points)
+        if unnormalize_output_points:
+            points = unnormalize_points(points, source_size, source_size)
+        return points
