@@ -131,7 +131,8 @@ class MipmapWarp(nn.Module):
         levels = mipmap_levels(grid, height, width, self.max_num_levels - 1.0)
         # Each halving needs at least two pixels to reflect-pad.
         most_levels = int(math.log2(max(min(height, width), 1))) + 1
-        num_levels = min(int(levels.max().ceil().item()) + 1, most_levels)
+        # nan_to_num/clamp: diverged warps must reach the trainer's non-finite check, not crash here.
+        num_levels = min(int(levels.max().nan_to_num(0.0).clamp(max=most_levels).ceil().item()) + 1, most_levels)
         if num_levels == 1:
             return F.grid_sample(source, grid, mode='bilinear', padding_mode=padding_mode,
                                  align_corners=False)

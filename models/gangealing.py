@@ -1,0 +1,63 @@
+"""GAN-supervised pairs and the per-step GANgealing objective.
+
+A pair is an unaligned sample x = G(w) and its congealing target y = G(w+),
+where w+ takes the target's coarse (pose) entries and x's fine (appearance)
+entries (see models.latent_learner). The spatial transformer learns T(x) ~ y.
+"""
+import torch
+import torch.nn.functional as F
+
+
+def resize_for_stn(images, size):
+    """Anti-aliased bilinear resize of (N, C, H, W) generator output to (size, size)."""
+    if images.shape[-1] == size:
+        return images
+    return F.interpolate(images, size=(size, size), mode='bilinear', align_corners=False,
+                         antialias=images.shape[-1] > size)
+
+
+def sample_pairs(generator, ll, psi, batch, flow_size, z=None, freeze_ll=False):
+    """Draw unaligned samples and their congealing targets.
+
+    Args:
+        generator: frozen generator (interface of models.Generator).
+        ll: the target learner; ``ll(w, psi)`` maps (N, style_dim) w to the
+            target W+ (N * num_heads, n_latent, style_dim), image-major.
+        psi: 1 = the target is the sample itself, 0 = the learned target pose.
+        flow_size: resolution the targets are resized to (the STN's output).
+        z: optional (N, style_dim) latents; random when None.
+    Returns:
+        x (N, 3, gen_size, gen_size) unaligned samples in [-1, 1] (no gradient),
+        y (N * num_heads, 3, flow_size, flow_size) targets (differentiable in
+        the target coefficients unless ``freeze_ll``).
+    """
+    device = next(ll.parameters()).device if any(True for _ in ll.parameters()) else None
+    if z is None:
+        z = torch.randn(batch, generator.style_dim, device=device)
+    with torch.no_grad():
+        x, w_plus = generator([z], return_latents=True)
+    with torch.set_grad_enabled(torch.is_grad_enabled() and not freeze_ll):
+        target_latents = ll(w_plus[:, 0], psi)
+        # Noise is re-randomised between the two generator calls (DESIGN section 1).
+        y, _ = generator([target_latents], input_is_latent=True)
+        y = resize_for_stn(y, flow_size)
+    return x, y
+
+
+def congeal_samples(stn, x, flow_size, sample_from_full_res, flips=False, **stn_kwargs):
+    """Warp generator samples with every head (and their mirrors with ``flips``).
+
+    Args:
+        x: (N, 3, gen_size, gen_size) samples.
+    Returns:
+        aligned ((1 + flips) * N * num_heads, 3, flow_size, flow_size), ordered
+        (mirror, image, head); the residual flow (same leading size, flow_size,
+        flow_size, 2), or the (.., 2, 3) similarity matrices for a
+        similarity-only transformer.
+    """
+    if flips:
+        x = torch.cat([x, x.flip(3)], 0)
+    source = x if sample_from_full_res else None
+    aligned, flow = stn(resize_for_stn(x, flow_size), return_flow=True,
+                        input_img_for_sampling=source, output_resolution=flow_size, **stn_kwargs)
+    return aligned, flow

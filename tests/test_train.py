@@ -1,0 +1,282 @@
+"""train.py end to end on tiny configurations: what a run logs, writes and learns.
+
+One synthetic run through the real command line (a module fixture) serves
+most tests; runs that need a different configuration go through ``train.main()``
+in this process. See test_train_resume.py, test_train_errors.py and
+test_train_distributed.py for the rest of the trainer's behaviour.
+"""
+import copy
+import json
+import math
+import os
+
+import pytest
+import torch
+from torch import nn
+
+import train
+from models.gangealing import resize_for_stn, sample_pairs
+from models.losses import nearest_cluster, total_variation_loss
+from models.perceptual import PERCEPTUAL_LOSSES
+from utils.checkpoint import load_checkpoint
+from utils.distributed import seed_everything
+from utils.options import parse_training_options
+from utils.schedules import anneal_psi, lr_at
+from utils.training_state import CHECKPOINT_FORMAT_VERSION
+
+pytestmark = pytest.mark.usefixtures('one_thread')
+
+CHECKPOINT_KEYS = {'g_ema', 't', 't_ema', 't_optim', 't_sched', 'll', 'll_optim', 'll_sched', 'args',
+                   'iteration', 'rng_state', 'format_version'}
+SCALAR_TAGS = ('Loss/reconstruction', 'Loss/total_variation', 'Loss/flow_identity', 'Progress/psi',
+               'Progress/STN_LearningRate', 'Progress/LL_LearningRate', 'Progress/iterations_per_second')
+IMAGE_TAGS = ('sample', 'congealed_sample', 'target_sample', 'mean_congealed_sample', 'congealed_real',
+              'mean_congealed_real', 'flow_real')
+
+# The schedule of the module's synthetic run: psi reaches 0 at iteration 3; the
+# cosine cycles are 3 then 6 iterations long, so the learning rate restarts
+# (at half the previous peak) at iterations 6 and 12.
+ITERATIONS, ANNEAL, PERIOD, T_MULT, DECAY = 12, 3, 3, 2, 0.5
+STN_LR, LL_LR = 0.002, 0.02
+RESTARTS = {ANNEAL + PERIOD: DECAY, ANNEAL + PERIOD + PERIOD * T_MULT: DECAY ** 2}
+
+
+def _parameter_names(module):
+    return [name for name, _ in module.named_parameters()]
+
+
+def _initial_models(argv):
+    """The models main() builds before its first step for these flags (same seeding)."""
+    opt = parse_training_options(argv, save=False)
+    seed_everything(opt.seed)
+    return opt, train.build_models(opt, torch.device('cpu'))
+
+
+def _max_difference(a, b, names):
+    return max((a[name] - b[name]).abs().max().item() for name in names)
+
+
+@pytest.fixture(scope='module')
+def synthetic_run(tmp_path_factory, train_process, tiny_configs, read_events):
+    results = tmp_path_factory.mktemp('results')
+    argv = tiny_configs.synthetic + [
+        '--exp-name', 'demo', '--results', str(results), '--iter', ITERATIONS, '--anneal_psi', ANNEAL,
+        '--period', PERIOD, '--tm', T_MULT, '--decay', DECAY, '--stn_lr', STN_LR, '--ll_lr', LL_LR,
+        '--log_every', 1, '--ckpt_every', 1]
+    argv = [str(a) for a in argv]
+    proc = train_process.run(argv)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    exp_dir = results / 'demo'
+    return argv, exp_dir, read_events(exp_dir), proc
+
+
+def _checkpoint(exp_dir, iteration):
+    return load_checkpoint(str(exp_dir / 'checkpoints' / f'{iteration:07d}.pt'))
+
+
+def test_accumulate_is_an_exponential_moving_average_of_the_trajectory():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
+    ema = copy.deepcopy(model)
+    decay = 0.8
+    expected = [p.detach().clone() for p in model.parameters()]
+    for step in range(5):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p))
+            model[1].running_mean.add_(1.0)
+        train.accumulate(ema, model, decay)
+        expected = [decay * e + (1 - decay) * p.detach() for e, p in zip(expected, model.parameters())]
+    for got, want, current in zip(ema.parameters(), expected, model.parameters()):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+        assert not torch.allclose(got, current)  # it lags behind the model
+    assert torch.equal(ema[1].running_mean, model[1].running_mean)  # buffers are copied
+    train.accumulate(ema, model, 0)  # decay 0: an exact copy (how training starts)
+    for got, current in zip(ema.parameters(), model.parameters()):
+        assert torch.equal(got, current)
+    # 32 iterations per 10k halve the old weights' share: 0.5 after 10000 / 32 steps.
+    assert train.EMA_DECAY ** (10000 / 32) == pytest.approx(0.5)
+
+
+def test_run_logs_every_scalar_and_image_tag_and_writes_files(synthetic_run):
+    _, exp_dir, events, proc = synthetic_run
+    for tag in SCALAR_TAGS:
+        assert sorted(events.scalars(tag)) == list(range(1, ITERATIONS + 1)), tag
+    for name in ('Loss/reconstruction', 'Loss/total_variation', 'Loss/flow_identity'):
+        values = events.scalars(name).values()
+        assert all(math.isfinite(v) and v >= 0 for v in values), name
+    assert events.scalars('Loss/reconstruction')[1] > 0
+    pck = events.scalars('PCK/transfer@0.1')
+    assert list(pck) == [ITERATIONS] and 0 <= pck[ITERATIONS] <= 1
+    # Visuals at the start, at the zero-learning-rate points (2, 5, 11) and at the end.
+    visual_steps = [0, ANNEAL - 1, ANNEAL + PERIOD - 1, ANNEAL + PERIOD + PERIOD * T_MULT - 1, ITERATIONS]
+    for tag in IMAGE_TAGS:
+        assert events.image_steps(tag) == visual_steps, tag
+        for step in visual_steps:
+            assert (exp_dir / f'{tag}_{step:07d}.png').is_file(), (tag, step)
+    from PIL import Image
+    with Image.open(exp_dir / 'sample_0000000.png') as image:  # 4 samples of 32 px: a 2 x 2 grid
+        assert image.size == (2 + 2 * 34, 2 + 2 * 34)
+    options = json.loads((exp_dir / 'opt.json').read_text())['options']
+    assert options['iter'] == ITERATIONS and options['exp_name'] == 'demo'
+    assert 'stn_max_channels: 16' in (exp_dir / 'opt.txt').read_text()
+    with open(exp_dir / 'pck.json') as f:
+        assert json.load(f)['pck']['0.1'] == pytest.approx(pck[ITERATIONS], abs=1e-6)
+    assert 'PCK-Transfer' in proc.stdout
+
+
+def test_psi_and_learning_rates_follow_their_schedules(synthetic_run):
+    _, _, events, _ = synthetic_run
+    psi = events.scalars('Progress/psi')
+    stn_lr = events.scalars('Progress/STN_LearningRate')
+    ll_lr = events.scalars('Progress/LL_LearningRate')
+    for i in range(1, ITERATIONS + 1):
+        assert psi[i] == pytest.approx(anneal_psi(i, ANNEAL, 'cosine'), abs=1e-7), i
+        step = max(0, i - ANNEAL)  # the learning-rate clock starts once psi is 0
+        assert stn_lr[i] == pytest.approx(lr_at(step, STN_LR, PERIOD, T_MULT, DECAY), rel=1e-6, abs=1e-12), i
+        assert ll_lr[i] == pytest.approx(lr_at(step, LL_LR, PERIOD, T_MULT, DECAY), rel=1e-6, abs=1e-12), i
+    # The formulas' landmarks, written out: psi 1 -> 0 by a half cosine, then held at 0 ...
+    assert psi[1] == pytest.approx(0.75) and psi[2] == pytest.approx(0.25)
+    assert all(psi[i] == 0 for i in range(ANNEAL, ITERATIONS + 1))
+    # ... the peak rate until psi is 0, a cosine down, and restarts at a decayed peak.
+    assert all(stn_lr[i] == pytest.approx(STN_LR) for i in range(1, ANNEAL + 1))
+    for iteration, factor in RESTARTS.items():
+        assert stn_lr[iteration] == pytest.approx(STN_LR * factor, rel=1e-6)
+        assert ll_lr[iteration] == pytest.approx(LL_LR * factor, rel=1e-6)
+        assert stn_lr[iteration - 1] < stn_lr[iteration]
+    assert stn_lr[ANNEAL + 1] == pytest.approx(STN_LR * (1 + math.cos(math.pi / PERIOD)) / 2, rel=1e-6)
+
+
+def test_checkpoints_hold_every_key_and_reload_into_fresh_models(synthetic_run):
+    argv, exp_dir, events, _ = synthetic_run
+    saved = sorted(os.listdir(exp_dir / 'checkpoints'))
+    assert saved == [f'{i:07d}.pt' for i in range(1, ITERATIONS + 1)]  # --ckpt_every 1, nothing else
+    ckpt = _checkpoint(exp_dir, ITERATIONS)
+    assert set(ckpt) == CHECKPOINT_KEYS
+    assert ckpt['iteration'] == ITERATIONS and ckpt['format_version'] == CHECKPOINT_FORMAT_VERSION
+    assert ckpt['args'].exp_name == 'demo' and ckpt['args'].iter == ITERATIONS
+    assert isinstance(ckpt['rng_state']['torch'], torch.Tensor)
+    opt, (generator, stn, t_ema, ll) = _initial_models(argv)
+    generator.load_state_dict(ckpt['g_ema'])
+    stn.load_state_dict(ckpt['t'])
+    t_ema.load_state_dict(ckpt['t_ema'])
+    ll.load_state_dict(ckpt['ll'])
+    t_optim = torch.optim.Adam(stn.parameters(), lr=opt.stn_lr)
+    t_optim.load_state_dict(ckpt['t_optim'])
+    sched = train.DecayingCosineAnnealingWarmRestarts(t_optim, T_0=1, T_mult=opt.tm, decay=opt.decay)
+    sched.load_state_dict(ckpt['t_sched'])
+    assert sched.get_last_lr()[0] == pytest.approx(events.scalars('Progress/STN_LearningRate')[ITERATIONS])
+    assert float(t_optim.state_dict()['state'][0]['step']) == ITERATIONS  # one Adam step per iteration
+    with torch.no_grad():
+        aligned = t_ema(torch.zeros(2, 3, 32, 32), output_resolution=16)
+    assert aligned.shape == (2, 3, 16, 16) and torch.isfinite(aligned).all()
+
+
+def test_training_moves_the_stn_and_target_and_the_ema_lags_by_the_decay(synthetic_run):
+    argv, exp_dir, _, _ = synthetic_run
+    _, (_, initial_stn, _, initial_ll) = _initial_models(argv)
+    names = _parameter_names(initial_stn)
+    initial = initial_stn.state_dict()
+    ckpts = {i: _checkpoint(exp_dir, i) for i in range(1, ITERATIONS + 1)}
+    decay = train.EMA_DECAY
+    # t_ema starts as a copy of the initial STN and follows its trajectory by the decay.
+    previous = initial
+    for i in range(1, ITERATIONS + 1):
+        t, t_ema = ckpts[i]['t'], ckpts[i]['t_ema']
+        for name in names:
+            expected = decay * previous[name] + (1 - decay) * t[name]
+            torch.testing.assert_close(t_ema[name], expected, rtol=1e-5, atol=1e-7, msg=f'{name} at {i}')
+        previous = t_ema
+    final = ckpts[ITERATIONS]
+    assert _max_difference(final['t'], initial, names) > 1e-4  # the STN learned
+    ema_moved = _max_difference(final['t_ema'], initial, names)
+    assert 0 < ema_moved < _max_difference(final['t'], initial, names)  # and its EMA lags behind
+    assert _max_difference(final['t_ema'], final['t'], names) > 0
+    # The target coefficients start at zero and receive gradients through the generator.
+    assert torch.equal(initial_ll.coefficients, torch.zeros(1, 1))
+    assert final['ll']['coefficients'].abs().max() > 0
+    assert torch.equal(final['ll']['lat_mean'], ckpts[1]['ll']['lat_mean'])  # the PCA is fixed
+
+
+def test_random_stylegan2_run_learns_with_linear_psi(tmp_path, train_in_process, tiny_configs, read_events):
+    argv = tiny_configs.stylegan2 + ['--exp-name', 'sg2', '--results', str(tmp_path), '--iter', '3',
+                                     '--anneal_psi', '4', '--anneal_fn', 'linear', '--log_every', '1']
+    result = train_in_process(argv)
+    assert result.code == 0, result.stderr[-3000:]
+    exp_dir = tmp_path / 'sg2'
+    events = read_events(exp_dir)
+    for tag in ('Loss/reconstruction', 'Loss/total_variation', 'Loss/flow_identity'):
+        assert all(math.isfinite(v) for v in events.scalars(tag).values()), tag
+    assert events.scalars('Progress/psi') == pytest.approx({1: 0.75, 2: 0.5, 3: 0.25})
+    # No real images with --dataset_mode lmdb and no --real_data_path: generated visuals only.
+    assert 'sample' in events.tags['images'] and 'congealed_real' not in events.tags['images']
+    assert not any(tag.startswith('PCK/') for tag in events.tags['scalars'])
+    ckpt = load_checkpoint(str(exp_dir / 'checkpoints' / '0000003.pt'))
+    _, (generator, stn, _, _) = _initial_models(argv)
+    for name, value in generator.state_dict().items():  # the generator is frozen
+        assert torch.equal(ckpt['g_ema'][name], value), name
+    names = _parameter_names(stn)
+    assert _max_difference(ckpt['t'], stn.state_dict(), names) > 1e-4
+    assert _max_difference(ckpt['t_ema'], stn.state_dict(), names) > 0
+    assert _max_difference(ckpt['t_ema'], ckpt['t'], names) > 0
+    assert ckpt['ll']['coefficients'].abs().max() > 0
+    assert ckpt['ll']['directions'].shape == (1, 32)
+
+
+def test_clustering_with_flips_keeps_each_inputs_best_head_and_mirror(tiny_configs, tmp_path):
+    heads, batch = 2, 3
+    argv = tiny_configs.synthetic + ['--exp-name', 'clusters', '--results', str(tmp_path), '--num_heads',
+                                     str(heads), '--flips', '--batch', str(batch)]
+    opt, (generator, stn, _, ll) = _initial_models(argv)
+    loss_fn = PERCEPTUAL_LOSSES.get(opt.loss_fn).build(opt)
+    train.initialise_target(opt, generator, ll, loss_fn, torch.device('cpu'))
+    assert not torch.allclose(ll.coefficients[0], ll.coefficients[1])  # k-means++: distinct centroids
+    psi = 0.3
+    torch.manual_seed(11)
+    terms = train.training_step(opt, generator, stn, ll, loss_fn, psi)
+    # The same draw, scored pair by pair: input n, mirrored or not, against head k's target.
+    torch.manual_seed(11)
+    with torch.no_grad():
+        x, y = sample_pairs(generator, ll, psi, batch, opt.flow_size)
+        distances = torch.empty(batch, 2, heads)
+        flows = {}
+        for mirror, images in enumerate((x, x.flip(3))):
+            aligned, flow = stn(resize_for_stn(images, opt.flow_size), return_flow=True, unfold=True,
+                                output_resolution=opt.flow_size, padding_mode=opt.padding_mode)
+            assert aligned.shape == (batch, heads, 3, opt.flow_size, opt.flow_size)
+            for n in range(batch):
+                for k in range(heads):
+                    distances[n, mirror, k] = loss_fn(aligned[n, k:k + 1], y[n * heads + k:n * heads + k + 1])
+                    flows[n, mirror, k] = flow[n, k]
+    best, choice = distances.view(batch, -1).min(1)
+    assert terms.perceptual.item() == pytest.approx(best.mean().item(), rel=1e-5)
+    chosen_flows = torch.stack([flows[n, int(c) // heads, int(c) % heads] for n, c in enumerate(choice)])
+    assert terms.total_variation.item() == pytest.approx(total_variation_loss(chosen_flows).item(), rel=1e-4)
+    # nearest_cluster reads the trainer's (mirror, image, head) layout the same way.
+    layout = distances.permute(1, 0, 2).reshape(-1)
+    values, indices = nearest_cluster(layout, batch, heads, flips=True)
+    assert torch.equal(indices, choice) and torch.allclose(values, best)
+    assert indices.shape == (batch,) and ((indices >= 0) & (indices < 2 * heads)).all()
+    # Gradients reach both heads' targets only through the inputs that chose them.
+    terms.total.backward()
+    used_heads = set((choice % heads).tolist())
+    for k in range(heads):
+        assert (ll.coefficients.grad[k].abs().sum() > 0) == (k in used_heads)
+
+
+def test_clustering_run_with_flips(tmp_path, train_in_process, tiny_configs, read_events):
+    argv = tiny_configs.synthetic + ['--exp-name', 'clusters', '--results', str(tmp_path), '--num_heads', '2',
+                                     '--flips', '--iter', '2', '--anneal_psi', '2', '--log_every', '1']
+    result = train_in_process(argv)
+    assert result.code == 0, result.stderr[-3000:]
+    exp_dir = tmp_path / 'clusters'
+    events = read_events(exp_dir)
+    assert all(math.isfinite(v) for v in events.scalars('Loss/reconstruction').values())
+    ckpt = load_checkpoint(str(exp_dir / 'checkpoints' / '0000002.pt'))
+    assert ckpt['ll']['coefficients'].shape == (2, 1)
+    # PCK-Transfer needs one template: a clustering run ends without it instead of failing.
+    assert not (exp_dir / 'pck.json').exists()
+    assert not any(tag.startswith('PCK/') for tag in events.tags['scalars'])
+    from PIL import Image
+    with Image.open(exp_dir / 'mean_congealed_sample_0000002.png') as image:  # one mean per head, side by side
+        assert image.size == (2 + 2 * 18, 2 + 18)

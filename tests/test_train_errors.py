@@ -1,0 +1,135 @@
+"""train.py on bad input: readable one-line errors, the right exit status, nothing half-written."""
+import os
+import socket
+
+import pytest
+import torch
+
+import train
+from models.stylegan2 import Generator
+from utils.checkpoint import load_checkpoint
+
+pytestmark = pytest.mark.usefixtures('one_thread')
+
+
+def _error_lines(stderr):
+    return [line for line in stderr.replace('\r', '\n').splitlines() if line.startswith('error:')]
+
+
+def _assert_one_clear_error(result, *phrases):
+    assert result.code == 1, (result.code, result.stderr[-3000:])
+    assert 'Traceback' not in result.stderr, result.stderr[-3000:]
+    lines = _error_lines(result.stderr)
+    assert len(lines) == 1, result.stderr[-3000:]
+    for phrase in phrases:
+        assert phrase in lines[0], lines[0]
+    return lines[0]
+
+
+def _closed_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]  # nothing listens there once the socket is closed
+
+
+@pytest.fixture(scope='module')
+def gangealing_checkpoint(tmp_path_factory, train_in_process, tiny_configs):
+    """A one-iteration synthetic run's checkpoint and its flags."""
+    results = tmp_path_factory.mktemp('results')
+    argv = tiny_configs.synthetic + ['--exp-name', 'source', '--results', str(results), '--iter', '1']
+    result = train_in_process(argv)
+    assert result.code == 0, result.stderr[-3000:]
+    return str(results / 'source' / 'checkpoints' / '0000001.pt')
+
+
+@pytest.mark.parametrize('flag, name, registered', [
+    ('--generator', 'biggan', ('stylegan2', 'synthetic')),
+    ('--loss_fn', 'ssim', ('l2', 'laplacian', 'lpips', 'vgg_ssl')),
+])
+def test_unknown_component_names_exit_2_listing_the_known_ones(flag, name, registered, tmp_path, train_in_process):
+    result = train_in_process(['--exp-name', 'x', '--results', str(tmp_path), flag, name])
+    assert result.code == 2
+    message = result.stderr.strip().splitlines()[-1]
+    assert message.startswith('train.py: error:') and f"'{name}'" in message and flag in message
+    for known in registered:
+        assert known in message
+    assert not (tmp_path / 'x').exists()  # refused before anything was written
+
+
+def test_missing_checkpoint_file_is_a_one_line_error(tmp_path, train_in_process, tiny_configs):
+    missing = str(tmp_path / 'nowhere' / 'cat.pt')
+    result = train_in_process(tiny_configs.stylegan2 + ['--exp-name', 'x', '--results', str(tmp_path),
+                                                        '--ckpt', missing])
+    _assert_one_clear_error(result, missing, 'does not exist')
+    assert not os.listdir(tmp_path / 'x' / 'checkpoints')
+
+
+def test_generator_of_another_size_is_refused_readably(tmp_path, train_in_process, tiny_configs):
+    path = str(tmp_path / 'g32.pt')
+    torch.save({'g_ema': Generator(32, 32, 2, channel_multiplier=1).state_dict()}, path)
+    result = train_in_process(tiny_configs.stylegan2 + ['--exp-name', 'x', '--results', str(tmp_path),
+                                                        '--ckpt', path])  # built for --gen_size 16
+    line = _assert_one_clear_error(result, path, '--gen_size')
+    assert 'size=32' in line and 'size=16' in line
+    assert not os.listdir(tmp_path / 'x' / 'checkpoints')
+
+
+@pytest.mark.parametrize('changed_flags, phrase', [
+    (['--stn_max_channels', '32'], 'spatial transformer'),
+    (['--num_heads', '2'], 'spatial transformer'),
+    (['--ndirs', '2'], '--ndirs'),
+], ids=['stn_width', 'num_heads', 'ndirs'])
+def test_resuming_with_another_architecture_is_refused_readably(changed_flags, phrase, gangealing_checkpoint,
+                                                                tmp_path, train_in_process, tiny_configs):
+    result = train_in_process(tiny_configs.synthetic + ['--exp-name', 'x', '--results', str(tmp_path), '--iter',
+                                                        '2', '--ckpt', gangealing_checkpoint, *changed_flags])
+    _assert_one_clear_error(result, phrase)
+    assert not os.listdir(tmp_path / 'x' / 'checkpoints')
+
+
+def test_stylegan2_refuses_a_synthetic_generator_checkpoint(gangealing_checkpoint, tmp_path, train_in_process,
+                                                            tiny_configs):
+    result = train_in_process(tiny_configs.stylegan2 + ['--exp-name', 'x', '--results', str(tmp_path),
+                                                        '--ckpt', gangealing_checkpoint])
+    _assert_one_clear_error(result, gangealing_checkpoint, 'g_ema')
+
+
+def test_non_finite_loss_stops_with_the_last_good_checkpoint(tmp_path, train_in_process, tiny_configs,
+                                                             monkeypatch):
+    real_step = train.training_step
+    calls = []
+
+    def step_that_diverges(*args, **kwargs):
+        terms = real_step(*args, **kwargs)
+        calls.append(1)
+        return terms._replace(total=terms.total * float('nan')) if len(calls) >= 3 else terms
+    monkeypatch.setattr(train, 'training_step', step_that_diverges)
+    result = train_in_process(tiny_configs.synthetic + ['--exp-name', 'nan', '--results', str(tmp_path),
+                                                        '--iter', '10', '--ckpt_every', '2'])
+    good = str(tmp_path / 'nan' / 'checkpoints' / '0000002.pt')
+    _assert_one_clear_error(result, 'non-finite', 'iteration 3', good, '--stn_lr')
+    assert len(calls) == 3  # it stopped at once
+    assert os.listdir(tmp_path / 'nan' / 'checkpoints') == ['0000002.pt']
+    assert load_checkpoint(good)['iteration'] == 2
+
+
+def test_diverging_learning_rate_stops_with_a_clear_error(tmp_path, train_in_process, tiny_configs):
+    # One Adam step of size 1e30 wrecks the STN; the next iteration must fail cleanly.
+    result = train_in_process(tiny_configs.synthetic + ['--exp-name', 'lr', '--results', str(tmp_path),
+                                                        '--iter', '4', '--anneal_psi', '2', '--stn_lr', '1e30'])
+    _assert_one_clear_error(result, 'non-finite', '--stn_lr')
+
+
+def test_offline_perceptual_weights_give_one_clear_error(tmp_path, train_process, tiny_configs):
+    proxy = f'http://127.0.0.1:{_closed_port()}'
+    env = {'TORCH_HOME': str(tmp_path / 'torch_home'), 'http_proxy': proxy, 'https_proxy': proxy,
+           'HTTP_PROXY': proxy, 'HTTPS_PROXY': proxy, 'no_proxy': '', 'NO_PROXY': ''}
+    argv = [a for a in tiny_configs.stylegan2] + ['--exp-name', 'x', '--results', str(tmp_path), '--iter', '1',
+                                                  '--loss_fn', 'lpips']
+    proc = train_process.run(argv, env=env, timeout=120)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert 'Traceback' not in proc.stderr, proc.stderr[-3000:]
+    lines = _error_lines(proc.stderr)
+    assert len(lines) == 1 and 'vgg16' in lines[0] and '--perceptual_weights' in lines[0], proc.stderr[-3000:]
+    assert not os.listdir(tmp_path / 'x' / 'checkpoints')
+    assert not list((tmp_path / 'torch_home').rglob('*.pth'))  # no partial file passing for the weights

@@ -1,0 +1,161 @@
+"""train.py: starting from checkpoints (resume, original-style, generator only) and stopping on SIGTERM."""
+import argparse
+import os
+import re
+import signal
+import time
+
+import pytest
+import torch
+
+from models.stylegan2 import Generator
+from utils.checkpoint import load_checkpoint, save_checkpoint
+
+pytestmark = pytest.mark.usefixtures('one_thread')
+
+NEW_KEYS = ('iteration', 'rng_state', 'format_version')
+
+
+def _synthetic(tiny_configs, results, name, iterations, *extra):
+    # psi reaches 0 at iteration 3; the first learning-rate minimum is iteration 5.
+    return tiny_configs.synthetic + ['--exp-name', name, '--results', str(results), '--iter', str(iterations),
+                                     '--anneal_psi', '3', '--period', '3', '--log_every', '1', *map(str, extra)]
+
+
+def _ckpt_path(results, name, iteration):
+    return os.path.join(str(results), name, 'checkpoints', f'{iteration:07d}.pt')
+
+
+@pytest.fixture(scope='module')
+def three_iterations(tmp_path_factory, train_in_process, tiny_configs):
+    """A synthetic run of 3 iterations (its last checkpoint is 0000003.pt)."""
+    results = tmp_path_factory.mktemp('results')
+    result = train_in_process(_synthetic(tiny_configs, results, 'first', 3))
+    assert result.code == 0, result.stderr[-3000:]
+    return results, _ckpt_path(results, 'first', 3)
+
+
+def test_resuming_reproduces_the_next_iteration(three_iterations, train_in_process, tiny_configs, read_events):
+    results, ckpt = three_iterations
+    straight = train_in_process(_synthetic(tiny_configs, results, 'straight', 4))
+    assert straight.code == 0, straight.stderr[-3000:]
+    resumed = train_in_process(_synthetic(tiny_configs, results, 'resumed', 4, '--ckpt', ckpt))
+    assert resumed.code == 0, resumed.stderr[-3000:]
+    assert f'Resuming from {ckpt} at iteration 3' in resumed.stdout
+    straight_events, resumed_events = read_events(results / 'straight'), read_events(results / 'resumed')
+    first_events = read_events(results / 'first')
+    for tag in ('Loss/reconstruction', 'Loss/total_variation', 'Loss/flow_identity'):
+        # The two runs agree on the shared iterations (same seed, same process) ...
+        assert first_events.scalars(tag) == pytest.approx({i: straight_events.scalars(tag)[i] for i in (1, 2, 3)})
+        # ... and the resumed run's only iteration is the straight run's fourth.
+        resumed_value = resumed_events.scalars(tag)
+        assert list(resumed_value) == [4]
+        assert resumed_value[4] == pytest.approx(straight_events.scalars(tag)[4], rel=1e-6, abs=1e-9), tag
+    straight_ckpt = load_checkpoint(_ckpt_path(results, 'straight', 4))
+    resumed_ckpt = load_checkpoint(_ckpt_path(results, 'resumed', 4))
+    for key in ('t', 't_ema', 'll'):
+        for name, value in straight_ckpt[key].items():
+            torch.testing.assert_close(resumed_ckpt[key][name], value, rtol=1e-5, atol=1e-6, msg=f'{key}.{name}')
+
+
+def test_original_style_checkpoint_resumes_at_the_iteration_in_its_name(three_iterations, tmp_path,
+                                                                        train_in_process, tiny_configs,
+                                                                        read_events):
+    _, ckpt = three_iterations
+    original = {key: value for key, value in load_checkpoint(ckpt).items() if key not in NEW_KEYS}
+    path = str(tmp_path / 'downloaded' / '0000003.pt')
+    save_checkpoint(original, path)
+    result = train_in_process(_synthetic(tiny_configs, tmp_path, 'continued', 5, '--ckpt', path))
+    assert result.code == 0, result.stderr[-3000:]
+    assert f'Resuming from {path} at iteration 3' in result.stdout
+    events = read_events(tmp_path / 'continued')
+    assert sorted(events.scalars('Loss/reconstruction')) == [4, 5]
+    assert events.scalars('Progress/psi') == {4: 0.0, 5: 0.0}
+    assert sorted(os.listdir(tmp_path / 'continued' / 'checkpoints')) == ['0000005.pt']  # a zero-lr point and the end
+    final = load_checkpoint(_ckpt_path(tmp_path, 'continued', 5))
+    assert final['iteration'] == 5
+    assert float(final['t_optim']['state'][0]['step']) == 5  # the optimiser's state carried on
+
+
+def _rosinality_checkpoint(path, seed):
+    """A StyleGAN2 training checkpoint as rosinality's trainer writes it (g, d, g_ema, args, ...)."""
+    torch.manual_seed(seed)
+    g_ema = Generator(16, 32, 2, channel_multiplier=1)
+    state = {'g': g_ema.state_dict(), 'g_ema': g_ema.state_dict(),
+             'd': {'convs.0.0.weight': torch.randn(16, 3, 1, 1), 'final_linear.1.bias': torch.zeros(1)},
+             'g_optim': {'state': {}, 'param_groups': []}, 'd_optim': {'state': {}, 'param_groups': []},
+             'args': argparse.Namespace(size=16, latent=32, n_mlp=2, channel_multiplier=1),
+             'latent_avg': torch.randn(32)}
+    save_checkpoint(state, path)
+    return g_ema.state_dict()
+
+
+def test_load_G_only_takes_the_generator_and_starts_fresh(tmp_path, train_in_process, tiny_configs, read_events):
+    path = str(tmp_path / '550000.pt')
+    weights = _rosinality_checkpoint(path, seed=123)
+    argv = tiny_configs.stylegan2 + ['--exp-name', 'aligned', '--results', str(tmp_path), '--ckpt', path,
+                                     '--load_G_only', '--iter', '2', '--log_every', '1']
+    result = train_in_process(argv)
+    assert result.code == 0, result.stderr[-3000:]
+    assert 'Resuming' not in result.stdout
+    assert sorted(read_events(tmp_path / 'aligned').scalars('Loss/reconstruction')) == [1, 2]
+    final = load_checkpoint(_ckpt_path(tmp_path, 'aligned', 2))
+    assert final['iteration'] == 2 and float(final['t_optim']['state'][0]['step']) == 2
+    for name, value in weights.items():  # the checkpoint's generator, not a random one
+        assert torch.equal(final['g_ema'][name], value), name
+    torch.manual_seed(0)
+    unrelated = Generator(16, 32, 2, channel_multiplier=1).state_dict()
+    assert any(not torch.equal(unrelated[name], value) for name, value in weights.items())
+
+
+def test_load_G_only_ignores_the_rest_of_a_gangealing_checkpoint(three_iterations, tmp_path, train_in_process,
+                                                                  tiny_configs, read_events):
+    _, ckpt = three_iterations
+    result = train_in_process(_synthetic(tiny_configs, tmp_path, 'fresh', 1, '--ckpt', ckpt, '--load_G_only'))
+    assert result.code == 0, result.stderr[-3000:]
+    assert 'Resuming' not in result.stdout
+    assert list(read_events(tmp_path / 'fresh').scalars('Loss/reconstruction')) == [1]
+    final = load_checkpoint(_ckpt_path(tmp_path, 'fresh', 1))
+    assert final['iteration'] == 1 and float(final['t_optim']['state'][0]['step']) == 1
+
+
+def _wait_for(predicate, timeout, process):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        if process.poll() is not None:
+            return False
+        time.sleep(0.2)
+    return False
+
+
+def test_sigterm_stops_after_the_iteration_with_a_loadable_checkpoint(tmp_path, train_process, tiny_configs):
+    # No checkpoint or visual is due in the first 1000 iterations: only the stop writes one.
+    argv = _synthetic(tiny_configs, tmp_path, 'long', 100000, '--vis_every', 1000, '--ckpt_every', 1000,
+                      '--anneal_psi', 1000, '--period', 1000)
+    stdout_path, stderr_path = tmp_path / 'stdout.txt', tmp_path / 'stderr.txt'
+    with open(stdout_path, 'w') as stdout, open(stderr_path, 'w') as stderr:
+        process = train_process.start(argv, stdout=stdout, stderr=stderr)
+        try:
+            # The progress bar shows the losses once the first iteration is done.
+            started = _wait_for(lambda: 'rec ' in stderr_path.read_text(), 180, process)
+            assert started, f'no iteration finished: {stderr_path.read_text()[-3000:]}'
+            process.send_signal(signal.SIGTERM)
+            code = process.wait(timeout=120)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    output = stdout_path.read_text()
+    assert code == 128 + signal.SIGTERM, stderr_path.read_text()[-3000:]
+    match = re.search(r'Stopped by signal 15 at iteration (\d+)', output)
+    assert match, output[-2000:]
+    iteration = int(match.group(1))
+    assert 1 <= iteration < 1000
+    folder = tmp_path / 'long' / 'checkpoints'
+    assert os.listdir(folder) == [f'{iteration:07d}.pt']  # no temporary file left behind
+    ckpt = load_checkpoint(str(folder / f'{iteration:07d}.pt'))
+    assert ckpt['iteration'] == iteration
+    assert {'t', 't_ema', 'll', 't_optim', 'rng_state'} <= set(ckpt)
+    assert float(ckpt['t_optim']['state'][0]['step']) == iteration

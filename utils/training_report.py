@@ -1,0 +1,134 @@
+"""What training shows and reports: periodic image grids and the final alignment score.
+
+Sits above models/ and datasets/ (it finds the dataset mode by name).
+"""
+import json
+import os
+
+import torch
+from torch.utils.data import DataLoader
+
+from datasets.modes import DATASET_MODES
+from datasets.samplers import data_sampler
+from models.gangealing import resize_for_stn, sample_pairs
+from models.losses import cluster_assignments
+from utils.distributed import all_gather_tensor, get_world_size, is_main_process
+from utils.flow_vis import flow_to_rgb
+from utils.pck import evaluate_pck_transfer, format_pck_table
+from utils.training_vis import batches, congealed_mean
+
+
+class TrainingVisuals:
+    """Image grids of generated and real images, logged every ``--vis_every`` iterations.
+
+    Tags: sample, congealed_sample, target_sample, mean_congealed_sample (per
+    cluster when clustering), and with real images congealed_real,
+    mean_congealed_real (the average-image template) and flow_real.
+    Every rank must call :meth:`log` (means are gathered across ranks).
+    """
+
+    def __init__(self, opt, writer, device):
+        self.opt = opt
+        self.writer = writer
+        self.device = device
+        self.stn_kwargs = {'padding_mode': opt.padding_mode}
+        self.real_loader, self.real_samples = self._real_images()
+
+    def _real_images(self):
+        opt = self.opt
+        dataset = DATASET_MODES.get(opt.dataset_mode).build_images(opt, 'train')
+        if dataset is None or len(dataset) == 0:
+            return None, None
+        if opt.random_reals:
+            generator = torch.Generator().manual_seed(opt.seed)
+            indices = torch.randint(0, len(dataset), (opt.n_sample,), generator=generator).tolist()
+        else:
+            indices = range(min(opt.n_sample, len(dataset)))
+        samples = torch.stack([dataset[i] for i in indices])
+        loader = DataLoader(dataset, batch_size=opt.vis_batch_size, num_workers=0,
+                            sampler=data_sampler(dataset, shuffle=False, distributed=get_world_size() > 1))
+        return loader, samples
+
+    @torch.no_grad()
+    def log(self, generator, t_ema, ll, loss_fn, vis_z, psi, step):
+        opt, writer = self.opt, self.writer
+        self._log_generated(generator, t_ema, ll, loss_fn, vis_z, psi, step)
+        if self.real_loader is None:
+            return
+        mean, _ = congealed_mean(t_ema, self.real_loader, opt.n_mean, self.device, **self.stn_kwargs)
+        if is_main_process():
+            writer.grid(mean, 'mean_congealed_real', step, scale_each=True)
+            reals = self.real_samples.to(self.device)
+            congealed, flow = t_ema(reals, return_flow=True, **self.stn_kwargs)
+            writer.grid(congealed, 'congealed_real', step, nrow=self._nrow(congealed))
+            if 'flow' in opt.transform:
+                writer.grid(flow_to_rgb(flow), 'flow_real', step, nrow=self._nrow(flow), value_range=(0, 1))
+            writer.flush()
+
+    def _nrow(self, images):
+        return max(1, int((images.size(0) / max(1, self.opt.num_heads)) ** 0.5)) * self.opt.num_heads
+
+    def _log_generated(self, generator, t_ema, ll, loss_fn, vis_z, psi, step):
+        opt, writer = self.opt, self.writer
+        heads = opt.num_heads
+        sums = torch.zeros(heads, 3, opt.flow_size, opt.flow_size, device=self.device)
+        counts = torch.zeros(heads, device=self.device)
+        n_local = max(1, opt.n_mean // get_world_size())
+        shown = None
+        done = 0
+        while done < n_local:
+            n = min(opt.vis_batch_size, n_local - done)
+            z = vis_z[:n] if done == 0 and n <= vis_z.size(0) else torch.randn(n, vis_z.size(1), device=self.device)
+            x, y = sample_pairs(generator, ll, psi, n, opt.flow_size, z=z, freeze_ll=True)
+            aligned = t_ema(resize_for_stn(x, opt.flow_size), input_img_for_sampling=x,
+                            output_resolution=opt.flow_size, **self.stn_kwargs)
+            if heads > 1:  # keep each sample's best head (mirrors are shown unmirrored)
+                distances = loss_fn(aligned, y)
+                _, chosen = cluster_assignments(distances, n, heads, False)
+                aligned_best = aligned.view(n, heads, *aligned.shape[1:])[torch.arange(n), chosen]
+            else:
+                chosen = torch.zeros(n, dtype=torch.long, device=self.device)
+                aligned_best = aligned
+            sums.index_add_(0, chosen, aligned_best)
+            counts += torch.bincount(chosen, minlength=heads).float()
+            if shown is None:
+                shown = (x[:opt.n_sample], aligned[:opt.n_sample * heads], y[:opt.n_sample * heads])
+            done += n
+        sums = all_gather_tensor(sums.unsqueeze(0)).sum(0)
+        counts = all_gather_tensor(counts.unsqueeze(0)).sum(0)
+        if is_main_process():
+            x, aligned, y = shown
+            writer.grid(x, 'sample', step)
+            writer.grid(aligned, 'congealed_sample', step, nrow=self._nrow(aligned))
+            writer.grid(y, 'target_sample', step, nrow=self._nrow(y))
+            means = sums / counts.clamp_min(1).view(-1, 1, 1, 1)
+            writer.grid(means, 'mean_congealed_sample', step, nrow=heads, scale_each=True)
+
+
+def evaluate_alignment(opt, t_ema, writer, device, exp_dir):
+    """PCK-Transfer of the EMA transformer on the dataset mode's held-out pairs.
+
+    Prints a table next to the no-alignment baseline and writes
+    ``<exp_dir>/pck.json``; returns the result dict, or None when the dataset
+    mode has no keypoint pairs or the transformer has several cluster heads
+    (PCK-Transfer is defined for one template).
+    """
+    if opt.num_heads > 1:
+        return None
+    dataset = DATASET_MODES.get(opt.dataset_mode).build_pck(opt)
+    if dataset is None:
+        return None
+    alphas = (0.1, 0.05)
+    t_ema.eval()
+    result = evaluate_pck_transfer(t_ema, dataset, alphas, device, batch_size=opt.vis_batch_size,
+                                   padding_mode=opt.padding_mode, flips=True)
+    if is_main_process():
+        print(format_pck_table(result, alphas))
+        for alpha in alphas:
+            writer.scalar(f'PCK/transfer@{alpha}', result['pck'][alpha], opt.iter)
+            writer.scalar(f'PCK/identity_baseline@{alpha}', result['baseline'][alpha], opt.iter)
+        with open(os.path.join(exp_dir, 'pck.json'), 'w') as f:
+            json.dump({'pairs': result['pairs'],
+                       'pck': {str(a): v for a, v in result['pck'].items()},
+                       'identity_baseline': {str(a): v for a, v in result['baseline'].items()}}, f, indent=2)
+    return result
