@@ -11,12 +11,12 @@ import json
 import math
 import os
 import re
-import tempfile
 
 import numpy as np
 import torch
 from PIL import Image
 
+from utils.atomic_io import atomic_write
 from utils.checkpoint import load_checkpoint
 from utils.errors import UserError
 from utils.options import base_eval_argparse
@@ -281,28 +281,6 @@ def build_dataset(opt, pck=False):
 
 # ----------------------------------------------------------------------------- crash-safe output
 
-def _atomic_write(path, write):
-    """Run ``write(file)`` on a hidden temporary file beside ``path``, then rename it.
-
-    An interrupted run leaves at most a ``.NAME.*.tmp`` file, never a
-    truncated file under the final name.
-    """
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp_path = tempfile.mkstemp(prefix=f'.{os.path.basename(path)}.', suffix='.tmp', dir=folder)
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            write(f)
-        os.replace(tmp_path, path)
-    except BaseException:
-        try:
-            os.remove(tmp_path)
-        except FileNotFoundError:
-            pass
-        raise
-    return path
-
-
 def to_uint8(images, value_range=(-1.0, 1.0)):
     """(N, C, H, W) or (C, H, W) float images -> uint8 (..., H, W, C) numpy array.
 
@@ -325,13 +303,13 @@ def to_uint8(images, value_range=(-1.0, 1.0)):
 def save_png(array, path):
     """Save a uint8 (H, W, 3) or (H, W) array as a PNG, atomically."""
     image = Image.fromarray(np.ascontiguousarray(array))
-    return _atomic_write(path, lambda f: image.save(f, format='PNG'))
+    return atomic_write(path, lambda f: image.save(f, format='PNG'))
 
 
 def save_json(obj, path):
     """Write ``obj`` as indented JSON, atomically."""
-    text = json.dumps(obj, indent=2, sort_keys=True).encode('utf-8')
-    return _atomic_write(path, lambda f: f.write(text))
+    text = json.dumps(obj, indent=2, sort_keys=True)
+    return atomic_write(path, lambda f: f.write(text), mode='w')
 
 
 def make_grid_array(images, nrow=None, padding=3, value_range=(-1.0, 1.0)):

@@ -38,8 +38,8 @@ def main():
     with open(os.path.join(results, 'bench_synthetic', 'pck.json')) as f:
         report = json.load(f)
     print()
-    print(f"| pairs | PCK@0.1 | baseline@0.1 | PCK@0.05 | baseline@0.05 | wall time |")
-    print(f"|---|---|---|---|---|---|")
+    print("| pairs | PCK@0.1 | baseline@0.1 | PCK@0.05 | baseline@0.05 | wall time |")
+    print("|---|---|---|---|---|---|")
     pck, base = report['pck'], report['identity_baseline']
     print(f"| {report['pairs']} | {pck['0.1']:.3f} | {base['0.1']:.3f} | {pck['0.05']:.3f} | "
           f"{base['0.05']:.3f} | {wall / 60:.1f} min |")

@@ -30,7 +30,7 @@ def backward_factors(in_size, kernel_size, up, down, pad):
         (up, down, pad) for the backward call, normalised.
     """
     (in_h, in_w), (kh, kw) = in_size, kernel_size
-    (ux, uy), (dx, dy), (px0, px1, py0, py1) = up, down, pad
+    (ux, uy), (dx, dy), (px0, _, py0, _) = up, down, pad
     out_h, out_w = output_size(in_h, in_w, kh, kw, up, down, pad)
     grad_pad = (kw - 1 - px0, in_w * ux + px0 - out_w * dx,
                 kh - 1 - py0, in_h * uy + py0 - out_h * dy)

@@ -11,11 +11,11 @@ checkpoint from an untrusted source cannot run code.
 import argparse
 import os
 import pickle
-import tempfile
 import zipfile
 
 import torch
 
+from utils.atomic_io import atomic_write
 from utils.errors import UserError
 
 
@@ -68,37 +68,7 @@ def save_checkpoint(obj, path):
     Returns:
         ``path``.
     """
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp_path = tempfile.mkstemp(prefix=f'.{os.path.basename(path)}.', suffix='.tmp', dir=folder)
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_path, path)
-    except BaseException:
-        try:
-            os.remove(tmp_path)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_folder(folder)
-    return path
-
-
-def _fsync_folder(folder):
-    # Makes the rename itself durable; not possible on every platform.
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    return atomic_write(path, lambda f: torch.save(obj, f), durable=True)
 
 
 def load_checkpoint(path, map_location='cpu'):

@@ -12,8 +12,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torchvision.utils import make_grid
 
-from utils.distributed import all_gather_tensor, get_world_size, is_main_process
-from utils.flow_vis import flow_to_rgb
+from utils.distributed import all_gather_tensor, get_world_size
 
 
 class ExperimentWriter:
@@ -95,9 +94,3 @@ def congealed_mean(t_ema, images_iter, limit, device, **stn_kwargs):
     total = all_gather_tensor(total.unsqueeze(0)).sum(0)
     count = all_gather_tensor(count.view(1)).sum()
     return total / count, first
-
-
-def batches(tensor, batch_size):
-    """Split a tensor along dimension 0 into batches (a generator)."""
-    for start in range(0, tensor.size(0), batch_size):
-        yield tensor[start:start + batch_size]

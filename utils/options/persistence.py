@@ -10,8 +10,8 @@ file; only the main process writes.
 import argparse
 import json
 import os
-import tempfile
 
+from utils.atomic_io import atomic_write
 from utils.distributed import is_main_process
 from utils.errors import UserError
 
@@ -64,19 +64,7 @@ def options_to_json(opt):
 
 def write_text_atomically(path, text):
     """Write ``text`` to ``path`` via a temporary file in the same folder and a rename."""
-    directory = os.path.dirname(os.path.abspath(path))
-    handle, temporary = tempfile.mkstemp(prefix=f'.{os.path.basename(path)}.', suffix='.tmp', dir=directory)
-    try:
-        with os.fdopen(handle, 'w', encoding='utf-8') as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
-
+    atomic_write(path, lambda f: f.write(text), mode='w', durable=True)
 
 def save_options(opt, parser, directory, notes=None):
     """Save ``opt`` as ``directory``/opt.txt and ``directory``/opt.json (main process only).
