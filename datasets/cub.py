@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from datasets.pck import PCKSource
-from utils.download import download_file, extract_archive_folder
+from utils.download import download_file, ensure_dataset_folder
 from utils.errors import UserError
 
 CUB_URL = 'https://data.caltech.edu/records/65de6-vp158/files/CUB_200_2011.tgz'
@@ -30,12 +30,7 @@ CUB_PERMUTATION = [0, 1, 2, 3, 4, 5, 10, 11, 12, 9, 6, 7, 8, 13, 14]
 def ensure_cub(data_dir, progress=True):
     """The extracted CUB_200_2011 folder under ``data_dir``, downloaded and
     extracted first when missing (archive: ``<data_dir>/CUB_200_2011.tgz``)."""
-    root = os.path.join(data_dir, CUB_FOLDER)
-    if os.path.isdir(root):
-        return root
-    archive = download_file(CUB_URL, os.path.join(data_dir, 'CUB_200_2011.tgz'), progress=progress)
-    extract_archive_folder(archive, data_dir, CUB_FOLDER)
-    return root
+    return ensure_dataset_folder(CUB_URL, data_dir, 'CUB_200_2011.tgz', CUB_FOLDER, progress=progress)
 
 
 def ensure_acsm_split(data_dir, progress=True):

@@ -15,7 +15,7 @@ import torch
 
 from datasets.pck import PCKSource
 from datasets.transforms import pad_geometry
-from utils.download import download_file, extract_archive_folder
+from utils.download import ensure_dataset_folder
 from utils.errors import UserError
 
 SPAIR_URL = 'http://cvlab.postech.ac.kr/research/SPair-71k/data/SPair-71k.tar.gz'
@@ -39,12 +39,7 @@ def ensure_spair(data_dir, progress=True):
         DownloadError: offline; the message names the URL and where to put
             the archive (``<data_dir>/SPair-71k.tar.gz``).
     """
-    root = os.path.join(data_dir, SPAIR_FOLDER)
-    if os.path.isdir(root):
-        return root
-    archive = download_file(SPAIR_URL, os.path.join(data_dir, 'SPair-71k.tar.gz'), progress=progress)
-    extract_archive_folder(archive, data_dir, SPAIR_FOLDER)
-    return root
+    return ensure_dataset_folder(SPAIR_URL, data_dir, 'SPair-71k.tar.gz', SPAIR_FOLDER, progress=progress)
 
 
 def _pad_keypoints(points, width, height, size):

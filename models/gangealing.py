@@ -31,7 +31,7 @@ def sample_pairs(generator, ll, psi, batch, flow_size, z=None, freeze_ll=False):
         y (N * num_heads, 3, flow_size, flow_size) targets (differentiable in
         the target coefficients unless ``freeze_ll``).
     """
-    device = next(ll.parameters()).device if any(True for _ in ll.parameters()) else None
+    device = next(ll.parameters()).device
     if z is None:
         z = torch.randn(batch, generator.style_dim, device=device)
     with torch.no_grad():

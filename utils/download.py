@@ -265,3 +265,13 @@ def resolve_weights(filename, url, explicit_path=None, sha256=None):
     if os.path.isfile(cached):
         return cached
     return download_file(url, cached, sha256=sha256)
+
+
+def ensure_dataset_folder(url, data_dir, archive_name, folder, progress=True):
+    """``<data_dir>/<folder>``, downloading ``url`` to ``<data_dir>/<archive_name>`` and
+    extracting it first when the folder is missing (DownloadError offline)."""
+    root = os.path.join(data_dir, folder)
+    if not os.path.isdir(root):
+        archive = download_file(url, os.path.join(data_dir, archive_name), progress=progress)
+        extract_archive_folder(archive, data_dir, folder)
+    return root

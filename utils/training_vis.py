@@ -8,7 +8,6 @@ import os
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torchvision.utils import make_grid
 
@@ -55,14 +54,6 @@ class ExperimentWriter:
 
     def close(self):
         self.tb.close()
-
-
-def resize_to(images, size):
-    """Anti-aliased bilinear resize of (N, C, H, W) images to (size, size); no-op if equal."""
-    if images.shape[-1] == size and images.shape[-2] == size:
-        return images
-    return F.interpolate(images, size=(size, size), mode='bilinear', align_corners=False,
-                         antialias=images.shape[-1] > size)
 
 
 @torch.no_grad()
