@@ -1,0 +1,179 @@
+"""Why a transformer trained on the synthetic world aligns as well as it does.
+
+The synthetic world knows every face's pose, so a checkpoint of
+``train.py --generator synthetic`` can be taken apart factor by factor:
+
+1. **Pose recovery** on generator samples: how much of each similarity factor
+   (rotation, log-scale, shift) the similarity stage undoes. For each factor,
+   the correlation and the regression slope of the predicted value against
+   the true one (slope 1: fully undone; 0: ignored).
+2. **Mirror decisions** on the held-out rendered pairs: PCK-Transfer as
+   evaluated (mirror matching by flow smoothness), how often the relative
+   mirror decision is right, and PCK with the true mirror states given (an
+   upper bound for better mirror decisions).
+3. **Rotation landscape**: the training loss against the target while an
+   extra rotation is added to the similarity warp of strongly rotated
+   samples (positive: toward upright). A minimum near the rotation still to
+   undo means the loss can teach it; a minimum near 0 means the loss itself
+   holds the warp back (this is how reflection padding was found to hurt the
+   demo: it mirrors copies of large faces into the frame).
+
+    python -m benchmarks.diagnose_synthetic_alignment CHECKPOINT [--samples 300] [--pairs 200]
+"""
+import argparse
+import math
+
+import torch
+import torch.nn.functional as F
+
+from models import get_stn
+from models.gangealing import resize_for_stn, sample_pairs
+from models.latent_learner import DirectionInterpolator
+from models.perceptual import PERCEPTUAL_LOSSES
+from models.synthetic_generator import SyntheticGenerator
+from utils import synthetic_world as world
+from utils.checkpoint import load_checkpoint
+from utils.errors import UserError, exit_on_user_error
+
+
+def load_models(path):
+    """Checkpoint -> (options, t_ema, generator, ll) on the CPU, gradients off."""
+    ckpt = load_checkpoint(path, map_location='cpu')
+    opt = ckpt.get('args') if isinstance(ckpt, dict) else None
+    if opt is None or getattr(opt, 'generator', None) != 'synthetic' or 't_ema' not in ckpt:
+        raise UserError(f"'{path}' is not a checkpoint of train.py on the synthetic generator")
+    stn = get_stn(opt.transform, flow_size=opt.flow_size, supersize=opt.real_size,
+                  channel_multiplier=opt.stn_channel_multiplier, num_heads=opt.num_heads,
+                  max_channels=opt.stn_max_channels)
+    stn.load_state_dict(ckpt['t_ema'])
+    generator = SyntheticGenerator(opt.gen_size, opt.dim_latent, factors=world.factors_from_options(opt))
+    ll = DirectionInterpolator(opt.ndirs, opt.inject, generator.n_latent, generator.style_dim, opt.num_heads)
+    ll.load_state_dict(ckpt['ll'])
+    for module in (stn, generator, ll):
+        module.eval().requires_grad_(False)
+    return opt, stn, generator, ll
+
+
+def _fit(predicted, true):
+    """Correlation and least-squares slope of predicted against true (1-D tensors)."""
+    p, t = predicted - predicted.mean(), true - true.mean()
+    return (p @ t / (p.norm() * t.norm()).clamp_min(1e-12)).item(), (p @ t / (t @ t).clamp_min(1e-12)).item()
+
+
+def similarity_of(stn, images, flow_size):
+    """The first (similarity) stage's matrices (N, 2, 3) for generator images."""
+    _, matrices = stn.stns[0](resize_for_stn(images, flow_size), return_flow=True)
+    return matrices.view(-1, 2, 3)
+
+
+def pose_recovery(opt, stn, generator, samples):
+    """Rows (factor, correlation, slope) for rotation, log-scale, shift x and y."""
+    latents = generator.batch_latent(samples)
+    images, w_plus = generator([latents], input_is_latent=True, return_latents=True)
+    params = generator.world_params(w_plus, randomize_noise=False)
+    m = similarity_of(stn, images, opt.flow_size)
+    predicted = {'rotation': torch.atan2(m[:, 1, 0], m[:, 0, 0]),
+                 'log-scale': m[:, :, :2].det().abs().sqrt().log(),
+                 'shift x': m[:, 0, 2], 'shift y': m[:, 1, 2]}
+    true = {'rotation': params['rotation'], 'log-scale': params['scale'].log(),
+            'shift x': 2 * params['translation'][:, 0], 'shift y': 2 * params['translation'][:, 1]}
+    return [(name, *_fit(predicted[name], true[name].flatten())) for name in predicted]
+
+
+def _pck(estimate, target, visible, size, alpha):
+    hits = ((estimate - target).norm(dim=-1) <= alpha * size) & visible
+    return hits.sum().item() / max(1, visible.sum().item())
+
+
+def _unmirror(images, keypoints, mirrored, size):
+    images = torch.where(mirrored[:, None, None, None], images.flip(3), images)
+    keypoints = torch.where(mirrored[:, None, None], world.flip_keypoints(keypoints, size), keypoints)
+    return images, keypoints
+
+
+def mirror_decisions(opt, stn, pairs, alpha=0.1):
+    """PCK-Transfer@alpha on held-out pairs: as evaluated, split by whether the
+    relative mirror decision was right, and with the true mirror states."""
+    size, n = opt.real_size, 2 * pairs
+    params = world.indexed_params(range(n), opt.synthetic_seed + 1, world.factors_from_options(opt))
+    images, keypoints = world.render(params, size)
+    images = torch.round((images + 1) * 127.5) / 127.5 - 1  # as stored in 8 bits
+    a, b = torch.arange(0, n, 2), torch.arange(1, n, 2)
+    mirrored = params['mirror'] > 0.5
+    visible = (keypoints[a, :, 2] > 0) & (keypoints[b, :, 2] > 0)
+    kw = {'padding_mode': opt.padding_mode}
+
+    images_a, images_b, points_a, pick = stn.match_flows(images[a], images[b], keypoints[a, :, :2],
+                                                         permutation=world.MIRROR_PERMUTATION, **kw)
+    estimate = stn.transfer_points(images_a, images_b, points_a, **kw)
+    flipped_b = pick.view(-1) >= 2
+    estimate = torch.where(flipped_b[:, None, None], world.flip_keypoints(estimate, size), estimate)
+    right = ((pick.view(-1) % 2 == 1) ^ flipped_b) == (mirrored[a] ^ mirrored[b])
+    target = keypoints[b, :, :2]
+    rows = [('as evaluated', _pck(estimate, target, visible, size, alpha), pairs),
+            ('mirror decision right', _pck(estimate, target, visible & right[:, None], size, alpha),
+             int(right.sum())),
+            ('mirror decision wrong', _pck(estimate, target, visible & ~right[:, None], size, alpha),
+             int((~right).sum()))]
+    upright_a, true_a = _unmirror(images[a], keypoints[a], mirrored[a], size)
+    upright_b, true_b = _unmirror(images[b], keypoints[b], mirrored[b], size)
+    estimate = stn.transfer_points(upright_a, upright_b, true_a[..., :2], **kw)
+    rows.append(('true mirror states', _pck(estimate, true_b[..., :2], visible, size, alpha), pairs))
+    return rows
+
+
+def rotation_landscape(opt, stn, generator, ll, samples, degrees=range(-60, 61, 15), min_rotation=30):
+    """Mean loss against the target for an extra rotation (degrees, toward upright)
+    added to the similarity warp of samples rotated by more than ``min_rotation``."""
+    loss_fn = PERCEPTUAL_LOSSES.get(opt.loss_fn).build(opt)
+    z = torch.randn(samples, generator.style_dim)
+    _, w_plus = generator([z], return_latents=True)
+    rotation = generator.world_params(w_plus, randomize_noise=False)['rotation'].flatten()
+    keep = rotation.abs() > math.radians(min_rotation)
+    if not keep.any():
+        return []
+    z, sign = z[keep], rotation[keep].sign()
+    x, y = sample_pairs(generator, ll, 0.0, len(z), opt.flow_size, z=z, freeze_ll=True)
+    base = similarity_of(stn, x, opt.flow_size)
+    rows = []
+    for degree in degrees:
+        angle = math.radians(degree) * sign
+        cos, sin, zero = angle.cos(), angle.sin(), torch.zeros_like(angle)
+        extra = torch.stack([torch.stack([cos, -sin, zero], -1), torch.stack([sin, cos, zero], -1),
+                             torch.stack([zero, zero, zero + 1], -1)], 1)
+        grid = F.affine_grid(base @ extra, (len(z), 3, opt.flow_size, opt.flow_size), align_corners=False)
+        warped = F.grid_sample(x, grid, padding_mode=opt.padding_mode, align_corners=False)
+        rows.append((degree, loss_fn(warped, y).mean().item()))
+    return rows
+
+
+@exit_on_user_error
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('checkpoint', help='a checkpoint written by train.py on the synthetic generator')
+    parser.add_argument('--samples', type=int, default=300, help='generator samples for pose recovery')
+    parser.add_argument('--pairs', type=int, default=200, help='held-out rendered pairs for mirror decisions')
+    parser.add_argument('--seed', type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.samples < 2 or args.pairs < 1:
+        parser.error('--samples must be >= 2 and --pairs >= 1')
+    torch.manual_seed(args.seed)
+    torch.set_grad_enabled(False)
+    opt, stn, generator, ll = load_models(args.checkpoint)
+
+    print('| similarity factor | correlation | slope (1 = fully undone) |\n|---|---|---|')
+    for name, corr, slope in pose_recovery(opt, stn, generator, args.samples):
+        print(f'| {name} | {corr:.3f} | {slope:.3f} |')
+    if stn.is_flow:
+        print('\n| held-out pairs | PCK-Transfer@0.1 | pairs |\n|---|---|---|')
+        for name, pck, count in mirror_decisions(opt, stn, args.pairs):
+            print(f'| {name} | {pck:.3f} | {count} |')
+    rows = rotation_landscape(opt, stn, generator, ll, args.samples)
+    if rows:
+        print('\n| extra rotation toward upright (deg) | loss |\n|---|---|')
+        for degree, loss in rows:
+            print(f'| {degree:+d} | {loss:.4f} |')
+
+
+if __name__ == '__main__':
+    main()
