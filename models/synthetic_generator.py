@@ -6,16 +6,18 @@ world). The W+ latent has ``n_latent`` = 8 entries; like StyleGAN's coarse and
 fine layers, entries [0, 4) set pose and shape and entries [4, 8) appearance:
 
     entry 0: scale, rotation        entry 4: fur, marking and light colours
-    entry 1: translation,           entry 5: iris, nose, stripe and dark colours
-             background             entry 6: stripes, fur-noise strength, gaze
-    entry 2: shape factors 0-5      entry 7: background noise pattern
-    entry 3: shape factors 6-11
+    entry 1: translation            entry 5: iris, nose, stripe and dark colours
+    entry 2: shape factors 0-5      entry 6: stripes, fur-noise strength, gaze
+    entry 3: shape factors 6-11     entry 7: background (colours, gradient,
+                                             noise, distractors)
 
-The background (colours, gradient, distractors) is coarse, as StyleGAN's
-coarse layers lay out a scene's background: a congealing target then brings
-its own background. With the background in the fine entries, every target
-would carry its input's background unmoved, which pins the learned warp to
-the identity (measured: rotation was not learned at all).
+The renderer lays the background out in the face's frame (the scene moves
+with the face, as under a moving camera), so a congealing target, which keeps
+its input's fine entries, shows its input's background moved along with the
+face: aligning the face aligns the background too. (Two layouts measured
+worse: a background in the fine entries but fixed to the canvas pinned the
+learned warp to the identity, and a background in the coarse entries gave
+every target its own background, whose mismatch drowned the rotation signal.)
 
 Each world factor j reads coordinate j of its entry in the mapping's basis,
 divided by that coordinate's scale, which is standard normal for w = style(z);
@@ -54,7 +56,7 @@ _PATTERN_LAYERS = (6, 7)  # W+ entries setting the fur and the background patter
 # W+ entry of each factor group; a tuple spreads the group evenly over those entries.
 _LAYER_OF_GROUP = {
     'scale': 0, 'rotation': 0, 'translation': 1, 'shape': (2, 3),
-    'fur_colors': 4, 'feature_colors': 5, 'texture': 6, 'background': 1,
+    'fur_colors': 4, 'feature_colors': 5, 'texture': 6, 'background': 7,
 }
 
 

@@ -15,6 +15,8 @@ Coordinates:
 - object coordinates: the canonical face fits in the box [-1, 1]^2 (x right,
   y down); a pose maps object point q to image point
   ``2 * translation + scale * R(rotation) @ (mirror_sign * q.x, q.y)``.
+- the background is laid out in the face's frame (object coordinates times
+  ``BACKGROUND_FRAME_SCALE``), so a pose moves face and background together.
 
 Keypoint names say on which side of the *image* a point lies for an upright
 face ("left_eye" is the eye with the smaller x). A mirrored face therefore gets
@@ -136,6 +138,7 @@ _PALETTE = {  # name: (canonical colour, spread)
 }
 _BACKGROUND_CANON = ((0.35, 0.45, 0.55), (-0.15, 0.0, 0.20))
 _BACKGROUND_SPREAD = 0.8
+BACKGROUND_FRAME_SCALE = 0.8  # background units per object unit: the canonical face's background is the canvas
 _DISTRACTOR_TINTS = ((0.9, 0.35, -0.2), (-0.25, 0.55, 0.9), (0.75, 0.75, 0.75))
 COLOR_NAMES = ('fur', 'marking', 'light', 'iris', 'nose', 'stripe', 'dark')
 
@@ -467,43 +470,56 @@ def _paint(image, alpha, color):
     return torch.lerp(image, color[:, :, None, None].expand_as(image), alpha[:, None])
 
 
-def _draw_background(params, size, px, py):
-    n = px.shape[0]
+def _object_coordinates(params, px, py):
+    """Pixel centres (normalised image coordinates (N, S, S)) in object coordinates (inverse pose)."""
+    scale, rot = params['scale'], params['rotation']
+    c, s = _b(torch.cos(rot) / scale), _b(torch.sin(rot) / scale)
+    dx, dy = px - _b(2 * params['translation'][:, 0]), py - _b(2 * params['translation'][:, 1])
+    return (c * dx + s * dy) * _b(1 - 2 * params['mirror']), c * dy - s * dx
+
+
+def _draw_background(params, size, x, y):
+    # The background is attached to the scene: it is laid out in the face's
+    # frame (object coordinates x, y, times BACKGROUND_FRAME_SCALE), so a pose
+    # moves face and background together, as a camera moving around a fixed
+    # scene would. For the mean-sized, centred, upright face these are image
+    # coordinates. (Laid out on the canvas instead, every background carries
+    # a rotation cue unrelated to the face's pose: measured, it kept the
+    # transformer from learning rotation.)
+    n = x.shape[0]
+    bx, by = BACKGROUND_FRAME_SCALE * x, BACKGROUND_FRAME_SCALE * y
     angle = _b(params['background_angle'])
-    # Position along the gradient direction, 0 .. 1 across the canvas.
-    t = (px * torch.cos(angle) + py * torch.sin(angle)) * (0.5 / math.sqrt(2)) + 0.5
+    # Position along the gradient direction: 0 .. 1 across the canonical canvas, held beyond it.
+    t = ((bx * torch.cos(angle) + by * torch.sin(angle)) * (0.5 / math.sqrt(2)) + 0.5).clamp(0, 1)
     c0, c1 = params['background'][:, 0], params['background'][:, 1]
     image = c0[:, :, None, None] + t[:, None] * (c1 - c0)[:, :, None, None]
-    noise = F.interpolate(params['background_noise'], size=(size, size), mode='bicubic', align_corners=False)
+    noise = F.grid_sample(params['background_noise'], torch.stack([bx, by], dim=-1), mode='bicubic',
+                          padding_mode='reflection', align_corners=False)
     image = image + params['background_noise_strength'][:, None, None, None] * noise
-    # Distractors live in image coordinates; ramp of 0.25 px (a pixel is 2 / size wide).
-    sharp = -size / 0.5
-    tints = torch.tensor(_DISTRACTOR_TINTS, dtype=px.dtype, device=px.device)
+    # Distractors: ramp of 0.25 px; a pixel is 2 / size image units, 2 * BACKGROUND_FRAME_SCALE / (size * scale)
+    # background units.
+    sharp = _b(-params['scale'] * size / (0.5 * BACKGROUND_FRAME_SCALE))
+    tints = torch.tensor(_DISTRACTOR_TINTS, dtype=x.dtype, device=x.device)
     d = params['distractors']
     for k in range(MAX_DISTRACTORS):
         if not bool((params['distractor_opacity'][:, k] > 0).any()):
             continue
         cx, cy, r, shade = _b(d[:, k, 0]), _b(d[:, k, 1]), _b(d[:, k, 2]), d[:, k, 3]
         if k == 0:
-            sd = _sd_circle(px, py, cx, cy, r)
+            sd = _sd_circle(bx, by, cx, cy, r)
         elif k == 1:
-            sd = _sd_rounded_box(px, py, cx, cy, r, 0.5, 0.3 * r)
+            sd = _sd_rounded_box(bx, by, cx, cy, r, 0.5, 0.3 * r)
         else:
-            sd = _sd_circle(px, py, cx, cy, r).abs() - 0.25 * r  # a ring
+            sd = _sd_circle(bx, by, cx, cy, r).abs() - 0.25 * r  # a ring
         alpha = _coverage(sd * sharp) * _b(params['distractor_opacity'][:, k])
         color = (2 * shade[:, None] - 1) * tints[k].expand(n, 3)
         image = _paint(image, alpha, color)
     return image
 
 
-def _draw_face(image, params, size, px, py, edge_softness):
+def _draw_face(image, params, size, x, y, edge_softness):
+    # x, y: pixel centres in object coordinates (_object_coordinates).
     scale = params['scale']
-    # Pixel centres in object coordinates (inverse pose).
-    rot = params['rotation']
-    c, s = _b(torch.cos(rot) / scale), _b(torch.sin(rot) / scale)
-    dx, dy = px - _b(2 * params['translation'][:, 0]), py - _b(2 * params['translation'][:, 1])
-    x = (c * dx + s * dy) * _b(1 - 2 * params['mirror'])
-    y = c * dy - s * dx
     ax = x.abs()  # symmetric parts are drawn once, on the right, with |x|
     # Coverage = sigmoid(-distance / ramp): object distances scale by `scale` in
     # normalised units, where a pixel is 2 / size wide.
@@ -610,8 +626,9 @@ def render(params, size, edge_softness=0.25):
         m = part['scale'].shape[0]
         px = coords.view(1, 1, size).expand(m, size, size)
         py = coords.view(1, size, 1).expand(m, size, size)
-        image = _draw_background(part, size, px, py)
-        images.append(_draw_face(image, part, size, px, py, edge_softness).clamp(-1, 1))
+        x, y = _object_coordinates(part, px, py)
+        image = _draw_background(part, size, x, y)
+        images.append(_draw_face(image, part, size, x, y, edge_softness).clamp(-1, 1))
     if not images:
         images = [torch.zeros(0, 3, size, size, device=device, dtype=dtype)]
     return torch.cat(images), keypoints_from_params(params, size)

@@ -15,6 +15,10 @@ from utils.synthetic_world import NUM_FACTORS, add_world_options, factors_from_o
 DEMO_DEFAULTS = dict(
     dataset_mode='synthetic',
     loss_fn='laplacian',        # weight-free: nothing to download
+    # Faces fill up to the whole canvas, so zooming out samples beyond it, where
+    # reflection padding mirrors copies of the face into the frame; the loss
+    # then held rotations back (see benchmarks/diagnose_synthetic_alignment.py).
+    padding_mode='border',
     gen_size=64, real_size=64,
     flow_size=32, stn_channel_multiplier=0.125, stn_max_channels=64,
     dim_latent=NUM_FACTORS, n_mlp=1,
