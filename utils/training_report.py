@@ -106,7 +106,8 @@ class TrainingVisuals:
 
 
 def evaluate_alignment(opt, t_ema, writer, device, exp_dir):
-    """PCK-Transfer of the EMA transformer on the dataset mode's held-out pairs.
+    """PCK-Transfer of the EMA transformer on the dataset mode's held-out pairs
+    (similarity applied ``--eval_iters`` times, mirror matching on).
 
     Prints a table next to the no-alignment baseline and writes
     ``<exp_dir>/pck.json``; returns the result dict, or None when the dataset
@@ -121,7 +122,7 @@ def evaluate_alignment(opt, t_ema, writer, device, exp_dir):
     alphas = (0.1, 0.05)
     t_ema.eval()
     result = evaluate_pck_transfer(t_ema, dataset, alphas, device, batch_size=opt.vis_batch_size,
-                                   padding_mode=opt.padding_mode, flips=True)
+                                   padding_mode=opt.padding_mode, flips=True, iters=opt.eval_iters)
     if is_main_process():
         print(format_pck_table(result, alphas))
         for alpha in alphas:

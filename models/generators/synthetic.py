@@ -25,6 +25,7 @@ DEMO_DEFAULTS = dict(
     inject=COARSE_LAYERS,       # W+ entries [0, 4) hold pose and shape
     iter=4000, anneal_psi=1000, period=1000,  # learning rate reaches zero at 2000 and 4000
     vis_every=500, ckpt_every=1000, log_every=25,
+    eval_iters=3,               # the similarity undoes about two thirds of a pose per pass: apply it thrice
     n_mean=500, n_sample=16, vis_batch_size=50,
     n_pca=20000, kmeans_candidates=2000,
 )

@@ -161,6 +161,9 @@ def add_training_options(parser):
     vis.add_argument('--vis_batch_size', type=int, default=250, help='batch size when making visuals')
     vis.add_argument('--random_reals', action='store_true',
                      help='show a random set of real images instead of the first ones')
+    vis.add_argument('--eval_iters', type=int, default=1,
+                     help='times the similarity transformer is applied recursively in the final '
+                          'PCK-Transfer evaluation (as --iters of the applications)')
 
     parser.set_defaults(batch=5, padding_mode='reflection', transform=list(TRANSFORMS), flow_size=128,
                         stn_channel_multiplier=0.5, stn_max_channels=512, num_heads=1)

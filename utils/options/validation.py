@@ -97,7 +97,7 @@ def training_problems(opt, parser, explicit, chosen):
         c.fail(f'--exp-name {problem} (got {opt.exp_name!r})')
     for dest in ('batch', 'iter', 'num_heads', 'ndirs', 'dim_latent', 'n_mlp', 'gen_channel_multiplier',
                  'tm', 'vis_every', 'ckpt_every', 'log_every', 'n_mean', 'n_sample', 'vis_batch_size',
-                 'n_pca', 'kmeans_candidates'):
+                 'n_pca', 'kmeans_candidates', 'eval_iters'):
         c.at_least(dest, 1)
     for dest in ('num_fp16_res', 'num_workers', 'seed', 'anneal_psi', 'stn_lr', 'll_lr',
                  'tv_weight', 'flow_identity_weight'):
