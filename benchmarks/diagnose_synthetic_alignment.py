@@ -8,7 +8,8 @@ The synthetic world knows every face's pose, so a checkpoint of
    the correlation and the regression slope of the predicted value against
    the true one (slope 1: fully undone; 0: ignored).
 2. **Mirror decisions** on the held-out rendered pairs: PCK-Transfer as
-   evaluated (mirror matching by flow smoothness), how often the relative
+   evaluated at the end of training (mirror matching by flow smoothness,
+   ``--eval_iters`` similarity passes), how often the relative
    mirror decision is right, and PCK with the true mirror states given (an
    upper bound for better mirror decisions).
 3. **Rotation landscape**: the training loss against the target while an
@@ -101,7 +102,7 @@ def mirror_decisions(opt, stn, pairs, alpha=0.1):
     a, b = torch.arange(0, n, 2), torch.arange(1, n, 2)
     mirrored = params['mirror'] > 0.5
     visible = (keypoints[a, :, 2] > 0) & (keypoints[b, :, 2] > 0)
-    kw = {'padding_mode': opt.padding_mode}
+    kw = {'padding_mode': opt.padding_mode, 'iters': getattr(opt, 'eval_iters', 1)}
 
     images_a, images_b, points_a, pick = stn.match_flows(images[a], images[b], keypoints[a, :, :2],
                                                          permutation=world.MIRROR_PERMUTATION, **kw)
@@ -147,20 +148,8 @@ def rotation_landscape(opt, stn, generator, ll, samples, degrees=range(-60, 61, 
     return rows
 
 
-@exit_on_user_error
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('checkpoint', help='a checkpoint written by train.py on the synthetic generator')
-    parser.add_argument('--samples', type=int, default=300, help='generator samples for pose recovery')
-    parser.add_argument('--pairs', type=int, default=200, help='held-out rendered pairs for mirror decisions')
-    parser.add_argument('--seed', type=int, default=0)
-    args = parser.parse_args(argv)
-    if args.samples < 2 or args.pairs < 1:
-        parser.error('--samples must be >= 2 and --pairs >= 1')
-    torch.manual_seed(args.seed)
-    torch.set_grad_enabled(False)
-    opt, stn, generator, ll = load_models(args.checkpoint)
-
+def report(opt, stn, generator, ll, args):
+    """Print the three tables for a loaded run."""
     print('| similarity factor | correlation | slope (1 = fully undone) |\n|---|---|---|')
     for name, corr, slope in pose_recovery(opt, stn, generator, args.samples):
         print(f'| {name} | {corr:.3f} | {slope:.3f} |')
@@ -173,6 +162,21 @@ def main(argv=None):
         print('\n| extra rotation toward upright (deg) | loss |\n|---|---|')
         for degree, loss in rows:
             print(f'| {degree:+d} | {loss:.4f} |')
+
+
+@exit_on_user_error
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('checkpoint', help='a checkpoint written by train.py on the synthetic generator')
+    parser.add_argument('--samples', type=int, default=300, help='generator samples for pose recovery')
+    parser.add_argument('--pairs', type=int, default=200, help='held-out rendered pairs for mirror decisions')
+    parser.add_argument('--seed', type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.samples < 2 or args.pairs < 1:
+        parser.error('--samples must be >= 2 and --pairs >= 1')
+    torch.manual_seed(args.seed)
+    with torch.no_grad():
+        report(*load_models(args.checkpoint), args)
 
 
 if __name__ == '__main__':

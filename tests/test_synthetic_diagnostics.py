@@ -38,6 +38,7 @@ def test_tables_from_a_trained_checkpoint(tmp_path, train_in_process, tiny_confi
     capsys.readouterr()
     diagnose.main([str(checkpoint), '--samples', '40', '--pairs', '4'])
     out = capsys.readouterr().out
+    assert torch.is_grad_enabled()  # the tool leaves the process as it found it
     for row in ('| rotation |', '| log-scale |', '| as evaluated |', '| true mirror states |', '| +0 |'):
         assert row in out
     numbers = [float(cell) for line in out.splitlines() if line.startswith('| ')

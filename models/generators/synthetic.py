@@ -23,6 +23,7 @@ DEMO_DEFAULTS = dict(
     flow_size=32, stn_channel_multiplier=0.125, stn_max_channels=64,
     dim_latent=NUM_FACTORS, n_mlp=1,
     inject=COARSE_LAYERS,       # W+ entries [0, 4) hold pose and shape
+    stn_lr=0.004,               # short runs need a fast similarity head (0.001 to 0.008 measured)
     iter=4000, anneal_psi=1000, period=1000,  # learning rate reaches zero at 2000 and 4000
     vis_every=500, ckpt_every=1000, log_every=25,
     eval_iters=3,               # the similarity undoes about two thirds of a pose per pass: apply it thrice
