@@ -27,11 +27,10 @@ import math
 import torch
 import torch.nn.functional as F
 
-from models import get_stn
 from models.gangealing import resize_for_stn, sample_pairs
-from models.latent_learner import DirectionInterpolator
 from models.perceptual import PERCEPTUAL_LOSSES
-from models.synthetic_generator import SyntheticGenerator
+from models.spatial_transformers.geometry import compose_affine
+from train import build_models
 from utils import synthetic_world as world
 from utils.checkpoint import load_checkpoint
 from utils.errors import UserError, exit_on_user_error
@@ -43,15 +42,10 @@ def load_models(path):
     opt = ckpt.get('args') if isinstance(ckpt, dict) else None
     if opt is None or getattr(opt, 'generator', None) != 'synthetic' or 't_ema' not in ckpt:
         raise UserError(f"'{path}' is not a checkpoint of train.py on the synthetic generator")
-    stn = get_stn(opt.transform, flow_size=opt.flow_size, supersize=opt.real_size,
-                  channel_multiplier=opt.stn_channel_multiplier, num_heads=opt.num_heads,
-                  max_channels=opt.stn_max_channels)
+    generator, _, stn, ll = build_models(opt, torch.device('cpu'))
     stn.load_state_dict(ckpt['t_ema'])
-    generator = SyntheticGenerator(opt.gen_size, opt.dim_latent, factors=world.factors_from_options(opt))
-    ll = DirectionInterpolator(opt.ndirs, opt.inject, generator.n_latent, generator.style_dim, opt.num_heads)
     ll.load_state_dict(ckpt['ll'])
-    for module in (stn, generator, ll):
-        module.eval().requires_grad_(False)
+    ll.eval().requires_grad_(False)
     return opt, stn, generator, ll
 
 
@@ -140,9 +134,9 @@ def rotation_landscape(opt, stn, generator, ll, samples, degrees=range(-60, 61, 
     for degree in degrees:
         angle = math.radians(degree) * sign
         cos, sin, zero = angle.cos(), angle.sin(), torch.zeros_like(angle)
-        extra = torch.stack([torch.stack([cos, -sin, zero], -1), torch.stack([sin, cos, zero], -1),
-                             torch.stack([zero, zero, zero + 1], -1)], 1)
-        grid = F.affine_grid(base @ extra, (len(z), 3, opt.flow_size, opt.flow_size), align_corners=False)
+        extra = torch.stack([cos, -sin, zero, sin, cos, zero], dim=-1).view(-1, 2, 3)
+        grid = F.affine_grid(compose_affine(base, extra), (len(z), 3, opt.flow_size, opt.flow_size),
+                             align_corners=False)
         warped = F.grid_sample(x, grid, padding_mode=opt.padding_mode, align_corners=False)
         rows.append((degree, loss_fn(warped, y).mean().item()))
     return rows

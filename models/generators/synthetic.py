@@ -26,7 +26,7 @@ DEMO_DEFAULTS = dict(
     stn_lr=0.004,               # short runs need a fast similarity head (0.001 to 0.008 measured)
     iter=4000, anneal_psi=1000, period=1000,  # learning rate reaches zero at 2000 and 4000
     vis_every=500, ckpt_every=1000, log_every=25,
-    eval_iters=3,               # the similarity undoes about two thirds of a pose per pass: apply it thrice
+    eval_iters=3,               # one similarity pass undoes about 85% of a pose: apply it thrice
     n_mean=500, n_sample=16, vis_batch_size=50,
     n_pca=20000, kmeans_candidates=2000,
 )

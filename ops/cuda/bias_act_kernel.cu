@@ -27,6 +27,17 @@ constexpr int64_t kMaxBlocks = 65536;
 // index, plus one grid-stride step, stays below this bound.
 constexpr int64_t kMaxInt32Index = INT_MAX - kMaxBlocks * kThreads;
 
+// Calls launch(index_zero) with a zero of the narrowest index type that holds
+// every flat index of `total` elements (see kMaxInt32Index).
+template <typename Launch>
+void with_index_type(int64_t total, Launch&& launch) {
+  if (total <= kMaxInt32Index) {
+    launch(int32_t{0});
+  } else {
+    launch(int64_t{0});
+  }
+}
+
 template <typename scalar_t, typename acc_t, typename index_t>
 __global__ void bias_leaky_relu_kernel(const scalar_t* __restrict__ x,
                                        const scalar_t* __restrict__ bias,
@@ -100,11 +111,7 @@ at::Tensor bias_leaky_relu_cuda(const at::Tensor& x,
           static_cast<acc_t>(negative_slope * scale));
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     };
-    if (total <= kMaxInt32Index) {
-      launch(int32_t{0});
-    } else {
-      launch(int64_t{0});
-    }
+    with_index_type(total, launch);
   });
   return output;
 }
@@ -136,11 +143,7 @@ at::Tensor leaky_relu_grad_cuda(const at::Tensor& grad, const at::Tensor& ref,
           static_cast<acc_t>(scale), static_cast<acc_t>(negative_slope * scale));
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     };
-    if (total <= kMaxInt32Index) {
-      launch(int32_t{0});
-    } else {
-      launch(int64_t{0});
-    }
+    with_index_type(total, launch);
   });
   return output;
 }
