@@ -250,6 +250,11 @@ def test_dataset_mode_images_match_rendered_dataset(tmp_path):
     assert not torch.allclose(mode.build_images(opt, 'test')[2], item)
     with pytest.raises(IndexError):
         train[3]
+    # A DataLoader fetches whole batches in one render; they hold the same faces.
+    batch = next(iter(torch.utils.data.DataLoader(train, batch_size=3)))
+    assert torch.allclose(batch, torch.stack([train[i] for i in range(3)]), atol=1e-5)
+    with pytest.raises(IndexError):
+        train.__getitems__([0, 3])
 
 
 def test_dataset_mode_pck_set_is_written_once_and_read_back(tmp_path):

