@@ -4,7 +4,7 @@ The synthetic world knows every face's pose, so a checkpoint of
 ``train.py --generator synthetic`` can be taken apart factor by factor:
 
 1. **Pose recovery** on generator samples: how much of each similarity factor
-   (rotation, log-scale, shift) the similarity stage undoes. For each factor,
+   (rotation, log-scale, shift) the similarity stages undo. For each factor,
    the correlation and the regression slope of the predicted value against
    the true one (slope 1: fully undone; 0: ignored).
 2. **Mirror decisions** on the held-out rendered pairs: PCK-Transfer as
@@ -56,9 +56,8 @@ def _fit(predicted, true):
 
 
 def similarity_of(stn, images, flow_size):
-    """The first (similarity) stage's matrices (N, 2, 3) for generator images."""
-    _, matrices = stn.stns[0](resize_for_stn(images, flow_size), return_flow=True)
-    return matrices.view(-1, 2, 3)
+    """The composed similarity stages' matrices (N, 2, 3) for generator images."""
+    return stn.similarity(resize_for_stn(images, flow_size)).view(-1, 2, 3)
 
 
 def pose_recovery(opt, stn, generator, samples):

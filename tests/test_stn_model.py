@@ -168,6 +168,32 @@ def test_known_similarity_is_undone_and_points_map_back(transforms):
     assert (mapped_out - template_pixels).norm(dim=-1).max() < 1.0
 
 
+def test_chained_similarity_stages_compose_their_warps():
+    """similarity, similarity, flow: the second stage refines the first one's output."""
+    stn = small_stn(['similarity', 'similarity', 'flow'], flow_size=32, supersize=32)
+    set_similarity(stn.stns[0].warp_head, ANGLE, SCALE, *SHIFT)
+    set_similarity(stn.stns[1].warp_head, -0.1, 1.1, -0.05, 0.02)
+    first = similarity_matrices(stn.stns[0].warp_head.linear.bias.detach().view(4, 1).T)
+    second = similarity_matrices(stn.stns[1].warp_head.linear.bias.detach().view(4, 1).T)
+    composed = first @ torch.cat([second, torch.tensor([[[0.0, 0.0, 1.0]]])], dim=1)
+    original = blobs(2, 32)
+    moved = warped_by_inverse(original, composed)
+    with torch.no_grad():
+        restored, grid = stn(moved, return_warp=True)
+        assert torch.allclose(stn.similarity(moved), composed.expand(2, 2, 3), atol=1e-6)
+    expected_grid = F.affine_grid(composed.expand(2, 2, 3), (2, 3, 32, 32), align_corners=False)
+    assert torch.allclose(grid, expected_grid, atol=1e-5)  # the flow stage starts at the identity
+    inner = (slice(None), slice(None), slice(6, -6), slice(6, -6))
+    assert (restored - original)[inner].abs().mean() < 0.02
+    template_pixels = torch.tensor([[[8.0, 9.0], [20.0, 14.0], [15.0, 23.0]]]).repeat(2, 1, 1)
+    template = normalize_points(template_pixels, 32, 32)
+    image_points = unnormalize_points(
+        torch.einsum('ij,npj->npi', composed[0, :, :2], template) + composed[0, :, 2], 32, 32)
+    with torch.no_grad():
+        assert (stn.uncongeal_points(moved, template) - image_points).norm(dim=-1).max() < 1.0
+        assert (stn.congeal_points(moved, image_points) - template_pixels).norm(dim=-1).max() < 1.0
+
+
 def test_iterations_compose_the_similarity():
     stn = small_stn('similarity', flow_size=16, supersize=16)
     set_similarity(stn.warp_head, 0.2, 0.9, 0.05, 0.0)

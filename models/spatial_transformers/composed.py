@@ -46,16 +46,18 @@ class ComposedSTN(STNBase):
         return self.stns[-1].identity_flow
 
     def _run_stages(self, img, output_resolution=None, iters=1, padding_mode='border', alpha=None,
-                    input_img_for_sampling=None, warp_policy='cartesian', stop_grad=False):
-        """Run every stage; list over stages of (images, grid, residual flow or matrix)."""
+                    input_img_for_sampling=None, warp_policy='cartesian', stop_grad=False, num_stages=None):
+        """Run the first ``num_stages`` stages (default: all); list over them of
+        (images, grid, residual flow or matrix)."""
         padding_mode = check_padding_mode(padding_mode)
         source = img if input_img_for_sampling is None else input_img_for_sampling
         head_index = resolve_warp_policy(warp_policy, self.num_heads, source)
         num_images = img.shape[0]
+        stages = self.stns[:num_stages or len(self.stns)]
         results = []
         current, warp = img, None
-        for i, stn in enumerate(self.stns):
-            last = i == len(self.stns) - 1
+        for i, stn in enumerate(stages):
+            last = i == len(stages) - 1
             result = stn.iterate(current, source,
                                   (output_resolution or self.stn_in_size) if last else self.stn_in_size,
                                   iters if i == 0 else 1, head_index, warp,
@@ -96,6 +98,21 @@ class ComposedSTN(STNBase):
         if return_out_of_bounds:
             outputs.append(warp_exceeds_image_bounds(grid, image_bounds))
         return pack_outputs(outputs, img.shape[0], unfold)
+
+    def similarity(self, img, iters=1, **forward_kwargs):
+        """The composed warp of the similarity stages alone (the flow stage is not run).
+
+        Args:
+            img: (N, 3, S, S) images; ``iters`` re-applies the first stage;
+                ``forward_kwargs`` as ``forward``.
+        Returns:
+            (rows, 2, 3) matrices mapping template positions to image positions
+            in normalised coordinates.
+        """
+        if self.transforms[0] != 'similarity':
+            raise UserError(f"this spatial transformer has no similarity stage (transforms={self.transforms})")
+        count = self.transforms.index('flow') if self.is_flow else len(self.transforms)
+        return self._run_stages(img, iters=iters, num_stages=count, **forward_kwargs)[-1][2]
 
     def congeal_points(self, imgA, pointsA, output_resolution=None, iters=1,
                        normalize_input_points=True, unnormalize_output_points=False,

@@ -65,9 +65,10 @@ class _Checker:
 
     def transform_list(self):
         transform = getattr(self.opt, 'transform', None)
-        if transform is not None and len(set(transform)) != len(transform):
-            self.fail(f'{self.flag("transform")} names a warp twice ({" ".join(transform)}); '
-                      f'give each of similarity, flow at most once')
+        # Similarity stages may repeat (each refines the previous one's output); one flow stage, last.
+        if transform is not None and 'flow' in transform and transform.index('flow') != len(transform) - 1:
+            self.fail(f'{self.flag("transform")} must have at most one flow stage, and last '
+                      f'({" ".join(transform)}); e.g. similarity similarity flow')
 
 
 def _experiment_name_problem(name):
