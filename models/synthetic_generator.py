@@ -5,7 +5,7 @@ a fixed orthogonal matrix (drawn from a fixed seed, so every run has the same
 world). The W+ latent has ``n_latent`` = 8 entries; like StyleGAN's coarse and
 fine layers, entries [0, 4) set pose and shape and entries [4, 8) appearance:
 
-    entry 0: scale, rotation        entry 4: fur, marking and light colours
+    entry 0: scale, rotation        entry 4: fur, marking and light colours, mirror
     entry 1: translation            entry 5: iris, nose, stripe and dark colours
     entry 2: shape factors 0-5      entry 6: stripes, fur-noise strength, gaze
     entry 3: shape factors 6-11     entry 7: background (colours, gradient,
@@ -23,10 +23,17 @@ Each world factor j reads coordinate j of its entry in the mapping's basis,
 divided by that coordinate's scale, which is standard normal for w = style(z);
 the normal CDF turns it into the uniform factor the renderer expects. So the
 generator's images follow exactly the distribution of
-``utils.synthetic_world.sample_params`` (without mirroring: this generator never
-mirrors; train with --flips to handle mirrored real images), and w = mean
-latent gives the canonical face: upright, centred, mean size and shape,
-canonical palette. Coordinates beyond the 64 used ones have no effect.
+``utils.synthetic_world.sample_params``, as a GAN trained on the rendered data
+would, and the mean latent w = 0 gives the canonical face: upright, centred,
+mean size and shape, canonical palette, unmirrored (an estimated mean may come
+out mirrored, which moves no keypoint). Coordinates beyond the NUM_FACTORS
+used ones have no effect.
+
+Mirroring is read from a fine entry: the face's geometry is symmetric, so a
+mirrored face keeps its labelled keypoints and differs from its twin only in
+which eye carries the marking (and in mirrored textures), an appearance
+change. A congealing target therefore keeps its input's mirror, and the
+transformer learns to align both.
 
 The fur texture and the background noise pattern are, like the rest of the
 appearance, set by the fine latents (entries 6 and 7, through fixed random
@@ -56,7 +63,7 @@ _PATTERN_LAYERS = (6, 7)  # W+ entries setting the fur and the background patter
 # W+ entry of each factor group; a tuple spreads the group evenly over those entries.
 _LAYER_OF_GROUP = {
     'scale': 0, 'rotation': 0, 'translation': 1, 'shape': (2, 3),
-    'fur_colors': 4, 'feature_colors': 5, 'texture': 6, 'background': 7,
+    'fur_colors': 4, 'feature_colors': 5, 'texture': 6, 'background': 7, 'mirror': 4,
 }
 
 
@@ -110,15 +117,14 @@ class SyntheticGenerator(nn.Module):
 
     Args:
         size: output resolution (images are (N, 3, size, size) in [-1, 1]).
-        style_dim: width of z and w; at least utils.synthetic_world.NUM_FACTORS (64).
+        style_dim: width of z and w; at least utils.synthetic_world.NUM_FACTORS (65).
         n_mlp: accepted for parity with models.Generator and ignored (the
             mapping is one fixed linear map).
-        factors: utils.synthetic_world.WorldFactors (ranges and switches);
-            ``mirror`` is ignored (the generator never mirrors).
+        factors: utils.synthetic_world.WorldFactors (ranges and switches).
         edge_softness: anti-aliasing ramp width in pixels.
     """
 
-    def __init__(self, size=64, style_dim=64, n_mlp=None, factors=None, edge_softness=0.25):
+    def __init__(self, size=64, style_dim=world.NUM_FACTORS, n_mlp=None, factors=None, edge_softness=0.25):
         super().__init__()
         if style_dim < world.NUM_FACTORS:
             raise UserError(f'the synthetic generator needs --dim_latent >= {world.NUM_FACTORS}, got {style_dim}')
@@ -212,8 +218,7 @@ class SyntheticGenerator(nn.Module):
         index = torch.arange(world.NUM_FACTORS, device=latent.device)
         uniform = 0.5 * (1 + torch.erf(coords[:, self.factor_layer, index] / math.sqrt(2)))
         fur, background = self._patterns(coords, self._noise(latent.shape[0], noise, randomize_noise))
-        mirror = torch.zeros(latent.shape[0], device=latent.device, dtype=latent.dtype)
-        return world.params_from_factors(uniform, fur, background, mirror, self.factors)
+        return world.params_from_factors(uniform, fur, background, self.factors)
 
     def forward(self, styles, return_latents=False, inject_index=None, truncation=1, truncation_latent=None,
                 input_is_latent=False, noise=None, randomize_noise=True, return_keypoints=False):

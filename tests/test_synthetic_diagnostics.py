@@ -7,6 +7,7 @@ import torch
 from benchmarks import diagnose_synthetic_alignment as diagnose
 from models import get_stn
 from models.synthetic_generator import SyntheticGenerator
+from utils import synthetic_world as W
 from utils.checkpoint import save_checkpoint
 
 pytestmark = pytest.mark.usefixtures('one_thread')
@@ -24,7 +25,7 @@ def test_identity_transformer_undoes_no_pose_factor():
     torch.manual_seed(0)
     opt = type('Opt', (), {'flow_size': 16})()
     stn = get_stn(['similarity', 'flow'], flow_size=16, supersize=32, channel_multiplier=0.125, max_channels=16)
-    rows = diagnose.pose_recovery(opt, stn.eval(), SyntheticGenerator(32, 64), samples=20)
+    rows = diagnose.pose_recovery(opt, stn.eval(), SyntheticGenerator(32, W.NUM_FACTORS), samples=20)
     assert [name for name, _, _ in rows] == ['rotation', 'log-scale', 'shift x', 'shift y']
     assert all(abs(slope) < 1e-5 for _, _, slope in rows)
 

@@ -10,24 +10,25 @@ from utils import synthetic_world as W
 from utils.errors import UserError
 
 SIZE = 32
+D = W.NUM_FACTORS  # the narrowest W the world fits in
 
 
 @pytest.fixture(scope='module')
 def generator():
-    return SyntheticGenerator(SIZE, 64)
+    return SyntheticGenerator(SIZE, D)
 
 
 def test_outputs_and_interface(generator):
     torch.manual_seed(0)
-    z = torch.randn(3, 64)
+    z = torch.randn(3, D)
     images, latents, keypoints = generator([z], return_latents=True, return_keypoints=True)
     assert images.shape == (3, 3, SIZE, SIZE) and images.min() >= -1 and images.max() <= 1
     assert latents.shape == (3, generator.n_latent, generator.style_dim)
     assert torch.allclose(latents[:, 0], generator.get_latent(z), atol=1e-6)
     assert keypoints.shape == (3, W.NUM_KEYPOINTS, 3)
     assert generator([z])[1] is None and len(generator([z])) == 2
-    assert generator.mean_latent(100).shape == (1, 64) and generator.batch_latent(5).shape == (5, 64)
-    assert generator.style(z).shape == (3, 64) and generator.size == SIZE
+    assert generator.mean_latent(100).shape == (1, D) and generator.batch_latent(5).shape == (5, D)
+    assert generator.style(z).shape == (3, D) and generator.size == SIZE
     # w, W+ and z inputs agree.
     w = generator.get_latent(z)
     noise = generator.make_noise(3)
@@ -38,11 +39,11 @@ def test_outputs_and_interface(generator):
 
 
 def test_every_instance_draws_the_same_world(generator):
-    other = SyntheticGenerator(SIZE, 64)
+    other = SyntheticGenerator(SIZE, D)
     for key, value in generator.state_dict().items():
         assert torch.equal(value, other.state_dict()[key]), key
     weight = generator.style.weight
-    assert torch.allclose(weight @ weight.T, torch.eye(64), atol=1e-5)  # orthogonal mapping
+    assert torch.allclose(weight @ weight.T, torch.eye(D), atol=1e-5)  # orthogonal mapping
 
 
 def test_gradients_reach_every_wplus_entry(generator):
@@ -83,7 +84,7 @@ def test_mean_latent_draws_the_canonical_face(generator):
     params = generator.world_params(mean.unsqueeze(1).repeat(1, 8, 1))
     assert params['rotation'].abs().item() < 0.02 and params['translation'].abs().max() < 0.005
     # Truncation towards the mean latent lands on the same face.
-    z = torch.randn(2, 64)
+    z = torch.randn(2, D)
     _, _, truncated = generator([z], truncation=0, truncation_latent=mean, return_keypoints=True)
     assert (truncated[..., :2] - canonical[:, :2]).abs().max() < 0.25
 
@@ -100,7 +101,29 @@ def test_distribution_matches_the_renderer(generator):
         spread = theirs.quantile(0.95, dim=0) - theirs.quantile(0.05, dim=0) + 1e-6
         gap = (ours.quantile(quantiles, dim=0) - theirs.quantile(quantiles, dim=0)).abs() / spread
         assert gap.max() < 0.06, key
-    assert (generated['mirror'] == 0).all()  # the generator never mirrors
+    # Half the faces are mirrored, in the generator as in the renderer.
+    assert 0.45 < generated['mirror'].mean() < 0.55 and 0.45 < rendered['mirror'].mean() < 0.55
+
+
+def test_mirroring_is_a_fine_factor_that_keeps_the_keypoints(generator):
+    torch.manual_seed(6)
+    latent = generator.batch_latent(64).unsqueeze(1).repeat(1, 8, 1)
+    mirrored = generator.world_params(latent, randomize_noise=False)['mirror']
+    # Flip the sign of the mirror factor's coordinate in the entry it is read from, a fine one.
+    index = W.FACTOR_SLICES['mirror'].start
+    entry = int(generator.factor_layer[index])
+    assert entry >= COARSE_LAYERS
+    coords = generator.style.coordinates(latent)
+    coords[:, entry, index] *= -1
+    flipped_latent = (coords * generator.style.scales) @ generator.style.weight.t()
+    assert torch.equal(generator.world_params(flipped_latent, randomize_noise=False)['mirror'], 1 - mirrored)
+    images, _, keypoints = generator([latent], input_is_latent=True, return_keypoints=True,
+                                     randomize_noise=False)
+    flipped, _, flipped_keypoints = generator([flipped_latent], input_is_latent=True, return_keypoints=True,
+                                              randomize_noise=False)
+    assert torch.allclose(flipped_keypoints, keypoints, atol=1e-4)
+    # Only the marking's side (and mirrored textures) changed: the images differ.
+    assert ((flipped - images).abs().flatten(1).amax(1) > 0.3).all()
 
 
 def test_noise_inputs(generator):
@@ -128,7 +151,7 @@ def test_style_mixing(generator):
 
 
 def test_state_dict_round_trip(generator):
-    other = SyntheticGenerator(SIZE, 64)
+    other = SyntheticGenerator(SIZE, D)
     with torch.no_grad():
         other.noise_fur.normal_()
         other.style.weight.mul_(-1)
@@ -146,9 +169,9 @@ def test_bad_arguments_raise_user_errors(generator):
     with pytest.raises(UserError):
         SyntheticGenerator(SIZE, 32)
     with pytest.raises(UserError):
-        generator([torch.randn(2, 5, 64)], input_is_latent=True)
+        generator([torch.randn(2, 5, D)], input_is_latent=True)
     with pytest.raises(UserError):
-        generator([torch.randn(2, 64)], truncation=0.5)
+        generator([torch.randn(2, D)], truncation=0.5)
 
 
 def test_registered_component_sets_demo_defaults_and_builds():
@@ -160,13 +183,13 @@ def test_registered_component_sets_demo_defaults_and_builds():
     parser.add_argument('--dataset_mode', default='lmdb')
     component.modify_commandline_options(parser, True)
     opt = parser.parse_args(['--synthetic_rotation', '0', '--gen_size', '24'])
-    assert (opt.dataset_mode, opt.dim_latent, opt.inject, opt.real_size) == ('synthetic', 64, COARSE_LAYERS, 64)
+    assert (opt.dataset_mode, opt.dim_latent, opt.inject, opt.real_size) == ('synthetic', D, COARSE_LAYERS, 64)
     assert component.n_latent(opt) == 8
     built = component.build(opt)
     assert isinstance(built, SyntheticGenerator) and built.size == 24
     latent = built.batch_latent(50).unsqueeze(1).repeat(1, 8, 1)
     assert (built.world_params(latent)['rotation'] == 0).all()
     component.validate(opt, parser)
-    opt.dim_latent = 32
+    opt.dim_latent = D - 1
     with pytest.raises(SystemExit):
         component.validate(opt, parser)

@@ -68,6 +68,7 @@ FACTOR_GROUPS = (
     ('feature_colors', 12),   # iris, nose, stripes, dark (pupils, lines)
     ('texture', 7),           # stripe frequency, angle, phase, strength; fur noise; gaze x, y
     ('background', 20),       # colour 0, colour 1, angle, noise strength, 3 distractors x (x, y, radius, shade)
+    ('mirror', 1),            # the face is mirrored when this factor is below 0.5
 )
 FACTOR_SLICES = {}
 _start = 0
@@ -77,6 +78,10 @@ for _name, _width in FACTOR_GROUPS:
 NUM_FACTORS = _start
 POSE_SHAPE_GROUPS = ('scale', 'rotation', 'translation', 'shape')
 APPEARANCE_GROUPS = ('fur_colors', 'feature_colors', 'texture')
+# The face's geometry is left/right symmetric, so a mirrored face has the same
+# labelled keypoints as its unmirrored twin and differs only in which eye
+# carries the marking (and in mirrored textures): mirroring is an appearance
+# factor of this world, and the synthetic generator reads it from a fine entry.
 
 FUR_NOISE_SHAPE = (1, 16, 16)         # per image; sampled in object coordinates
 BACKGROUND_NOISE_SHAPE = (3, 6, 6)    # per image; upsampled over the canvas
@@ -93,8 +98,8 @@ class WorldFactors:
     scale: (min, max) object size as a fraction of the canvas (equal values
         switch it off).
     translation: largest |shift| per axis as a fraction of the canvas.
-    mirror: whether half of the rendered faces are mirrored (the synthetic
-        generator never mirrors).
+    mirror: whether half of the faces are mirrored (rendered ones and the
+        synthetic generator's alike).
     shape: largest relative change of part sizes and positions (0 = rigid).
     appearance: random colours, stripes, fur texture and gaze; off gives the
         canonical palette.
@@ -149,14 +154,13 @@ def _palette_color(name, u):
     return (canon + spread * (2 * u - 1)).clamp(-1, 1)
 
 
-def params_from_factors(u, fur_noise, background_noise, mirror, factors=None):
+def params_from_factors(u, fur_noise, background_noise, factors=None):
     """Physical world parameters from uniform factors and noise fields.
 
     Args:
         u: (N, NUM_FACTORS) in [0, 1], laid out as FACTOR_GROUPS.
         fur_noise: (N, *FUR_NOISE_SHAPE) standard normal.
         background_noise: (N, *BACKGROUND_NOISE_SHAPE) standard normal.
-        mirror: (N,) 0/1 (float); 1 mirrors the face.
         factors: WorldFactors (defaults if None); switched-off factors take
             their canonical value whatever ``u`` says.
     Returns:
@@ -227,11 +231,10 @@ def params_from_factors(u, fur_noise, background_noise, mirror, factors=None):
         background_noise_strength = torch.zeros_like(background_angle)
         distractor_opacity = torch.zeros(n, MAX_DISTRACTORS, dtype=u.dtype, device=u.device)
 
-    if not factors.mirror:
-        mirror = torch.zeros_like(mirror)
+    mirror = (group('mirror')[:, 0] < 0.5).to(u.dtype) * float(factors.mirror)
     return {
         'scale': scale, 'rotation': rotation, 'translation': translation,
-        'mirror': mirror.to(u.dtype), 'shape': shape, 'colors': colors, 'stripes': stripes,
+        'mirror': mirror, 'shape': shape, 'colors': colors, 'stripes': stripes,
         'gaze': gaze, 'fur_noise_strength': fur_noise_strength, 'fur_noise': fur_noise,
         'background': background, 'background_angle': background_angle,
         'background_noise_strength': background_noise_strength, 'background_noise': background_noise,
@@ -253,8 +256,7 @@ def sample_params(n, generator, factors=None):
     u = torch.rand(n, NUM_FACTORS, generator=generator)
     fur_noise = torch.randn(n, *FUR_NOISE_SHAPE, generator=generator)
     background_noise = torch.randn(n, *BACKGROUND_NOISE_SHAPE, generator=generator)
-    mirror = (torch.rand(n, generator=generator) < 0.5).float()
-    return params_from_factors(u, fur_noise, background_noise, mirror, factors)
+    return params_from_factors(u, fur_noise, background_noise, factors)
 
 
 def canonical_params(n=1, factors=None, device=None):
@@ -262,8 +264,7 @@ def canonical_params(n=1, factors=None, device=None):
     canonical palette, no mirror, no noise texture. Same dict as sample_params."""
     u = torch.full((n, NUM_FACTORS), 0.5, device=device)
     return params_from_factors(u, torch.zeros(n, *FUR_NOISE_SHAPE, device=device),
-                               torch.zeros(n, *BACKGROUND_NOISE_SHAPE, device=device),
-                               torch.zeros(n, device=device), factors)
+                               torch.zeros(n, *BACKGROUND_NOISE_SHAPE, device=device), factors)
 
 
 def slice_params(params, index):
@@ -718,7 +719,7 @@ def add_world_options(parser):
     group.add_argument('--synthetic_translation', type=float, default=d.translation,
                        help='largest shift of synthetic faces per axis, as a fraction of the canvas')
     group.add_argument('--synthetic_no_mirror', action='store_true',
-                       help='never mirror rendered synthetic faces (the generator never mirrors)')
+                       help='never mirror synthetic faces (rendered or generated)')
     group.add_argument('--synthetic_shape', type=float, default=d.shape,
                        help='largest relative change of face part sizes and positions (0 = rigid)')
     group.add_argument('--synthetic_no_appearance', action='store_true',
