@@ -95,8 +95,7 @@ def measure(name, args, device_name):
     generator, stn, t_ema, ll = train.build_models(opt, device)
     loss_fn = PERCEPTUAL_LOSSES.get(opt.loss_fn).build(opt).to(device)
     train.initialise_target(opt, generator, ll, loss_fn, device)
-    t_optim = torch.optim.Adam(stn.parameters(), lr=opt.stn_lr, betas=(0.9, 0.999))
-    ll_optim = torch.optim.Adam(ll.parameters(), lr=opt.ll_lr, betas=(0.9, 0.999))
+    t_optim, ll_optim, _, _ = train.build_optimizers(opt, stn, ll)
     stn.train()
 
     def step():

@@ -37,6 +37,7 @@ IMAGE_TAGS = ('sample', 'congealed_sample', 'target_sample', 'mean_congealed_sam
 # cosine cycles are 3 then 6 iterations long, so the learning rate restarts
 # (at half the previous peak) at iterations 6 and 12.
 ITERATIONS, ANNEAL, PERIOD, T_MULT, DECAY = 12, 3, 3, 2, 0.5
+VIS_EVERY = 5
 STN_LR, LL_LR = 0.002, 0.02
 RESTARTS = {ANNEAL + PERIOD: DECAY, ANNEAL + PERIOD + PERIOD * T_MULT: DECAY ** 2}
 
@@ -62,7 +63,7 @@ def synthetic_run(tmp_path_factory, train_process, tiny_configs, read_events):
     argv = tiny_configs.synthetic + [
         '--exp-name', 'demo', '--results', str(results), '--iter', ITERATIONS, '--anneal_psi', ANNEAL,
         '--period', PERIOD, '--tm', T_MULT, '--decay', DECAY, '--stn_lr', STN_LR, '--ll_lr', LL_LR,
-        '--log_every', 1, '--ckpt_every', 1]
+        '--log_every', 1, '--ckpt_every', 1, '--vis_every', VIS_EVERY]
     argv = [str(a) for a in argv]
     proc = train_process.run(argv)
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -108,8 +109,8 @@ def test_run_logs_every_scalar_and_image_tag_and_writes_files(synthetic_run):
     assert events.scalars('Loss/reconstruction')[1] > 0
     pck = events.scalars('PCK/transfer@0.1')
     assert list(pck) == [ITERATIONS] and 0 <= pck[ITERATIONS] <= 1
-    # Visuals at the start, at the zero-learning-rate points (2, 5, 11) and at the end.
-    visual_steps = [0, ANNEAL - 1, ANNEAL + PERIOD - 1, ANNEAL + PERIOD + PERIOD * T_MULT - 1, ITERATIONS]
+    # Visuals at the start, every --vis_every iterations and at the end.
+    visual_steps = [0, VIS_EVERY, 2 * VIS_EVERY, ITERATIONS]
     for tag in IMAGE_TAGS:
         assert events.image_steps(tag) == visual_steps, tag
         for step in visual_steps:
@@ -242,7 +243,8 @@ def test_clustering_with_flips_keeps_each_inputs_best_head_and_mirror(tiny_confi
         flows = {}
         for mirror, images in enumerate((x, x.flip(3))):
             aligned, flow = stn(resize_for_stn(images, opt.flow_size), return_flow=True, unfold=True,
-                                output_resolution=opt.flow_size, padding_mode=opt.padding_mode)
+                                output_resolution=opt.flow_size, padding_mode=opt.padding_mode,
+                                input_img_for_sampling=images if opt.sample_from_full_res else None)
             assert aligned.shape == (batch, heads, 3, opt.flow_size, opt.flow_size)
             for n in range(batch):
                 for k in range(heads):
