@@ -138,8 +138,9 @@ def add_training_options(parser):
     target.add_argument('--flow_identity_weight', type=float, default=1.0,
                         help='weight of the loss pulling the residual flow towards zero')
     target.add_argument('--freeze_ll', action='store_true', help='keep the congealing target fixed')
-    target.add_argument('--sample_from_full_res', action='store_true',
-                        help='warp the full-resolution generated images instead of downsampled ones')
+    target.add_argument('--sample_from_full_res', action=argparse.BooleanOptionalAction, default=False,
+                        help='warp the full-resolution generated images instead of downsampled ones '
+                             '(--no-sample_from_full_res turns off a default that a component set)')
     target.add_argument('--flips', action='store_true',
                         help='also try each input mirrored and keep the smaller loss')
 
