@@ -193,3 +193,14 @@ def test_registered_component_sets_demo_defaults_and_builds():
     opt.dim_latent = D - 1
     with pytest.raises(SystemExit):
         component.validate(opt, parser)
+
+
+def test_demo_switches_can_be_turned_off(tmp_path):
+    from utils.options import parse_training_options
+    base = ['--exp-name', 'demo', '--results', str(tmp_path)]
+    opt = parse_training_options(base, save=False)  # no --ckpt: the synthetic generator
+    assert opt.generator == 'synthetic' and opt.sample_from_full_res
+    assert opt.transform == ['similarity', 'similarity', 'flow'] and opt.eval_iters == 1
+    opt = parse_training_options(base + ['--no-sample_from_full_res', '--transform', 'similarity', 'flow'],
+                                 save=False)
+    assert not opt.sample_from_full_res and opt.transform == ['similarity', 'flow']

@@ -20,14 +20,18 @@ DEMO_DEFAULTS = dict(
     # then held rotations back (see benchmarks/diagnose_synthetic_alignment.py).
     padding_mode='border',
     gen_size=64, real_size=64,
-    flow_size=32, stn_channel_multiplier=0.125, stn_max_channels=64,
+    flow_size=32, stn_channel_multiplier=0.125, stn_max_channels=32,
+    # A second similarity stage refines the first one's output: in a short run
+    # it undoes far more of each pose than iterating one stage at test time.
+    transform=['similarity', 'similarity', 'flow'],
+    sample_from_full_res=True,  # warp the 64 x 64 samples, as the real images are
     dim_latent=NUM_FACTORS, n_mlp=1,
     inject=COARSE_LAYERS,       # W+ entries [0, 4) hold pose and shape
-    stn_lr=0.004,               # short runs need a fast similarity head (0.001 to 0.008 measured)
-    iter=4000, anneal_psi=1000, period=1000,  # learning rate reaches zero at 2000 and 4000
-    vis_every=500, ckpt_every=1000, log_every=25,
-    eval_iters=3,               # one similarity pass undoes about 85% of a pose: apply it thrice
-    n_mean=500, n_sample=16, vis_batch_size=50,
+    batch=10, stn_lr=0.006,
+    iter=2400, anneal_psi=600, period=1800,  # one cosine cycle after psi reaches 0
+    vis_every=1000, ckpt_every=1000, log_every=25,
+    eval_iters=1,               # the stages are trained to work once each
+    n_mean=200, n_sample=16, vis_batch_size=50,
     n_pca=20000, kmeans_candidates=2000,
 )
 
