@@ -20,6 +20,7 @@ from models.generators import GENERATORS
 from models.latent_learner import DirectionInterpolator, kmeans_plusplus_init, pca_W
 from models.losses import gangealing_cluster_loss
 from models.perceptual import PERCEPTUAL_LOSSES
+from models.spatial_transformers import trunk_width
 from utils.checkpoint import load_checkpoint, save_checkpoint
 from utils.distributed import (all_gather_tensor, all_reduce_mean, cleanup, get_world_size, is_main_process,
                                reduce_loss_dict, seed_everything, setup_distributed)
@@ -90,11 +91,6 @@ class StopRequested:
 CHANNELS_LAST_MAX_WIDTH = 128
 
 
-def _widest_convolution(module):
-    """The most input channels of any convolution weight (out, in, kh, kw) in ``module``."""
-    return max((p.shape[1] for p in module.parameters() if p.dim() == 4), default=0)
-
-
 def build_models(opt, device):
     """Generator (frozen), STN, its EMA copy and the target learner, on ``device``."""
     generator = GENERATORS.get(opt.generator).build(opt)
@@ -104,7 +100,7 @@ def build_models(opt, device):
     ll = DirectionInterpolator(opt.ndirs, opt.inject, generator.n_latent, generator.style_dim,
                                num_heads=opt.num_heads)
     generator, stn, ll = generator.to(device), stn.to(device), ll.to(device)
-    if device.type == 'cpu' and _widest_convolution(stn) <= CHANNELS_LAST_MAX_WIDTH:
+    if device.type == 'cpu' and trunk_width(stn.state_dict()) <= CHANNELS_LAST_MAX_WIDTH:
         stn = stn.to(memory_format=torch.channels_last)
     generator.eval().requires_grad_(False)
     t_ema = copy.deepcopy(stn).eval().requires_grad_(False)

@@ -10,7 +10,6 @@ import argparse
 import json
 import math
 import os
-import re
 
 import numpy as np
 import torch
@@ -163,17 +162,6 @@ def stn_architecture(args, ckpt):
     return config
 
 
-def _trunk_width(state_dict):
-    """Width of the transformer's low-resolution layers (its final convolution's
-    output channels), or None when the state dict does not show it."""
-    if not isinstance(state_dict, dict):
-        return None
-    for key, value in state_dict.items():
-        if re.search(r'(^|\.)final_conv\.0\.weight$', key) and torch.is_tensor(value):
-            return int(value.shape[0])
-    return None
-
-
 def load_stn(args, device):
     """Build the spatial transformer for ``args.ckpt`` and load its EMA weights.
 
@@ -195,6 +183,7 @@ def load_stn(args, device):
             architecture, or a flow size larger than ``--real_size``.
     """
     from models import get_stn
+    from models.spatial_transformers import trunk_width
 
     path = resolve_checkpoint(args.ckpt)
     apply_test_settings(args, args.ckpt)
@@ -210,7 +199,7 @@ def load_stn(args, device):
     for key, value in config.items():
         setattr(args, key, value)
     extra = {}
-    width = _trunk_width(ckpt['t_ema'])
+    width = trunk_width(ckpt['t_ema'])
     if width is not None and width != RELEASED_TRUNK_WIDTH:
         extra['max_channels'] = width  # a narrow (test or experimental) transformer
     t_ema = get_stn(config['transform'], flow_size=config['flow_size'], supersize=args.real_size,

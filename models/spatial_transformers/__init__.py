@@ -10,7 +10,7 @@ from models.spatial_transformers.composed import ComposedSTN
 from models.spatial_transformers.geometry import apply_affine
 from models.spatial_transformers.heads import FlowHead, SimilarityHead
 from models.spatial_transformers.sampling import MipmapWarp, PlainWarp, TentDownsample
-from models.spatial_transformers.state_dicts import describe_stn_config, infer_stn_config
+from models.spatial_transformers.state_dicts import describe_stn_config, infer_stn_config, trunk_width
 from models.spatial_transformers.transformer import SpatialTransformer
 from models.spatial_transformers.warp_checks import flow_total_variation, warp_exceeds_image_bounds
 
@@ -18,7 +18,7 @@ __all__ = [
     'get_stn', 'stn_from_state_dict', 'SpatialTransformer', 'ComposedSTN', 'SimilarityHead',
     'FlowHead', 'MipmapWarp', 'PlainWarp', 'TentDownsample', 'apply_affine',
     'flow_total_variation', 'warp_exceeds_image_bounds', 'infer_stn_config',
-    'describe_stn_config',
+    'describe_stn_config', 'trunk_width',
 ]
 
 

@@ -8,6 +8,8 @@ UserError names the configuration the weights come from and the model's.
 """
 import re
 
+import torch
+
 from utils.errors import UserError
 
 # Keys older official checkpoints may carry that no current model uses.
@@ -52,6 +54,18 @@ def infer_stn_config(state_dict):
         supersize = flow_size * kernel.shape[-1] // 2  # the tent filter has 2 * factor taps
     return dict(transforms=transforms, flow_size=flow_size, supersize=supersize,
                 channel_multiplier=multiplier, num_heads=num_heads)
+
+
+def trunk_width(state_dict):
+    """Width of the transformer's low-resolution layers (its final convolution's
+    output channels: the widest layer, 512 in released models), or None when
+    the state dict does not show it."""
+    if not isinstance(state_dict, dict):
+        return None
+    for key, value in state_dict.items():
+        if re.search(r'(^|\.)final_conv\.0\.weight$', key) and torch.is_tensor(value):
+            return int(value.shape[0])
+    return None
 
 
 def describe_stn_config(config):
