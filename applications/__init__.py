@@ -17,6 +17,7 @@ from PIL import Image
 
 from utils.atomic_io import atomic_write
 from utils.checkpoint import load_checkpoint
+from utils.distributed import all_gather_tensor, get_rank, get_world_size, is_main_process
 from utils.errors import UserError
 from utils.options import base_eval_argparse
 from utils.pretrained import apply_test_settings, resolve_checkpoint
@@ -94,8 +95,8 @@ def add_pck_options(parser):
 
 
 def propagation_argparse():
-    """Evaluation parser with the propagation flags (finish with parse_eval_options)."""
-    return add_propagation_options(base_eval_argparse())
+    """Evaluation parser with the propagation and flow-score flags (finish with parse_eval_options)."""
+    return add_flow_score_options(add_propagation_options(base_eval_argparse()))
 
 
 def pck_argparse():
@@ -162,7 +163,7 @@ def stn_architecture(args, ckpt):
     return config
 
 
-def load_stn(args, device):
+def load_stn(args, device, with_classifier=False):
     """Build the spatial transformer for ``args.ckpt`` and load its EMA weights.
 
     ``args.ckpt`` is a released model's name (downloaded once) or a path. A
@@ -175,8 +176,11 @@ def load_stn(args, device):
     Args:
         args: evaluation options (see utils.options.base_eval_argparse).
         device: torch.device for the model.
+        with_classifier: also return the checkpoint's cluster classifier
+            (models.cluster_classifier.ResnetClassifier, None when it has none).
     Returns:
-        The transformer (t_ema) in eval mode on ``device``, gradients off.
+        The transformer (t_ema) in eval mode on ``device``, gradients off;
+        with ``with_classifier`` a tuple (t_ema, classifier or None).
     Raises:
         UserError: unknown name or missing file, unreadable checkpoint, no
             ``t_ema`` in it, flags contradicting it, weights of another
@@ -206,7 +210,17 @@ def load_stn(args, device):
                     channel_multiplier=config['stn_channel_multiplier'], num_heads=config['num_heads'],
                     **extra)
     t_ema.load_state_dict(ckpt['t_ema'])
-    return t_ema.to(device).eval().requires_grad_(False)
+    t_ema = t_ema.to(device).eval().requires_grad_(False)
+    if not with_classifier:
+        return t_ema
+    classifier = None
+    if isinstance(ckpt.get('classifier'), dict):
+        from models.cluster_classifier import classifier_from_state_dict
+        classifier = classifier_from_state_dict(ckpt['classifier'], config['flow_size'],
+                                                config['stn_channel_multiplier'], args.real_size,
+                                                config['num_heads'])
+        classifier = classifier.to(device).eval().requires_grad_(False)
+    return t_ema, classifier
 
 
 def stn_kwargs(args):
@@ -317,3 +331,159 @@ def make_grid_array(images, nrow=None, padding=3, value_range=(-1.0, 1.0)):
 def save_grid(images, path, nrow=None, value_range=(-1.0, 1.0)):
     """Save (N, C, H, W) images as one grid PNG, atomically."""
     return save_png(make_grid_array(images, nrow=nrow, value_range=value_range), path)
+
+
+# ----------------------------------------------------------------------------- flow scores and clusters
+
+def add_flow_score_options(parser):
+    """``--flow_scores`` and ``--fraction_retained`` (the original's names and defaults)."""
+    if _has_option(parser, '--flow_scores'):
+        return parser
+    group = parser.add_argument_group('filtering by flow scores')
+    group.add_argument('--flow_scores', type=str, default=None,
+                       help='flow scores of the dataset (flow_scores.pt written by applications.flow_scores); '
+                            'with --fraction_retained below 1 the worst-scoring images are left out, and '
+                            'dataset indices (e.g. --dset_indices) count the kept images')
+    group.add_argument('--fraction_retained', type=float, default=1.0,
+                       help='fraction of the images kept by --flow_scores: those scoring above the '
+                            '(1 - F) quantile')
+    return parser
+
+
+def flow_score_problems(opt):
+    """Readable problems with the flow-score flags (empty when fine)."""
+    problems = []
+    if not 0 < opt.fraction_retained <= 1:
+        problems.append(f'--fraction_retained must be in (0, 1], got {opt.fraction_retained}')
+    elif opt.fraction_retained < 1 and opt.flow_scores is None:
+        problems.append('--fraction_retained needs --flow_scores (the scores that rank the images)')
+    return problems
+
+
+def filter_by_flow_scores(opt, dataset):
+    """The dataset restricted to the images ``--flow_scores``/``--fraction_retained`` keep.
+
+    Returns:
+        (dataset, or a Subset of it, kept (M,) long indices into the original
+        dataset in increasing order).
+    Raises:
+        UserError: unreadable score file, or one whose length differs from
+            the dataset's (scores of another dataset).
+    """
+    from torch.utils.data import Subset
+    from utils.flow_scores import high_score_indices, load_flow_scores
+
+    if getattr(opt, 'flow_scores', None) is None:
+        return dataset, torch.arange(len(dataset))
+    scores = load_flow_scores(opt.flow_scores, len(dataset))
+    kept = high_score_indices(scores, opt.fraction_retained)
+    if kept.numel() == 0:
+        raise UserError(f'--fraction_retained {opt.fraction_retained} keeps none of the {len(dataset)} images')
+    if is_main_process():
+        print(f'flow scores keep {kept.numel()} of {len(dataset)} images (--fraction_retained '
+              f'{opt.fraction_retained})')
+    return (dataset if kept.numel() == len(dataset) else Subset(dataset, kept.tolist())), kept
+
+
+def rank_share(indices):
+    """This process's part of ``indices``: every world_size-th entry from its rank."""
+    return indices[get_rank()::get_world_size()]
+
+
+def check_cluster(opt, classifier=None):
+    """Validate ``--cluster`` against the model's heads.
+
+    A model with several heads and no classifier needs ``--cluster``; with a
+    classifier it is optional (the classifier picks each image's head).
+    Raises UserError otherwise.
+    """
+    heads = opt.num_heads
+    cluster = getattr(opt, 'cluster', None)
+    if cluster is not None and not 0 <= cluster < heads:
+        raise UserError(f'--cluster {cluster} does not exist: this model has {heads} '
+                        f"cluster{'s' if heads > 1 else ''} (0 to {heads - 1})")
+    if heads > 1 and cluster is None and classifier is None:
+        raise UserError(f'this model has {heads} clusters and its checkpoint no cluster classifier: choose '
+                        f'a cluster with --cluster (0 to {heads - 1}), or train a classifier with '
+                        f'train_cluster_classifier.py')
+
+
+@torch.no_grad()
+def decide_heads(opt, t, classifier, images):
+    """Each image's head and mirror, and the warp policy that applies them.
+
+    With a cluster classifier (clustering models), it decides: the head it
+    predicts (or ``opt.cluster`` when given) and whether to mirror. Without
+    one, every image goes to ``opt.cluster`` (or the single head) and the
+    mirror is chosen by flow smoothness (``determine_flips``) unless
+    ``opt.no_flip_inference``.
+
+    Args:
+        images: (N, 3, S, S) in [-1, 1].
+    Returns:
+        (inputs (N, 3, S, S) mirrored where chosen, mirrored (N,) bool,
+         heads (N,) long, warp policy for the transformer).
+    """
+    n, device = images.size(0), images.device
+    cluster = getattr(opt, 'cluster', None)
+    if classifier is not None:
+        if cluster is None:
+            inputs, _, classes, mirrored = classifier.run_flip(images)
+            heads = classes % classifier.num_clusters
+        else:
+            inputs, mirrored = classifier.run_flip_target(images, cluster)
+            heads = torch.full((n,), int(cluster), dtype=torch.long, device=device)
+        policy = heads if opt.num_heads > 1 else 'cartesian'
+        return inputs, mirrored, heads, policy
+    policy = cluster_policy(opt, n, device)
+    inputs, mirrored = determine_flips(t, images, flip_inference=not opt.no_flip_inference,
+                                       warp_policy=policy, **stn_kwargs(opt))
+    heads = torch.full((n,), int(cluster or 0), dtype=torch.long, device=device)
+    return inputs, mirrored, heads, policy
+
+
+@torch.no_grad()
+def compute_flow_scores(t, opt, dataset, device, classifier=None, progress=True):
+    """Score every image of ``dataset`` by the smoothness of its residual flow.
+
+    The score is minus the total variation of the flow the transformer
+    predicts for the image as it would be congealed (mirrored where the flip
+    decision says, with the head the classifier picks for clustering models).
+    Runs over this process's share of the images and gathers every share.
+
+    Returns:
+        (len(dataset),) float CPU tensor in dataset order; higher is smoother.
+    Raises:
+        UserError: a transformer without a flow stage, or a clustering model
+            with neither a classifier nor ``--cluster``.
+    """
+    from torch.utils.data import DataLoader, Subset
+    from tqdm import tqdm
+
+    from models.spatial_transformers import flow_total_variation
+
+    if not getattr(t, 'is_flow', False):
+        raise UserError('flow scores measure the residual flow, and this spatial transformer has no flow stage '
+                        f"(--transform {' '.join(opt.transform)})")
+    check_cluster(opt, classifier)
+    mine = rank_share(list(range(len(dataset))))
+    loader = DataLoader(Subset(dataset, mine), batch_size=opt.batch, shuffle=False,
+                        num_workers=opt.num_workers, drop_last=False)
+    if progress and is_main_process():
+        loader = tqdm(loader, desc='flow scores', unit='batch')
+    scores = []
+    for images in loader:
+        images = images.to(device)
+        if classifier is None and opt.num_heads == 1 and not opt.no_flip_inference:
+            # The flip decision itself compares flows: keep the chosen flow.
+            _, flows = t.forward_with_flip(images, return_flow=True, **stn_kwargs(opt))
+        else:
+            inputs, _, _, policy = decide_heads(opt, t, classifier, images)
+            _, flows = t(inputs, return_flow=True, warp_policy=policy, **stn_kwargs(opt))
+        scores.append(-flow_total_variation(flows.float()))
+    local = torch.cat(scores) if scores else torch.zeros(0, device=device)
+    positions = all_gather_tensor(torch.tensor(mine, dtype=torch.long, device=device))
+    gathered = all_gather_tensor(local)
+    result = torch.empty(len(dataset), dtype=torch.float32)
+    result[positions.cpu()] = gathered.float().cpu()
+    return result

@@ -28,11 +28,11 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader, Subset
 
-from applications import (build_dataset, cluster_policy, determine_flips, load_stn, propagation_argparse,
-                          report_option_problems, save_grid, save_png, stn_kwargs, to_uint8)
+from applications import (build_dataset, check_cluster, decide_heads, filter_by_flow_scores, flow_score_problems,
+                          load_stn, propagation_argparse, rank_share, report_option_problems, save_grid, save_png,
+                          stn_kwargs, to_uint8)
 from ops.splat import splat_points
-from utils.distributed import (all_gather_tensor, cleanup, get_rank, get_world_size, is_main_process,
-                               setup_distributed)
+from utils.distributed import all_gather_tensor, cleanup, is_main_process, setup_distributed
 from utils.errors import UserError, exit_on_user_error
 from utils.options import parse_eval_options
 
@@ -44,7 +44,7 @@ PLASMA_ANCHORS = ((13, 8, 135), (126, 3, 168), (204, 71, 120), (248, 149, 64), (
 
 def option_problems(opt):
     """Readable problems with the propagation options (empty when fine)."""
-    problems = []
+    problems = flow_score_problems(opt)
     if not opt.sigma > 0:
         problems.append(f'--sigma must be greater than 0 (got {opt.sigma})')
     if not 0 <= opt.opacity <= 1:
@@ -120,15 +120,13 @@ def label_pixels_to_size(points, resolution, size):
 
 
 @torch.no_grad()
-def congeal(t, opt, images):
-    """Flip decision and alignment of a batch.
+def congeal(t, opt, images, classifier=None):
+    """Head and flip decision and alignment of a batch.
 
     Returns (inputs mirrored where chosen, mirrored (N,) bool, warp policy,
     congealed (N, 3, R, R) with R = --output_resolution).
     """
-    policy = cluster_policy(opt, images.size(0), images.device)
-    inputs, mirrored = determine_flips(t, images, flip_inference=not opt.no_flip_inference,
-                                       warp_policy=policy, **stn_kwargs(opt))
+    inputs, mirrored, _, policy = decide_heads(opt, t, classifier, images)
     congealed = t(inputs, output_resolution=opt.output_resolution, warp_policy=policy, **stn_kwargs(opt))
     return inputs, mirrored, policy, congealed
 
@@ -151,18 +149,13 @@ def propagate(t, opt, images, inputs, mirrored, policy, label):
                         alpha_channel=alpha.unsqueeze(0))
 
 
-def rank_share(indices):
-    """This process's part of ``indices``: every world_size-th entry from its rank."""
-    return indices[get_rank()::get_world_size()]
-
-
 def make_loader(dataset, indices, opt):
     return DataLoader(Subset(dataset, indices), batch_size=opt.batch, shuffle=False,
                       num_workers=opt.num_workers, drop_last=False)
 
 
 @torch.no_grad()
-def average_congealed(t, opt, dataset, device):
+def average_congealed(t, opt, dataset, device, classifier=None):
     """Mean of the first --n_mean congealed images (all processes); saves average.png.
 
     Returns the average (3, R, R) in image units and its path.
@@ -170,7 +163,7 @@ def average_congealed(t, opt, dataset, device):
     count = min(opt.n_mean, len(dataset))
     total = torch.zeros(1, 3, opt.output_resolution, opt.output_resolution, device=device)
     for images in make_loader(dataset, rank_share(list(range(count))), opt):
-        total += congeal(t, opt, images.to(device))[3].sum(dim=0, keepdim=True)
+        total += congeal(t, opt, images.to(device), classifier)[3].sum(dim=0, keepdim=True)
     average = all_gather_tensor(total).sum(dim=0) / count
     path = os.path.join(opt.out, 'average.png')
     if is_main_process():
@@ -209,7 +202,7 @@ def write_individual(opt, kind, positions, images):
 
 
 @torch.no_grad()
-def process_selection(t, opt, dataset, device, label):
+def process_selection(t, opt, dataset, device, label, classifier=None):
     """Congeal (and propagate onto) the selected images; write grids and files."""
     selection = list(opt.dset_indices) if opt.dset_indices is not None else list(range(len(dataset)))
     bad = [i for i in selection if i >= len(dataset)]
@@ -223,7 +216,7 @@ def process_selection(t, opt, dataset, device, label):
         batch_positions = positions[done:done + images.size(0)]
         done += images.size(0)
         images = images.to(device)
-        inputs, mirrored, policy, congealed = congeal(t, opt, images)
+        inputs, mirrored, policy, congealed = congeal(t, opt, images, classifier)
         outputs = {'input_images': images, 'congealed_images': congealed}
         if label is not None:
             outputs['propagated'] = propagate(t, opt, images, inputs, mirrored, policy, label)
@@ -267,19 +260,17 @@ def main(argv=None):
         opt.output_resolution = opt.real_size
     device, _, _ = setup_distributed(opt.device)
     try:
-        dataset = build_dataset(opt)
-        t = load_stn(opt, device)
-        if opt.num_heads > 1 and (opt.cluster is None or not 0 <= opt.cluster < opt.num_heads):
-            raise UserError(f'this model has {opt.num_heads} clusters: choose one with --cluster '
-                            f'(0 to {opt.num_heads - 1})')
+        dataset, _ = filter_by_flow_scores(opt, build_dataset(opt))
+        t, classifier = load_stn(opt, device, with_classifier=True)
+        check_cluster(opt, classifier)
         label = None
         if opt.label_path is not None:
             points, colours, alpha = load_label(opt.label_path, opt.resolution, opt.objects, device)
             label = (label_pixels_to_template(points, opt.resolution), colours, alpha)
         os.makedirs(opt.out, exist_ok=True)
         if opt.n_mean > 0:
-            _, opt.average_path = average_congealed(t, opt, dataset, device)
-        process_selection(t, opt, dataset, device, label)
+            _, opt.average_path = average_congealed(t, opt, dataset, device, classifier)
+        process_selection(t, opt, dataset, device, label, classifier)
         if label is not None and opt.average_path is not None and is_main_process():
             annotate_average(opt, points, colours, alpha, device)
         if is_main_process():

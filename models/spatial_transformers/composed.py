@@ -114,6 +114,19 @@ class ComposedSTN(STNBase):
         count = self.transforms.index('flow') if self.is_flow else len(self.transforms)
         return self._run_stages(img, iters=iters, num_stages=count, **forward_kwargs)[-1][2]
 
+    def forward_similarity(self, img, output_resolution=None, iters=1, **forward_kwargs):
+        """Warp images with the similarity stages alone (the flow stage is not run).
+
+        Args as ``forward`` (``iters`` re-applies the first stage).
+        Returns:
+            images (rows, 3, R, R), grid (rows, R, R, 2) and the composed
+            (rows, 2, 3) matrix of the similarity stages.
+        """
+        if self.transforms[0] != 'similarity':
+            raise UserError(f"this spatial transformer has no similarity stage (transforms={self.transforms})")
+        count = self.transforms.index('flow') if self.is_flow else len(self.transforms)
+        return self._run_stages(img, output_resolution, iters, num_stages=count, **forward_kwargs)[-1]
+
     def congeal_points(self, imgA, pointsA, output_resolution=None, iters=1,
                        normalize_input_points=True, unnormalize_output_points=False,
                        return_full=False, **forward_kwargs):

@@ -1,0 +1,240 @@
+"""Write an aligned (and optionally filtered) copy of a dataset.
+
+    python -m applications.congeal_dataset --ckpt cat --real_data_path data/lsun_cats --real_size 256 \
+        --out data/lsun_cats_aligned --output_resolution 256 \
+        --flow_scores data/lsun_cats/flow_scores.pt --fraction_retained 0.9
+    torchrun --nproc_per_node=8 -m applications.congeal_dataset ...
+
+Every image (of those --flow_scores/--fraction_retained keep) is mirrored as
+the flip decision says and warped by the similarity stages of the transformer
+alone (rotation, zoom and shift: no flow, so no warping artefacts), sampling
+the image at its stored resolution. An image is left out when its warp
+
+- reads beyond the image for more than a small fraction of the output (the
+  object would be extrapolated from padding), or
+- zooms in so far that the crop spans fewer than --min_effective_resolution
+  pixels of the image (the output would be an upsampled low-resolution crop).
+
+Outputs in --out: an LMDB dataset of the congealed images at
+--output_resolution (our and the original's layout, readable with
+--real_data_path --real_size OUTPUT_RESOLUTION), and ``dataset_indices.pt``: a
+long tensor whose entry i is the index, in the input dataset, of output image
+i. Everything is written to a temporary folder beside --out and renamed when
+complete, so an interrupted run leaves no dataset at --out.
+"""
+import math
+import os
+import shutil
+import tempfile
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from applications import (add_flow_score_options, base_eval_argparse, build_dataset, check_cluster, decide_heads,
+                          filter_by_flow_scores, flow_score_problems, load_stn, rank_share, report_option_problems,
+                          stn_kwargs)
+from datasets.lmdb_dataset import LMDBWriter, is_lmdb_folder
+from models.gangealing import resize_for_stn
+from models.spatial_transformers import warp_exceeds_image_bounds
+from utils.distributed import all_gather_tensor, barrier, cleanup, is_main_process, get_world_size, setup_distributed
+from utils.errors import UserError, exit_on_user_error
+from utils.image_io import encode_image
+from utils.options import parse_eval_options
+
+INDICES_FILE = 'dataset_indices.pt'
+
+
+def build_parser():
+    parser = base_eval_argparse()
+    parser.description = 'Write a congealed (aligned) copy of a dataset as an LMDB'
+    add_flow_score_options(parser)
+    parser.add_argument('--min_effective_resolution', type=int, default=192,
+                        help='leave out images whose aligned crop spans fewer than this many pixels of the '
+                             'image (a strong zoom would give an upsampled, blurry output)')
+    parser.add_argument('--cluster', type=int, default=None,
+                        help='clustering models: congeal every image with this head (without it, the '
+                             "checkpoint's cluster classifier picks each image's head)")
+    # The original's defaults: --out is required, outputs are 256 x 256.
+    parser.set_defaults(out=None, output_resolution=256)
+    return parser
+
+
+def option_problems(opt):
+    problems = flow_score_problems(opt)
+    if not opt.out:
+        problems.append('--out is required: the folder of the congealed dataset')
+    if opt.output_resolution < 1:
+        problems.append(f'--output_resolution must be positive, got {opt.output_resolution}')
+    if opt.min_effective_resolution < 0:
+        problems.append(f'--min_effective_resolution must not be negative, got {opt.min_effective_resolution}')
+    return problems
+
+
+def check_output_folder(out):
+    """Refuse an --out that holds a dataset or anything else (nothing is overwritten)."""
+    if os.path.exists(out):
+        if not os.path.isdir(out):
+            raise UserError(f"--out '{out}' exists and is not a folder")
+        if is_lmdb_folder(out):
+            raise UserError(f"'{out}' already holds a dataset; choose another --out or remove it first")
+        if os.listdir(out):
+            raise UserError(f"--out '{out}' is not empty; choose a new or empty folder")
+
+
+def border_pad_square(images):
+    """(N, 3, H, W) -> (N, 3, S, S) with S = max(H, W), centred, edges repeated."""
+    height, width = images.shape[-2:]
+    size = max(height, width)
+    if height == width:
+        return images
+    left, top = (size - width) // 2, (size - height) // 2
+    return F.pad(images, (left, size - width - left, top, size - height - top), mode='replicate')
+
+
+def similarity_warp(t, inputs, source, policy, opt):
+    """Warp ``source`` with the similarity stages of ``t`` regressed from ``inputs``.
+
+    Returns (images (N, 3, R, R), grid (N, R, R, 2), matrix (N, 2, 3)).
+    """
+    kwargs = dict(output_resolution=opt.output_resolution, input_img_for_sampling=source, warp_policy=policy,
+                  **stn_kwargs(opt))
+    if hasattr(t, 'forward_similarity'):
+        return t.forward_similarity(inputs, **kwargs)
+    if getattr(t, 'transform', None) != 'similarity':
+        raise UserError('congeal_dataset uses the similarity stage of the transformer, and this one has none '
+                        f"(--transform {' '.join(opt.transform)})")
+    return t(inputs, return_warp=True, return_flow=True, **kwargs)
+
+
+@torch.no_grad()
+def congeal_group(t, classifier, opt, images):
+    """Align same-shaped images (N, 3, H, W) at their stored resolution.
+
+    Returns (congealed (N, 3, R, R), keep (N,) bool, out_of_bounds (N,) bool,
+    too_small (N,) bool).
+    """
+    height, width = images.shape[-2:]
+    source = border_pad_square(images)
+    inputs = resize_for_stn(source, opt.flow_size)
+    inputs, mirrored, _, policy = decide_heads(opt, t, classifier, inputs)
+    source = torch.where(mirrored.view(-1, 1, 1, 1), source.flip(3), source)
+    congealed, grid, matrix = similarity_warp(t, inputs, source, policy, opt)
+    bounds = torch.tensor([[height, width]], dtype=torch.float32, device=images.device).expand(images.size(0), 2)
+    out_of_bounds = warp_exceeds_image_bounds(grid, bounds)
+    # The similarity maps template positions to image positions; its scale (the
+    # square root of the determinant) is the fraction of the image the output spans.
+    scale = torch.linalg.det(matrix[:, :, :2].double()).abs().sqrt()
+    too_small = scale * min(height, width) < opt.min_effective_resolution
+    return congealed, ~(out_of_bounds | too_small), out_of_bounds, too_small
+
+
+def to_uint8_hwc(images):
+    """(N, 3, R, R) in [-1, 1] -> uint8 (N, R, R, 3) CPU tensor."""
+    return ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu()
+
+
+def congeal_all(t, classifier, opt, dataset, kept, device, writer):
+    """Congeal this process's share of ``dataset``; the main process writes every share in order.
+
+    Args:
+        dataset: the (filtered) images; ``kept`` (M,) their indices in the input dataset.
+        writer: LMDBWriter on the main process, None elsewhere.
+    Returns:
+        (written input indices (K,) long, counts dict).
+    """
+    positions = rank_share(list(range(len(dataset))))
+    # Every process runs the same number of steps: the gathers are collective.
+    per_rank = math.ceil(len(dataset) / get_world_size())
+    steps = math.ceil(per_rank / opt.batch)
+    written, counts = [], {'out_of_bounds': 0, 'too_small': 0}
+    iterator = range(steps)
+    if is_main_process():
+        iterator = tqdm(iterator, desc='congealing', unit='batch')
+    for step in iterator:
+        mine = positions[step * opt.batch:(step + 1) * opt.batch]
+        images = [dataset[p] for p in mine]
+        out = torch.zeros(0, opt.output_resolution, opt.output_resolution, 3, dtype=torch.uint8, device=device)
+        out_index = torch.zeros(0, dtype=torch.long, device=device)
+        flags = torch.zeros(2, dtype=torch.long, device=device)
+        # Stored images may differ in shape (e.g. prepared with --pad resize_small_side): group equal shapes.
+        shapes = {}
+        for p, image in zip(mine, images):
+            shapes.setdefault(tuple(image.shape), []).append((p, image))
+        for members in shapes.values():
+            batch = torch.stack([image for _, image in members]).to(device)
+            congealed, keep, oob, small = congeal_group(t, classifier, opt, batch)
+            flags += torch.stack([oob.sum(), (small & ~oob).sum()]).to(device)
+            which = torch.tensor([p for p, _ in members], dtype=torch.long)[keep.cpu()]
+            out = torch.cat([out, to_uint8_hwc(congealed[keep]).to(device)])
+            out_index = torch.cat([out_index, kept[which].to(device)])
+        out = all_gather_tensor(out).cpu()
+        out_index = all_gather_tensor(out_index).cpu()
+        flags = all_gather_tensor(flags.view(1, 2)).sum(0).cpu()
+        counts['out_of_bounds'] += int(flags[0])
+        counts['too_small'] += int(flags[1])
+        order = out_index.argsort()
+        if writer is not None:
+            for i in order.tolist():
+                writer.put(opt.output_resolution, len(written), encode_image(out[i].numpy(), 'png'))
+                written.append(int(out_index[i]))
+        else:
+            written.extend(out_index[order].tolist())
+    return torch.tensor(written, dtype=torch.long), counts
+
+
+@exit_on_user_error
+def main(argv=None):
+    parser = build_parser()
+    opt = parse_eval_options(parser, argv)
+    report_option_problems(parser, option_problems(opt))
+    check_output_folder(opt.out)
+    device, _, _ = setup_distributed(opt.device)
+    staging = None
+    try:
+        dataset = build_dataset(opt)
+        dataset, kept = filter_by_flow_scores(opt, dataset)
+        t, classifier = load_stn(opt, device, with_classifier=True)
+        check_cluster(opt, classifier)
+        writer = None
+        if is_main_process():
+            parent = os.path.dirname(os.path.abspath(opt.out))
+            os.makedirs(parent, exist_ok=True)
+            staging = tempfile.mkdtemp(prefix=f'.{os.path.basename(os.path.abspath(opt.out))}.', suffix='.partial',
+                                       dir=parent)
+            writer = LMDBWriter(staging)
+        try:
+            written, counts = congeal_all(t, classifier, opt, dataset, kept, device, writer)
+            if writer is not None:
+                if written.numel() == 0:
+                    raise UserError(f'none of the {len(dataset)} images passed the checks ({counts["out_of_bounds"]} '
+                                    f'read beyond the image, {counts["too_small"]} below --min_effective_resolution '
+                                    f'{opt.min_effective_resolution}); nothing was written')
+                torch.save(written, os.path.join(staging, INDICES_FILE))
+                writer.finish(written.numel())
+        finally:
+            if writer is not None:
+                writer.close()
+        if is_main_process():
+            _publish(staging, opt.out)
+            staging = None
+            print(f'Wrote {written.numel()} congealed images ({opt.output_resolution} x {opt.output_resolution}) '
+                  f'of {len(dataset)} to {opt.out}; left out {counts["out_of_bounds"]} reading beyond the image and '
+                  f'{counts["too_small"]} below --min_effective_resolution {opt.min_effective_resolution}')
+        barrier()
+    finally:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+        cleanup()
+
+
+def _publish(staging, out):
+    """Move the finished dataset from ``staging`` to ``out`` (absent or empty)."""
+    if os.path.isdir(out):
+        check_output_folder(out)  # still empty: another run may have written there meanwhile
+        os.rmdir(out)
+    os.replace(staging, out)
+
+
+if __name__ == '__main__':
+    main()
