@@ -193,3 +193,31 @@ def classifier_from_state_dict(state_dict, flow_size, channel_multiplier, supers
                                   supersize=supersize, flips=classes == 2 * num_clusters, max_channels=max_channels)
     classifier.load_state_dict(state_dict)
     return classifier
+
+
+@torch.no_grad()
+def classifier_agreement(classifier, generator, stn, ll, loss_fn, num_samples, batch, flow_size, num_heads, flips,
+                         sample_from_full_res=False, seed=0, **stn_kwargs):
+    """How often the classifier picks the (mirror, head) the transformer assigns, on fresh samples.
+
+    Samples are drawn from their own seeded stream (held out from training).
+    Returns:
+        dict with 'accuracy' (fraction of exact matches), 'cluster_accuracy'
+        (the head alone) and 'samples'.
+    """
+    from models.gangealing import assign_samples, resize_for_stn
+
+    device = next(classifier.parameters()).device
+    stream = torch.Generator().manual_seed(10_000 + seed)
+    exact = head = 0
+    done = 0
+    while done < num_samples:
+        n = min(batch, num_samples - done)
+        z = torch.randn(n, generator.style_dim, generator=stream).to(device)
+        x, target, _ = assign_samples(generator, stn, ll, loss_fn, n, flow_size, num_heads, flips,
+                                      sample_from_full_res, z=z, **stn_kwargs)
+        predicted = classifier(resize_for_stn(x, flow_size)).argmax(dim=1)
+        exact += int((predicted == target).sum())
+        head += int((predicted % num_heads == target % num_heads).sum())
+        done += n
+    return {'accuracy': exact / done, 'cluster_accuracy': head / done, 'samples': done}

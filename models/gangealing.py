@@ -61,3 +61,28 @@ def congeal_samples(stn, x, flow_size, sample_from_full_res, flips=False, **stn_
     aligned, flow = stn(resize_for_stn(x, flow_size), return_flow=True,
                         input_img_for_sampling=source, output_resolution=flow_size, **stn_kwargs)
     return aligned, flow
+
+
+@torch.no_grad()
+def assign_samples(generator, stn, ll, loss_fn, batch, flow_size, num_heads, flips=False,
+                   sample_from_full_res=False, z=None, **stn_kwargs):
+    """Generate samples and find the (mirror, head) the transformer assigns each to.
+
+    The assignment is the trainer's: the pair whose congealed output is
+    closest (``loss_fn``) to the sample's target, at psi = 0.
+
+    Returns:
+        x (N, 3, gen_size, gen_size) samples, indices (N,) long assignments
+        ``mirror * num_heads + head``, distances (N, (1 + flips) * num_heads)
+        to every (mirror, head).
+    """
+    from models.losses import nearest_cluster
+
+    x, y = sample_pairs(generator, ll, 0.0, batch, flow_size, z=z, freeze_ll=True)
+    aligned, _ = congeal_samples(stn, x, flow_size, sample_from_full_res, flips=flips, **stn_kwargs)
+    if flips:
+        y = y.repeat(2, 1, 1, 1)
+    distances = loss_fn(aligned, y)
+    _, indices = nearest_cluster(distances, batch, num_heads, flips)
+    per_input = distances.reshape(1 + int(flips), batch, num_heads).transpose(0, 1).reshape(batch, -1)
+    return x, indices, per_input

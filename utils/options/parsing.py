@@ -34,18 +34,22 @@ def build_training_parser(argv=None):
     return list_registered_names(parser, chosen), chosen
 
 
-def parse_training_options(argv=None, save=True):
+def parse_training_options(argv=None, save=True, adjust_parser=None):
     """Parse, validate, print and save the training options.
 
     Args:
         argv: command-line arguments without the program name (default sys.argv[1:]).
         save: write opt.txt and opt.json into <results>/<exp-name> (main process only).
+        adjust_parser: optional callable given the complete parser before the
+            final parse (another training program adds its flags or defaults).
     Returns:
         argparse.Namespace with every option; ``generator`` holds the resolved name.
     Bad options end the program through argparse (usage, message, exit 2).
     """
     argv = _arguments(argv)
     parser, chosen = build_training_parser(argv)
+    if adjust_parser is not None:
+        adjust_parser(parser)
     opt = parser.parse_args(argv)
     check_choices_unchanged(opt, chosen)
     notes = validate_training_options(opt, parser, explicitly_given(parser, argv), chosen)

@@ -1,0 +1,274 @@
+"""Train the cluster classifier of a clustering GANgealing model.
+
+    python train_cluster_classifier.py --exp-name cars_cls --ckpt results/cars/checkpoints/1500000.pt \
+        --real_data_path data/lsun_cars --cls_lr 0.001 --iter 50000
+    torchrun --nproc_per_node=8 train_cluster_classifier.py ...
+
+A clustering model (``--num_heads K``, optionally ``--flips``) sends each
+generated sample to the head (and mirror) whose congealed output is closest to
+its target. Real images have no target, so this program teaches a classifier,
+on generated samples, to predict that choice from the image alone: class
+``mirror * K + head``. The generator, the transformer (t_ema) and the target
+(ll) come from --ckpt and stay frozen; the classifier starts from the
+similarity transformer's trunk weights.
+
+The architecture options (generator, sizes, transform, heads, flips, loss,
+synthetic-world factors) default to those recorded in the checkpoint; the
+training flags of train.py apply (--batch, --iter, --period, --tm, --decay,
+--ckpt_every, --vis_every, ...), plus --cls_lr.
+
+Checkpoints (``results/<exp-name>/checkpoints/NNNNNNN.pt``) hold ``classifier,
+g_ema, t_ema, ll, cls_optim, cls_sched, args`` (the original's keys) plus
+``iteration`` and ``rng_state``; passing one as --ckpt resumes. The
+applications use the classifier of any checkpoint that has one. At the end
+the classifier's agreement with the transformer on held-out samples is
+printed and written to ``classifier_accuracy.json``.
+"""
+import argparse
+import json
+import os
+import sys
+
+import torch
+import torch.nn.functional as F
+from torch import nn, optim
+from tqdm import tqdm
+
+from models import get_stn
+from models.cluster_classifier import ResnetClassifier, classifier_agreement
+from models.gangealing import assign_samples, resize_for_stn
+from models.generators import GENERATORS
+from models.latent_learner import DirectionInterpolator
+from models.perceptual import PERCEPTUAL_LOSSES
+from utils.atomic_io import atomic_write
+from utils.checkpoint import load_checkpoint, save_checkpoint
+from utils.distributed import (all_gather_tensor, cleanup, get_world_size, is_main_process, reduce_loss_dict,
+                               seed_everything, setup_distributed)
+from utils.errors import UserError, exit_on_user_error
+from utils.options import parse_training_options
+from utils.pretrained import resolve_checkpoint
+from utils.schedules import DecayingCosineAnnealingWarmRestarts, zero_lr_iterations
+from utils.training_state import checkpoint_iteration, get_rng_state, load_generator_weights, set_rng_state
+from utils.training_vis import ExperimentWriter
+
+# Options describing the trained model; unless given on the command line they
+# take the values recorded in the checkpoint.
+MODEL_OPTIONS = ('gen_size', 'dim_latent', 'n_mlp', 'gen_channel_multiplier', 'num_fp16_res', 'transform',
+                 'flow_size', 'stn_channel_multiplier', 'stn_max_channels', 'num_heads', 'ndirs', 'inject',
+                 'flips', 'loss_fn', 'real_size', 'sample_from_full_res', 'padding_mode', 'laplacian_levels',
+                 'perceptual_weights', 'dataset_mode')
+CLASSIFIER_CHECKPOINT_KEYS = ('classifier', 'g_ema', 't_ema', 'll', 'cls_optim', 'cls_sched', 'args')
+
+
+def read_model_checkpoint(argv):
+    """(path, checkpoint dict, recorded training options as a dict) of --ckpt in ``argv``."""
+    scan = argparse.ArgumentParser(add_help=False)
+    scan.add_argument('--ckpt', default=None)
+    known, _ = scan.parse_known_args(argv)
+    if not known.ckpt:
+        if '-h' in argv or '--help' in argv:
+            return None, None, {}
+        raise UserError('--ckpt is required: the trained clustering GANgealing checkpoint whose transformer '
+                        'the classifier learns from')
+    path = resolve_checkpoint(known.ckpt)
+    ckpt = load_checkpoint(path, map_location='cpu')
+    missing = [key for key in ('g_ema', 't_ema', 'll') if not isinstance(ckpt, dict) or key not in ckpt]
+    if missing:
+        raise UserError(f"checkpoint '{path}' lacks {', '.join(missing)}: give a checkpoint written by train.py "
+                        f'(or by this program)')
+    saved = ckpt.get('args')
+    saved = vars(saved) if isinstance(saved, argparse.Namespace) else (saved if isinstance(saved, dict) else {})
+    return path, ckpt, saved
+
+
+def parse_options(argv):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    path, ckpt, saved = read_model_checkpoint(argv)
+    if saved.get('generator') and not any(a == '--generator' or a.startswith('--generator=') for a in argv):
+        argv = ['--generator', str(saved['generator'])] + argv
+
+    def adjust(parser):
+        parser.add_argument('--cls_lr', type=float, default=0.001, help='base learning rate of the cluster classifier')
+        dests = {action.dest for action in parser._actions}
+        recorded = {key: value for key, value in saved.items()
+                    if key in dests and (key in MODEL_OPTIONS or key.startswith('synthetic_'))}
+        parser.set_defaults(**recorded)
+
+    opt = parse_training_options(argv, adjust_parser=adjust)
+    if not opt.cls_lr > 0:
+        raise UserError(f'--cls_lr must be positive, got {opt.cls_lr}')
+    if opt.num_heads * (1 + int(opt.flips)) < 2:
+        raise UserError('this model has one head and no --flips: there is nothing for a cluster classifier to '
+                        'choose between')
+    if 'similarity' != opt.transform[0]:
+        raise UserError('the classifier starts from the similarity transformer, and --transform '
+                        f"{' '.join(opt.transform)} has no similarity stage first")
+    return opt, path, ckpt
+
+
+def build_models(opt, ckpt, path, device):
+    """Frozen generator, t_ema and ll from the checkpoint; the classifier (initialised
+    from the similarity stage, or resumed) with its optimiser and schedule."""
+    generator = GENERATORS.get(opt.generator).build(opt)
+    load_generator_weights(generator, ckpt, path)
+    t_ema = get_stn(opt.transform, flow_size=opt.flow_size, supersize=opt.real_size,
+                    channel_multiplier=opt.stn_channel_multiplier, num_heads=opt.num_heads,
+                    max_channels=opt.stn_max_channels)
+    t_ema.load_state_dict(ckpt['t_ema'])
+    ll = DirectionInterpolator(opt.ndirs, opt.inject, generator.n_latent, generator.style_dim,
+                               num_heads=opt.num_heads)
+    try:
+        ll.load_state_dict(ckpt['ll'])
+    except RuntimeError as e:
+        raise UserError(f"the target ('ll') in {path} does not fit --ndirs {opt.ndirs} --inject {opt.inject} "
+                        f'--num_heads {opt.num_heads}: {str(e).splitlines()[0]}') from None
+    classifier = ResnetClassifier(opt.flow_size, channel_multiplier=opt.stn_channel_multiplier,
+                                  num_heads=opt.num_heads * (1 + int(opt.flips)), supersize=opt.real_size,
+                                  flips=opt.flips, max_channels=opt.stn_max_channels)
+    similarity = t_ema.stns[0] if hasattr(t_ema, 'stns') else t_ema
+    classifier.load_state_dict(similarity.state_dict(), strict=False)  # the trunk's shared layers
+    for module in (generator, t_ema, ll):
+        module.to(device).eval().requires_grad_(False)
+    classifier = classifier.to(device)
+    cls_optim = optim.Adam(classifier.parameters(), lr=opt.cls_lr)
+    cls_sched = DecayingCosineAnnealingWarmRestarts(cls_optim, T_0=1, T_mult=opt.tm, decay=opt.decay)
+    start_iter = 0
+    if 'classifier' in ckpt:  # resume
+        classifier.load_state_dict(ckpt['classifier'])
+        try:
+            cls_optim.load_state_dict(ckpt['cls_optim'])
+            cls_sched.load_state_dict(ckpt['cls_sched'])
+        except (KeyError, ValueError) as e:
+            raise UserError(f'{path} holds a classifier but not its optimiser state ({e}); it cannot be resumed') \
+                from None
+        start_iter = checkpoint_iteration(ckpt, path)
+        set_rng_state(ckpt.get('rng_state'), opt.seed, start_iter)
+        if is_main_process():
+            print(f'Resuming cluster classifier training from {path} at iteration {start_iter}')
+    return generator, t_ema, ll, classifier, cls_optim, cls_sched, start_iter
+
+
+class ClassifierVisuals:
+    """Per-cluster grids: samples (and real images) the classifier assigns to each
+    cluster, mirrored as it says, and their congealed versions with that head."""
+
+    def __init__(self, opt, writer, device):
+        from datasets.modes import DATASET_MODES
+        self.opt, self.writer, self.device = opt, writer, device
+        self.reals = None
+        if getattr(opt, 'real_data_path', None) or opt.dataset_mode == 'synthetic':
+            dataset = DATASET_MODES.get(opt.dataset_mode).build_images(opt, 'train')
+            if dataset is not None and len(dataset):
+                self.reals = torch.stack([dataset[i] for i in range(min(opt.n_sample, len(dataset)))])
+        self.z = torch.randn(opt.n_sample, opt.dim_latent, generator=torch.Generator().manual_seed(opt.seed))
+
+    @torch.no_grad()
+    def log(self, generator, t_ema, classifier, step):
+        if self.writer is None:
+            return
+        opt = self.opt
+        samples, _ = generator([self.z.to(self.device)])
+        groups = [('sample', samples)] + ([('real', self.reals.to(self.device))] if self.reals is not None else [])
+        for name, images in groups:
+            inputs, _, classes, _ = classifier.run_flip(images)
+            heads = classes % classifier.num_clusters
+            stn_in = resize_for_stn(inputs, opt.flow_size)
+            congealed = t_ema(stn_in, input_img_for_sampling=inputs, output_resolution=opt.flow_size,
+                              warp_policy=heads, padding_mode=opt.padding_mode)
+            for k in range(classifier.num_clusters):
+                members = heads == k
+                if members.any():
+                    self.writer.grid(resize_for_stn(inputs[members], opt.flow_size), f'classifier_{name}_cluster{k}',
+                                     step)
+                    self.writer.grid(congealed[members], f'classifier_{name}_cluster{k}_congealed', step)
+        self.writer.flush()
+
+
+@exit_on_user_error
+def main(argv=None):
+    opt, path, ckpt = parse_options(argv)
+    device, _, world_size = setup_distributed(opt.device)
+    exp_dir = os.path.join(opt.results, opt.exp_name)
+    ckpt_dir = os.path.join(exp_dir, 'checkpoints')
+    if is_main_process():
+        os.makedirs(ckpt_dir, exist_ok=True)
+    seed_everything(opt.seed)
+    loss_fn = PERCEPTUAL_LOSSES.get(opt.loss_fn).build(opt).to(device)
+    generator, t_ema, ll, classifier, cls_optim, cls_sched, start_iter = build_models(opt, ckpt, path, device)
+    del ckpt
+    classifier_module = classifier
+    if world_size > 1:
+        classifier = nn.parallel.DistributedDataParallel(
+            classifier, device_ids=[device.index] if device.type == 'cuda' else None)
+    stn_kwargs = {'padding_mode': opt.padding_mode}
+    num_classes = classifier_module.num_heads
+    writer = ExperimentWriter(exp_dir) if is_main_process() else None
+    visuals = ClassifierVisuals(opt, writer, device)
+    checkpoint_iters = set(zero_lr_iterations(0, opt.period, opt.iter, opt.tm))
+
+    def save(iteration):
+        if is_main_process():
+            state = {'classifier': classifier_module.state_dict(), 'g_ema': generator.state_dict(),
+                     't_ema': t_ema.state_dict(), 'll': ll.state_dict(), 'cls_optim': cls_optim.state_dict(),
+                     'cls_sched': cls_sched.state_dict(), 'args': opt, 'iteration': iteration,
+                     'rng_state': get_rng_state()}
+            save_checkpoint(state, os.path.join(ckpt_dir, f'{iteration:07d}.pt'))
+
+    if start_iter == 0:
+        visuals.log(generator, t_ema, classifier_module, 0)
+    pbar = range(start_iter + 1, opt.iter + 1)
+    if is_main_process():
+        pbar = tqdm(pbar, initial=start_iter, total=opt.iter, dynamic_ncols=True, smoothing=0.1)
+    for i in pbar:
+        x, target, _ = assign_samples(generator, t_ema, ll, loss_fn, opt.batch, opt.flow_size, opt.num_heads,
+                                      opt.flips, opt.sample_from_full_res, **stn_kwargs)
+        logits = classifier(resize_for_stn(x, opt.flow_size))
+        loss = F.cross_entropy(logits, target)
+        cls_optim.zero_grad(set_to_none=True)
+        loss.backward()
+        cls_optim.step()
+        cls_sched.step(i / opt.period)
+        predicted = logits.detach().argmax(dim=1)
+        parts = {'cross_entropy': loss.detach(), 'accuracy': (predicted == target).float().mean()}
+        assigned = torch.bincount(target, minlength=num_classes).float() / opt.batch
+        chosen = torch.bincount(predicted, minlength=num_classes).float() / opt.batch
+        parts.update({f'head_{k}': assigned[k] for k in range(num_classes)})
+        parts.update({f'pred_head_{k}': chosen[k] for k in range(num_classes)})
+        reduced = reduce_loss_dict(parts)
+        if is_main_process():
+            values = {k: v.item() for k, v in reduced.items()}
+            pbar.set_description(f"cross entropy {values['cross_entropy']:.4f} accuracy {values['accuracy']:.3f}")
+            if i % opt.log_every == 0 or i in checkpoint_iters:
+                writer.scalar('Loss/CrossEntropy', values['cross_entropy'], i)
+                writer.scalar('Loss/Accuracy@1', values['accuracy'], i)
+                for k in range(num_classes):
+                    writer.scalar(f'Assignments/transformer_head_{k}', values[f'head_{k}'], i)
+                    writer.scalar(f'Assignments/classifier_head_{k}', values[f'pred_head_{k}'], i)
+                writer.scalar('Progress/LearningRate', cls_sched.get_last_lr()[0], i)
+        if i % opt.ckpt_every == 0 or i in checkpoint_iters or i == opt.iter:
+            save(i)
+        if i % opt.vis_every == 0 or i == opt.iter:
+            visuals.log(generator, t_ema, classifier_module, i)
+    if is_main_process():
+        pbar.close()
+    classifier_module.eval()
+    n_eval = max(opt.batch, (200 if opt.debug else opt.n_mean) // get_world_size())
+    result = classifier_agreement(classifier_module, generator, t_ema, ll, loss_fn, n_eval, opt.vis_batch_size,
+                                  opt.flow_size, opt.num_heads, opt.flips, opt.sample_from_full_res,
+                                  seed=opt.seed * get_world_size() + int(os.environ.get('RANK', 0)), **stn_kwargs)
+    counts = all_gather_tensor(torch.tensor([[result['accuracy'] * result['samples'],
+                                              result['cluster_accuracy'] * result['samples'],
+                                              result['samples']]], dtype=torch.float64, device=device)).sum(0)
+    if is_main_process():
+        summary = {'accuracy': float(counts[0] / counts[2]), 'cluster_accuracy': float(counts[1] / counts[2]),
+                   'held_out_samples': int(counts[2])}
+        print(f"classifier agreement with the transformer on {summary['held_out_samples']} held-out samples: "
+              f"{summary['accuracy']:.3f} (cluster alone: {summary['cluster_accuracy']:.3f})")
+        atomic_write(os.path.join(exp_dir, 'classifier_accuracy.json'),
+                     lambda f: f.write(json.dumps(summary, indent=2)), mode='w')
+        writer.close()
+    cleanup()
+
+
+if __name__ == '__main__':
+    main()
