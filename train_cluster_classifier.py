@@ -162,8 +162,13 @@ class ClassifierVisuals:
                 self.reals = torch.stack([dataset[i] for i in range(min(opt.n_sample, len(dataset)))])
         self.z = torch.randn(opt.n_sample, opt.dim_latent, generator=torch.Generator().manual_seed(opt.seed))
 
-    @torch.no_grad()
     def log(self, generator, t_ema, classifier, step):
+        # Its own random stream: a resumed run draws the same training batches as an uninterrupted one.
+        devices = [self.device] if self.device.type == 'cuda' else []
+        with torch.random.fork_rng(devices=devices), torch.no_grad():
+            self._log(generator, t_ema, classifier, step)
+
+    def _log(self, generator, t_ema, classifier, step):
         if self.writer is None:
             return
         opt = self.opt

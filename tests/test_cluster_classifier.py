@@ -1,0 +1,261 @@
+"""The cluster classifier: the released layout, strict loading, its decisions, its
+training program (end to end and resumed), and the applications using it."""
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from models import get_stn
+from models.cluster_classifier import ResnetClassifier, classifier_from_state_dict
+from models.spatial_transformers import flow_total_variation
+from utils.checkpoint import save_checkpoint
+from utils.errors import UserError
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# The 'classifier' entry of the released car and horse checkpoints (key names and
+# shapes from the official checkpoint schema): flow_size 128, multiplier 0.5,
+# 4 clusters with mirrors, supersize 256.
+RELEASED_CLASSIFIER_SHAPES = {
+    'input_downsample.kernel_horz': (3, 1, 1, 4),
+    'input_downsample.kernel_vert': (3, 1, 4, 1),
+    'convs.0.0.weight': (64, 3, 1, 1),
+    'convs.0.1.bias': (64,),
+    'convs.1.conv1.0.weight': (64, 64, 3, 3),
+    'convs.1.conv1.1.bias': (64,),
+    'convs.1.conv2.0.kernel': (4, 4),
+    'convs.1.conv2.1.weight': (128, 64, 3, 3),
+    'convs.1.conv2.2.bias': (128,),
+    'convs.1.skip.0.kernel': (4, 4),
+    'convs.1.skip.1.weight': (128, 64, 1, 1),
+    'convs.2.conv1.0.weight': (128, 128, 3, 3),
+    'convs.2.conv1.1.bias': (128,),
+    'convs.2.conv2.0.kernel': (4, 4),
+    'convs.2.conv2.1.weight': (512, 128, 3, 3),
+    'convs.2.conv2.2.bias': (512,),
+    'convs.2.skip.0.kernel': (4, 4),
+    'convs.2.skip.1.weight': (512, 128, 1, 1),
+    'convs.3.conv1.0.weight': (512, 512, 3, 3),
+    'convs.3.conv1.1.bias': (512,),
+    'convs.3.conv2.0.kernel': (4, 4),
+    'convs.3.conv2.1.weight': (512, 512, 3, 3),
+    'convs.3.conv2.2.bias': (512,),
+    'convs.3.skip.0.kernel': (4, 4),
+    'convs.3.skip.1.weight': (512, 512, 1, 1),
+    'convs.4.conv1.0.weight': (512, 512, 3, 3),
+    'convs.4.conv1.1.bias': (512,),
+    'convs.4.conv2.0.kernel': (4, 4),
+    'convs.4.conv2.1.weight': (512, 512, 3, 3),
+    'convs.4.conv2.2.bias': (512,),
+    'convs.4.skip.0.kernel': (4, 4),
+    'convs.4.skip.1.weight': (512, 512, 1, 1),
+    'convs.5.conv1.0.weight': (512, 512, 3, 3),
+    'convs.5.conv1.1.bias': (512,),
+    'convs.5.conv2.0.kernel': (4, 4),
+    'convs.5.conv2.1.weight': (512, 512, 3, 3),
+    'convs.5.conv2.2.bias': (512,),
+    'convs.5.skip.0.kernel': (4, 4),
+    'convs.5.skip.1.weight': (512, 512, 1, 1),
+    'final_conv.0.weight': (512, 512, 3, 3),
+    'final_conv.1.bias': (512,),
+    'to_logits.weight': (8, 8192),
+    'to_logits.bias': (8,),
+}
+
+
+def test_state_dict_matches_the_released_classifier():
+    classifier = ResnetClassifier(128, channel_multiplier=0.5, num_heads=8, supersize=256)
+    shapes = {key: tuple(value.shape) for key, value in classifier.state_dict().items()}
+    assert shapes == RELEASED_CLASSIFIER_SHAPES
+    assert classifier.num_clusters == 4 and classifier.flips
+
+
+def test_a_released_shaped_entry_loads_strictly():
+    gen = torch.Generator().manual_seed(0)
+    entry = {key: torch.randn(shape, generator=gen) for key, shape in RELEASED_CLASSIFIER_SHAPES.items()}
+    classifier = classifier_from_state_dict(entry, 128, 0.5, 256, num_clusters=4)
+    assert classifier.flips and classifier.num_heads == 8
+    own = classifier.state_dict()
+    for key, value in entry.items():
+        if key.endswith('kernel') or 'input_downsample' in key:
+            continue  # fixed filters are the architecture's own
+        assert torch.equal(own[key], value), key
+    with torch.no_grad():
+        logits = classifier(torch.rand(1, 3, 256, 256) * 2 - 1)
+    assert logits.shape == (1, 8) and torch.isfinite(logits).all()
+
+    missing = dict(entry)
+    del missing['convs.3.conv1.0.weight']
+    with pytest.raises(UserError, match='missing: convs.3.conv1.0.weight'):
+        classifier_from_state_dict(missing, 128, 0.5, 256, num_clusters=4)
+    wrong = dict(entry, **{'final_conv.0.weight': torch.zeros(512, 512, 1, 1)})
+    with pytest.raises(UserError, match='wrong shape: final_conv.0.weight'):
+        classifier_from_state_dict(wrong, 128, 0.5, 256, num_clusters=4)
+    with pytest.raises(UserError, match='fits neither 3 clusters'):
+        classifier_from_state_dict(entry, 128, 0.5, 256, num_clusters=3)
+
+
+def biased_classifier(favourite, num_clusters=2, size=16):
+    """A small classifier that always predicts class ``favourite`` (and ranks the others by index)."""
+    torch.manual_seed(0)
+    classifier = ResnetClassifier(size, channel_multiplier=0.5, num_heads=2 * num_clusters, supersize=2 * size,
+                                  max_channels=16)
+    with torch.no_grad():
+        classifier.to_logits.weight.zero_()
+        bias = torch.arange(2 * num_clusters, dtype=torch.float32)
+        bias[favourite] = 10.0
+        classifier.to_logits.bias.copy_(bias)
+    return classifier.eval()
+
+
+def test_classifier_decisions():
+    images = torch.rand(3, 3, 32, 32) * 2 - 1
+    classifier = biased_classifier(favourite=3)  # class 3: cluster 1, mirrored
+    assert classifier.assign(images).tolist() == [3, 3, 3]
+    assert classifier.assign(images, ignore_flips=True).tolist() == [1, 1, 1]
+    flipped, logits, classes, mirrored = classifier.run_flip(images)
+    assert torch.equal(flipped, images.flip(3)) and mirrored.all() and logits.shape == (3, 4)
+    chosen, _, chosen_mirrored, kept = classifier.run(images, 1, return_flip_indices=True)
+    assert kept.tolist() == [0, 1, 2] and chosen_mirrored.all() and torch.equal(chosen, images.flip(3))
+    assert classifier.run(images, 0)[0].shape[0] == 0
+    # For cluster 0 the mirror (class 2) outscores the plain image (class 0).
+    target, target_mirrored = classifier.run_flip_target(images, 0)
+    assert target_mirrored.all() and torch.equal(target, images.flip(3))
+    plain = biased_classifier(favourite=0)
+    target, target_mirrored = plain.run_flip_target(images, 0)
+    assert not target_mirrored.any() and torch.equal(target, images)
+    with pytest.raises(UserError, match='cluster 2 does not exist'):
+        classifier.run(images, 2)
+
+
+# ----------------------------------------------------------------------------- training program
+
+TINY = ['--generator', 'synthetic', '--device', 'cpu', '--gen_size', '32', '--real_size', '32', '--flow_size', '16',
+        '--stn_channel_multiplier', '0.125', '--stn_max_channels', '16', '--n_pca', '200', '--n_mean', '8',
+        '--n_sample', '4', '--vis_batch_size', '8', '--synthetic_eval_images', '8', '--synthetic_num_images', '16',
+        '--kmeans_candidates', '16']
+
+
+def run(*args):
+    env = {k: v for k, v in os.environ.items() if k not in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'MASTER_ADDR',
+                                                             'MASTER_PORT')}
+    env.update(OMP_NUM_THREADS='1', PYTHONPATH=REPO)
+    return subprocess.run([sys.executable, *map(str, args)], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_train_cluster_classifier_end_to_end_and_resume(tmp_path):
+    result = run('train.py', '--exp-name', 'model', '--results', tmp_path, '--num_heads', '2', '--flips',
+                 '--batch', '2', '--iter', '2', *TINY)
+    assert result.returncode == 0, result.stderr
+    model = tmp_path / 'model' / 'checkpoints' / '0000002.pt'
+    # The architecture comes from the checkpoint: only training flags are given here.
+    common = ('--device', 'cpu', '--batch', '4', '--iter', '4', '--ckpt_every', '2', '--vis_every', '2',
+              '--n_mean', '16', '--n_sample', '4', '--vis_batch_size', '8', '--synthetic_eval_images', '8',
+              '--synthetic_num_images', '16')
+    result = run('train_cluster_classifier.py', '--exp-name', 'cls', '--results', tmp_path, '--ckpt', model, *common)
+    assert result.returncode == 0, result.stderr
+    exp = tmp_path / 'cls'
+    assert sorted(os.listdir(exp / 'checkpoints')) == ['0000002.pt', '0000004.pt']
+    final = torch.load(exp / 'checkpoints' / '0000004.pt', map_location='cpu', weights_only=False)
+    assert {'classifier', 'g_ema', 't_ema', 'll', 'cls_optim', 'cls_sched', 'args'} <= set(final)
+    assert final['iteration'] == 4 and final['args'].num_heads == 2 and final['args'].flips
+    assert final['classifier']['to_logits.bias'].shape == (4,)  # 2 heads x (plain, mirrored)
+    source = torch.load(model, map_location='cpu', weights_only=False)
+    for key, value in source['t_ema'].items():  # the transformer is frozen
+        assert torch.equal(final['t_ema'][key], value), key
+    summary = json.loads((exp / 'classifier_accuracy.json').read_text())
+    assert summary['held_out_samples'] == 16 and 0 <= summary['accuracy'] <= summary['cluster_accuracy'] <= 1
+    assert any(name.startswith('classifier_sample_cluster') for name in os.listdir(exp))
+
+    # Resuming from the middle checkpoint gives the same classifier as the uninterrupted run.
+    result = run('train_cluster_classifier.py', '--exp-name', 'resumed', '--results', tmp_path, '--ckpt',
+                 exp / 'checkpoints' / '0000002.pt', *common)
+    assert result.returncode == 0, result.stderr
+    assert 'Resuming cluster classifier training' in result.stdout
+    resumed = torch.load(tmp_path / 'resumed' / 'checkpoints' / '0000004.pt', map_location='cpu', weights_only=False)
+    for key, value in final['classifier'].items():
+        assert torch.equal(resumed['classifier'][key], value), key
+
+    # A model with one head and no mirrors has nothing to classify.
+    result = run('train.py', '--exp-name', 'single', '--results', tmp_path, '--batch', '2', '--iter', '1', *TINY)
+    assert result.returncode == 0, result.stderr
+    result = run('train_cluster_classifier.py', '--exp-name', 'x', '--results', tmp_path, '--ckpt',
+                 tmp_path / 'single' / 'checkpoints' / '0000001.pt', *common)
+    assert result.returncode == 1 and result.stderr.strip().splitlines()[-1].startswith('error: this model has one head')
+
+
+# ----------------------------------------------------------------------------- applications
+
+SIZE = 32
+
+
+@pytest.fixture(scope='module')
+def clustered(tmp_path_factory):
+    """Synthetic data, a 2-head transformer with image-dependent flows, and its
+    checkpoint with and without a classifier that always picks (head 1, mirrored)."""
+    root = tmp_path_factory.mktemp('clustered')
+    data = root / 'data'
+    result = run('prepare_data.py', '--synthetic', '--size', SIZE, '--max_images', 6, '--out', data)
+    assert result.returncode == 0, result.stderr
+    torch.manual_seed(0)
+    t = get_stn(['similarity', 'flow'], flow_size=16, supersize=SIZE, channel_multiplier=0.5, num_heads=2,
+                max_channels=32)
+    with torch.no_grad():
+        weight = t.stns[1].warp_head.flow_out[-1].weight
+        weight.copy_(torch.randn(weight.shape) * 2)
+    args = argparse.Namespace(transform=['similarity', 'flow'], flow_size=16, real_size=SIZE,
+                              stn_channel_multiplier=0.5, num_heads=2, flips=True, padding_mode='border')
+    plain = save_checkpoint({'t_ema': t.state_dict(), 'args': args}, str(root / 'plain.pt'))
+    classifier = biased_classifier(favourite=3)
+    with_classifier = save_checkpoint({'t_ema': t.state_dict(), 'classifier': classifier.state_dict(), 'args': args},
+                                      str(root / 'classified.pt'))
+    from datasets.lmdb_dataset import MultiResolutionDataset
+    dataset = MultiResolutionDataset(str(data), SIZE)
+    images = torch.stack([dataset[i] for i in range(len(dataset))])
+    return dict(root=root, data=data, t=t.eval(), plain=plain, classified=with_classifier, images=images)
+
+
+COMMON = ('--real_size', SIZE, '--batch', 4, '--num_workers', 0, '--device', 'cpu')
+
+
+def test_flow_scores_use_the_classifier(clustered, tmp_path):
+    result = run('-m', 'applications.flow_scores', '--ckpt', clustered['classified'], '--real_data_path',
+                 clustered['data'], '--recompute', *COMMON)
+    assert result.returncode == 0, result.stderr
+    scores = torch.load(clustered['data'] / 'flow_scores.pt', weights_only=True)
+    images = clustered['images']
+    with torch.no_grad():  # the classifier says: mirror every image, use head 1
+        _, flows = clustered['t'](images.flip(3), return_flow=True, warp_policy=torch.ones(len(images), dtype=torch.long),
+                                  padding_mode='border')
+    torch.testing.assert_close(scores, -flow_total_variation(flows), rtol=1e-3, atol=1e-9)
+
+
+def test_clustering_models_need_a_classifier_or_a_cluster(clustered, tmp_path):
+    result = run('-m', 'applications.propagate_to_images', '--ckpt', clustered['plain'], '--real_data_path',
+                 clustered['data'], '--out', tmp_path / 'v', *COMMON)
+    line = result.stderr.strip().splitlines()[-1]
+    assert result.returncode == 1 and line.startswith('error:') and 'no cluster classifier' in line
+    result = run('-m', 'applications.propagate_to_images', '--ckpt', clustered['classified'], '--real_data_path',
+                 clustered['data'], '--cluster', 2, '--out', tmp_path / 'v', *COMMON)
+    line = result.stderr.strip().splitlines()[-1]
+    assert result.returncode == 1 and '--cluster 2 does not exist' in line
+    assert not os.path.exists(tmp_path / 'v')
+    # With the classifier no --cluster is needed: each image goes to the head it predicts.
+    result = run('-m', 'applications.propagate_to_images', '--ckpt', clustered['classified'], '--real_data_path',
+                 clustered['data'], '--out', tmp_path / 'v', '--save_individual_images', *COMMON)
+    assert result.returncode == 0, result.stderr
+    from PIL import Image
+    import numpy as np
+    images = clustered['images']
+    with torch.no_grad():
+        expected = clustered['t'](images.flip(3), output_resolution=SIZE, padding_mode='border',
+                                  warp_policy=torch.ones(len(images), dtype=torch.long))
+    for i in range(len(images)):
+        saved = np.asarray(Image.open(tmp_path / 'v' / 'congealed_images' / f'{i:03}.png').convert('RGB'))
+        want = ((expected[i].permute(1, 2, 0).clamp(-1, 1) + 1) * 127.5).round().numpy()
+        assert np.abs(saved.astype(float) - want).max() <= 1
