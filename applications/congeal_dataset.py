@@ -114,6 +114,10 @@ def congeal_group(t, classifier, opt, images):
     Returns (congealed (N, 3, R, R), keep (N,) bool, out_of_bounds (N,) bool,
     too_small (N,) bool).
     """
+    return _congeal_group(t, classifier, opt, images)[:4]
+
+
+def _congeal_group(t, classifier, opt, images):
     height, width = images.shape[-2:]
     source = border_pad_square(images)
     inputs = resize_for_stn(source, opt.flow_size)
@@ -126,7 +130,31 @@ def congeal_group(t, classifier, opt, images):
     # square root of the determinant) is the fraction of the image the output spans.
     scale = torch.linalg.det(matrix[:, :, :2].double()).abs().sqrt()
     too_small = scale * min(height, width) < opt.min_effective_resolution
-    return congealed, ~(out_of_bounds | too_small), out_of_bounds, too_small
+    return congealed, ~(out_of_bounds | too_small), out_of_bounds, too_small, matrix, mirrored
+
+
+def congeal_keypoints(keypoints, matrix, mirrored, size, output_resolution, permutation=None):
+    """Carry keypoints of square images into their congealed outputs.
+
+    Args:
+        keypoints: (N, P, 3) x, y pixels of the (size x size) image and visibility.
+        matrix: (N, 2, 3) similarity (template -> mirrored-where-chosen image, normalised).
+        mirrored: (N,) bool, images mirrored before warping.
+        permutation: keypoint order after a mirror (None: unchanged).
+    Returns:
+        (N, P, 3) x, y pixels of the output and visibility (0 where the
+        point is hidden or falls outside the output).
+    """
+    from models.spatial_transformers.base import mirror_points
+    from models.spatial_transformers.geometry import apply_affine, invert_affine
+
+    keypoints = mirror_points(keypoints.to(matrix.dtype), mirrored, size, permutation)
+    normalised = (2 * keypoints[..., :2] + 1) / size - 1
+    template = apply_affine(invert_affine(matrix), normalised)
+    pixels = (template + 1) * output_resolution / 2 - 0.5
+    inside = ((pixels >= -0.5) & (pixels <= output_resolution - 0.5)).all(dim=-1)
+    visible = (keypoints[..., 2] > 0) & inside
+    return torch.cat([pixels, visible.unsqueeze(-1).to(pixels.dtype)], dim=-1)
 
 
 def to_uint8_hwc(images):
@@ -134,20 +162,23 @@ def to_uint8_hwc(images):
     return ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu()
 
 
-def congeal_all(t, classifier, opt, dataset, kept, device, writer):
+def congeal_all(t, classifier, opt, dataset, kept, device, writer, truth=None):
     """Congeal this process's share of ``dataset``; the main process writes every share in order.
 
     Args:
         dataset: the (filtered) images; ``kept`` (M,) their indices in the input dataset.
         writer: LMDBWriter on the main process, None elsewhere.
+        truth: None, or {'keypoints': (N, P, 3) pixels of the stored images,
+            'permutation': (P,) or None} of the input dataset.
     Returns:
-        (written input indices (K,) long, counts dict).
+        (written input indices (K,) long, counts dict, congealed keypoints
+        (K, P, 3) or None).
     """
     positions = rank_share(list(range(len(dataset))))
     # Every process runs the same number of steps: the gathers are collective.
     per_rank = math.ceil(len(dataset) / get_world_size())
     steps = math.ceil(per_rank / opt.batch)
-    written, counts = [], {'out_of_bounds': 0, 'too_small': 0}
+    written, counts, points = [], {'out_of_bounds': 0, 'too_small': 0}, []
     iterator = range(steps)
     if is_main_process():
         iterator = tqdm(iterator, desc='congealing', unit='batch')
@@ -156,6 +187,7 @@ def congeal_all(t, classifier, opt, dataset, kept, device, writer):
         images = [dataset[p] for p in mine]
         out = torch.zeros(0, opt.output_resolution, opt.output_resolution, 3, dtype=torch.uint8, device=device)
         out_index = torch.zeros(0, dtype=torch.long, device=device)
+        out_points = torch.zeros(0, *(truth['keypoints'].shape[1:] if truth is not None else (0, 3)), device=device)
         flags = torch.zeros(2, dtype=torch.long, device=device)
         # Stored images may differ in shape (e.g. prepared with --pad resize_small_side): group equal shapes.
         shapes = {}
@@ -163,24 +195,44 @@ def congeal_all(t, classifier, opt, dataset, kept, device, writer):
             shapes.setdefault(tuple(image.shape), []).append((p, image))
         for members in shapes.values():
             batch = torch.stack([image for _, image in members]).to(device)
-            congealed, keep, oob, small = congeal_group(t, classifier, opt, batch)
+            congealed, keep, oob, small, matrix, mirrored = _congeal_group(t, classifier, opt, batch)
+            if truth is not None:
+                where = torch.tensor([p for p, _ in members], dtype=torch.long)
+                moved = congeal_keypoints(truth['keypoints'][kept[where]].to(device), matrix, mirrored,
+                                          batch.shape[-1], opt.output_resolution, truth['permutation'])
+                out_points = torch.cat([out_points, moved[keep].float()])
             flags += torch.stack([oob.sum(), (small & ~oob).sum()]).to(device)
             which = torch.tensor([p for p, _ in members], dtype=torch.long)[keep.cpu()]
             out = torch.cat([out, to_uint8_hwc(congealed[keep]).to(device)])
             out_index = torch.cat([out_index, kept[which].to(device)])
         out = all_gather_tensor(out).cpu()
         out_index = all_gather_tensor(out_index).cpu()
+        out_points = all_gather_tensor(out_points).cpu()
         flags = all_gather_tensor(flags.view(1, 2)).sum(0).cpu()
         counts['out_of_bounds'] += int(flags[0])
         counts['too_small'] += int(flags[1])
         order = out_index.argsort()
+        points.append(out_points[order])
         if writer is not None:
             for i in order.tolist():
                 writer.put(opt.output_resolution, len(written), encode_image(out[i].numpy(), 'png'))
                 written.append(int(out_index[i]))
         else:
             written.extend(out_index[order].tolist())
-    return torch.tensor(written, dtype=torch.long), counts
+    keypoints = torch.cat(points) if truth is not None and points else None
+    return torch.tensor(written, dtype=torch.long), counts, keypoints
+
+
+def read_keypoints(opt):
+    """The input's keypoints at --real_size (a PCK dataset of square images), or None."""
+    from datasets.pck import PERMUTATION_FILE, PCKDataset, has_pck_files
+    if opt.dataset_mode != 'lmdb' or not has_pck_files(opt.real_data_path):
+        return None
+    pck = PCKDataset(opt.real_data_path, opt.real_size)
+    keypoints = pck.keypoints.clone()
+    keypoints[..., 2] = keypoints[..., 2].clamp(0, 1)
+    has_permutation = os.path.isfile(os.path.join(opt.real_data_path, PERMUTATION_FILE))
+    return {'keypoints': keypoints, 'permutation': pck.permutation if has_permutation else None}
 
 
 @exit_on_user_error
@@ -204,13 +256,20 @@ def main(argv=None):
                                        dir=parent)
             writer = LMDBWriter(staging)
         try:
-            written, counts = congeal_all(t, classifier, opt, dataset, kept, device, writer)
+            truth = read_keypoints(opt)
+            written, counts, keypoints = congeal_all(t, classifier, opt, dataset, kept, device, writer, truth)
             if writer is not None:
                 if written.numel() == 0:
                     raise UserError(f'none of the {len(dataset)} images passed the checks ({counts["out_of_bounds"]} '
                                     f'read beyond the image, {counts["too_small"]} below --min_effective_resolution '
                                     f'{opt.min_effective_resolution}); nothing was written')
                 torch.save(written, os.path.join(staging, INDICES_FILE))
+                if keypoints is not None:  # the congealed dataset stays a keypoint dataset
+                    from datasets.pck import write_pck_files
+                    permutation = truth['permutation']
+                    if permutation is None:
+                        permutation = torch.arange(keypoints.shape[1])
+                    write_pck_files(staging, keypoints, None, permutation, keypoint_size=opt.output_resolution)
                 writer.finish(written.numel())
         finally:
             if writer is not None:

@@ -195,7 +195,8 @@ def test_congeal_dataset_end_to_end(world, tmp_path):
                         '--out', out, '--output_resolution', 16, '--min_effective_resolution', 12,
                         '--flow_scores', scores_path, '--fraction_retained', 0.7, *COMMON)
     assert result.returncode == 0, result.stderr
-    assert sorted(os.listdir(out)) == ['data.mdb', 'dataset_indices.pt', 'lock.mdb']
+    assert sorted(os.listdir(out)) == ['data.mdb', 'dataset_indices.pt', 'keypoints.pt', 'lock.mdb',
+                                       'pck_meta.json', 'permutation.pt']
     assert not [name for name in os.listdir(tmp_path) if name.endswith('.partial')]
     indices = torch.load(out / 'dataset_indices.pt', weights_only=True)
     assert indices.tolist() == kept.tolist()
@@ -207,6 +208,18 @@ def test_congeal_dataset_end_to_end(world, tmp_path):
             image = image.flip(2)
         # A centred zoom of 1/2 at 16 x 16 lands exactly on the central 16 x 16 source pixels.
         torch.testing.assert_close(aligned[position], image[:, 8:24, 8:24], atol=2 / 255, rtol=0)
+
+    # The true keypoints come along: mirrored where the image was, then moved by the zoom
+    # (output pixel j is source pixel j + 8).
+    from datasets.pck import PCKDataset
+    from models.spatial_transformers.base import mirror_points
+    truth = PCKDataset(str(world['data']), SIZE)
+    moved = mirror_points(truth.keypoints[indices], mirrored[indices], SIZE, truth.permutation)
+    congealed = torch.load(out / 'keypoints.pt', weights_only=True)
+    torch.testing.assert_close(congealed[..., :2], moved[..., :2] - 8, atol=1e-4, rtol=0)
+    inside = ((moved[..., :2] - 8 >= -0.5) & (moved[..., :2] - 8 <= 15.5)).all(-1)
+    assert torch.equal(congealed[..., 2] > 0, inside & (moved[..., 2] > 0))
+    assert torch.equal(PCKDataset(str(out), 16).keypoints, congealed)
 
     # An output folder holding a dataset is refused, and left as it was.
     before = (out / 'data.mdb').stat().st_mtime_ns
