@@ -34,12 +34,13 @@ from datasets.pck import (INVERSE_FILE, KEYPOINTS_FILE, META_FILE, PAIRS_FILE, P
                           THRESHOLDS_FILE, PCKSource, write_pck_files)
 from datasets.spair import SPAIR_PERMUTATIONS, SPAIR_SPLITS
 from datasets.transforms import PAD_MODES, crop_box_edge_padded, make_square
+from utils.checkpoint import save_checkpoint
 from utils.errors import UserError, exit_on_user_error
 from utils.image_io import IMAGE_FORMATS, decode_image_bytes, encode_image, read_image_file, resize_array
 
 LSUN_URL = 'http://dl.yf.io/lsun/objects/{category}.zip'
 SYNTHETIC_DEFAULT_IMAGES = 1000
-DATASET_FILES = ('data.mdb', 'lock.mdb', KEYPOINTS_FILE, PAIRS_FILE, PERMUTATION_FILE, THRESHOLDS_FILE,
+DATASET_FILES = ('data.mdb', 'lock.mdb', 'outliers.pt', KEYPOINTS_FILE, PAIRS_FILE, PERMUTATION_FILE, THRESHOLDS_FILE,
                  INVERSE_FILE, META_FILE)
 ERRORS_SHOWN = 5
 
@@ -80,6 +81,9 @@ def build_parser():
     parser.add_argument('--synthetic', action='store_true',
                         help='render the built-in synthetic world (a PCK dataset with exact keypoints)')
     parser.add_argument('--seed', type=int, default=0, help='random seed of --synthetic')
+    parser.add_argument('--outlier_fraction', type=float, default=0.0,
+                        help='with --synthetic: this fraction of the images are off-class outliers (faces cut '
+                             'by the frame, tiny faces, scrambled faces), labelled in outliers.pt')
     parser.add_argument('--data_dir', type=str, default='data',
                         help='where downloaded datasets (SPair, CUB, LSUN) are kept')
     parser.add_argument('--overwrite', action='store_true', help='replace a dataset already at --out')
@@ -283,20 +287,28 @@ def prepare_from_tasks(out, tasks, sizes, pad, image_format, n_worker, lmdb_path
     return len(kept)
 
 
-def prepare_synthetic(out, sizes, num_images, seed, image_format, factors=None):
+def prepare_synthetic(out, sizes, num_images, seed, image_format, factors=None, outlier_fraction=0.0):
     """Render the synthetic world at every size and store it as a PCK dataset.
 
     Keypoints come from the largest size; pairs are consecutive images
-    (0, 1), (2, 3), ... ``factors``: the world's variation (None: defaults).
+    (0, 1), (2, 3), ... of which neither is an outlier. ``factors``: the
+    world's variation (None: defaults). ``outlier_fraction``: that fraction of
+    the images are outliers (utils.synthetic_outliers), labelled in outliers.pt.
     """
+    from utils.synthetic_outliers import OUTLIERS_FILE, outlier_labels, render_outliers
     from utils.synthetic_world import MIRROR_PERMUTATION, render_dataset
     if num_images < 2:
         raise UserError('--synthetic needs at least 2 images (--max_images)')
+    labels = outlier_labels(num_images, outlier_fraction, seed)
+    outliers = torch.nonzero(labels).reshape(-1)
     largest = max(sizes)
     keypoints = None
     with LMDBWriter(out) as writer:
         for size in sorted(sizes):
             images, points = render_dataset(num_images, size, seed, factors=factors)
+            if outliers.numel():
+                images[outliers.numpy()], points[outliers] = render_outliers(outliers, labels[outliers], size, seed,
+                                                                             factors)
             if isinstance(images, torch.Tensor):
                 images = images.cpu().numpy()
             for index in tqdm(range(num_images), desc=f'size {size}', unit='img', file=sys.stderr):
@@ -304,6 +316,9 @@ def prepare_synthetic(out, sizes, num_images, seed, image_format, factors=None):
             if size == largest:
                 keypoints = torch.as_tensor(points, dtype=torch.float32)
         pairs = torch.arange(num_images - num_images % 2).view(-1, 2)
+        pairs = pairs[(labels[pairs] == 0).all(dim=1)]
+        if outliers.numel():
+            save_checkpoint(labels, os.path.join(out, OUTLIERS_FILE))
         write_pck_files(out, keypoints, pairs, torch.as_tensor(MIRROR_PERMUTATION, dtype=torch.long),
                         keypoint_size=largest)
         writer.finish(num_images)
@@ -378,6 +393,10 @@ def main(argv=None):
                                     ('--lsun_category', args.lsun_category is not None)) if on]
     if len(chosen) > 1:
         raise UserError(f"choose one input: {' and '.join(chosen)} were both given")
+    if args.outlier_fraction and not args.synthetic:
+        raise UserError('--outlier_fraction applies to --synthetic only (the outliers of real data are unknown)')
+    if not 0 <= args.outlier_fraction < 1:
+        raise UserError(f'--outlier_fraction must be in [0, 1), got {args.outlier_fraction}')
     pad = _pad_for(args)
     sizes = parse_sizes(args.size, pad or 'center')
     output = OutputFolder(args.out, args.overwrite)
@@ -388,7 +407,7 @@ def main(argv=None):
         num_images = args.max_images or SYNTHETIC_DEFAULT_IMAGES
         factors = factors_from_options(args)
         with output as out:
-            count = prepare_synthetic(out, sizes, num_images, args.seed, args.format, factors)
+            count = prepare_synthetic(out, sizes, num_images, args.seed, args.format, factors, args.outlier_fraction)
     else:
         tasks, lmdb_path, pck_source = _collect_tasks(args, sizes)
         print(f"found {len(tasks)} images (first: {_describe(tasks[0][1])}); "

@@ -1,0 +1,142 @@
+"""Dataset curation measured against the synthetic world's known outliers and keypoints.
+
+    python -m benchmarks.bench_curation                      # trains a short synthetic model first
+    python -m benchmarks.bench_curation --ckpt results/demo/checkpoints/0002400.pt
+
+Steps (each one the project's own command line, run as a subprocess):
+1. ``prepare_data.py --synthetic --outlier_fraction P``: a dataset whose
+   outliers (cut, tiny and scrambled faces) are labelled;
+2. without --ckpt, ``train.py`` at the synthetic defaults for --train_iters
+   iterations (on its own world, which has no outliers);
+3. ``applications.flow_scores``: the ROC AUC of the scores for telling
+   ordinary images (high scores) from outliers (low scores), and the outlier
+   fraction before and after keeping --fraction_retained of the images;
+4. ``applications.congeal_dataset`` on the kept images: the spread of each
+   true keypoint over the ordinary images (standard deviation of its position,
+   as a fraction of the image side, averaged over keypoints) in the input
+   images and in the congealed dataset.
+
+Prints a table and the command that made it.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run(args, threads):
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONPATH=REPO)
+    for name in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'MASTER_ADDR', 'MASTER_PORT'):
+        env.pop(name, None)
+    result = subprocess.run([sys.executable, *map(str, args)], cwd=REPO, env=env, capture_output=True, text=True)
+    if result.returncode != 0:
+        sys.exit(f'command failed: {" ".join(map(str, args))}\n{result.stderr[-3000:]}')
+    return result
+
+
+def roc_auc(positive, negative):
+    """P(a positive scores above a negative), ties counting one half (Mann-Whitney U)."""
+    positive, negative = positive.double(), negative.double()
+    greater = (positive[:, None] > negative[None, :]).double().sum()
+    ties = (positive[:, None] == negative[None, :]).double().sum()
+    return float((greater + 0.5 * ties) / (positive.numel() * negative.numel()))
+
+
+def keypoint_spread(keypoints, size):
+    """Mean over keypoints of the standard deviation of their visible positions, / size."""
+    spreads = []
+    for p in range(keypoints.shape[1]):
+        visible = keypoints[:, p, 2] > 0
+        if visible.sum() >= 2:
+            spreads.append(keypoints[visible, p, :2].std(dim=0).norm() / size)
+    return float(torch.stack(spreads).mean())
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--ckpt', default=None, help='a trained synthetic-world checkpoint (default: train one)')
+    parser.add_argument('--train_iters', type=int, default=1200)
+    parser.add_argument('--images', type=int, default=300)
+    parser.add_argument('--size', type=int, default=64)
+    parser.add_argument('--outlier_fraction', type=float, default=0.2)
+    parser.add_argument('--fraction_retained', type=float, default=0.9)
+    parser.add_argument('--min_effective_resolution', type=int, default=24)
+    parser.add_argument('--seed', type=int, default=1, help='seed of the benchmark dataset')
+    parser.add_argument('--threads', type=int, default=2)
+    parser.add_argument('--workdir', default=None, help='keep the intermediate files here (default: a temp folder)')
+    args = parser.parse_args()
+    work = args.workdir or tempfile.mkdtemp(prefix='bench_curation_')
+    os.makedirs(work, exist_ok=True)
+    start = time.time()
+
+    data = os.path.join(work, 'data')
+    if not os.path.isdir(data):
+        run(['prepare_data.py', '--synthetic', '--size', args.size, '--max_images', args.images, '--seed', args.seed,
+             '--outlier_fraction', args.outlier_fraction, '--out', data], args.threads)
+    ckpt = args.ckpt
+    if ckpt is None:
+        ckpt = os.path.join(work, 'model', 'checkpoints', f'{args.train_iters:07d}.pt')
+        if not os.path.isfile(ckpt):
+            run(['train.py', '--exp-name', 'model', '--results', work, '--iter', args.train_iters], args.threads)
+    trained = time.time()
+
+    common = ['--ckpt', ckpt, '--real_data_path', data, '--real_size', args.size, '--num_workers', 0]
+    run(['-m', 'applications.flow_scores', *common, '--recompute'], args.threads)
+    scores = torch.load(os.path.join(data, 'flow_scores.pt'), weights_only=True)
+    labels = torch.load(os.path.join(data, 'outliers.pt'), weights_only=True)
+    outlier = labels > 0
+    from utils.flow_scores import high_score_indices
+    from utils.synthetic_outliers import OUTLIER_KINDS
+    kept = high_score_indices(scores, args.fraction_retained)
+    auc = roc_auc(scores[~outlier], scores[outlier])
+    per_kind = {kind: roc_auc(scores[~outlier], scores[labels == k + 1]) for k, kind in enumerate(OUTLIER_KINDS)
+                if (labels == k + 1).any()}
+
+    out = os.path.join(work, 'congealed')
+    if os.path.isdir(out):
+        import shutil
+        shutil.rmtree(out)
+    run(['-m', 'applications.congeal_dataset', *common, '--out', out, '--output_resolution', args.size,
+         '--min_effective_resolution', args.min_effective_resolution, '--flow_scores',
+         os.path.join(data, 'flow_scores.pt'), '--fraction_retained', args.fraction_retained], args.threads)
+    written = torch.load(os.path.join(out, 'dataset_indices.pt'), weights_only=True)
+    congealed = torch.load(os.path.join(out, 'keypoints.pt'), weights_only=True)
+    from datasets.pck import PCKDataset
+    truth = PCKDataset(data, args.size).keypoints
+    ordinary = ~outlier[written]
+    before = keypoint_spread(truth[written][ordinary], args.size)
+    after = keypoint_spread(congealed[ordinary], args.size)
+    done = time.time()
+
+    rows = [
+        ('images / outliers', f'{labels.numel()} / {int(outlier.sum())}'),
+        ('flow-score ROC AUC (outliers score lower)', f'{auc:.3f}'),
+        *[(f'  AUC, {kind} outliers only', f'{value:.3f}') for kind, value in per_kind.items()],
+        (f'outlier fraction before / after --fraction_retained {args.fraction_retained}',
+         f'{float(outlier.float().mean()):.3f} / {float(outlier[kept].float().mean()):.3f}'),
+        ('congealed images written (of kept)', f'{written.numel()} / {kept.numel()}'),
+        ('outlier fraction of the congealed dataset', f'{float(outlier[written].float().mean()):.3f}'),
+        ('keypoint spread (ordinary images, / image side) before -> after congealing', f'{before:.3f} -> {after:.3f}'),
+        ('wall time: training / curation', f'{(trained - start) / 60:.1f} min / {(done - trained) / 60:.1f} min'),
+    ]
+    width = max(len(name) for name, _ in rows)
+    print(f"command: python -m benchmarks.bench_curation {' '.join(sys.argv[1:])}".rstrip())
+    print(f"| {'measure'.ljust(width)} | value |")
+    print(f"|{'-' * (width + 2)}|-------|")
+    for name, value in rows:
+        print(f'| {name.ljust(width)} | {value} |')
+    with open(os.path.join(work, 'bench_curation.json'), 'w') as f:
+        json.dump({'auc': auc, 'auc_per_kind': per_kind, 'spread_before': before, 'spread_after': after,
+                   'outlier_fraction_before': float(outlier.float().mean()),
+                   'outlier_fraction_after': float(outlier[kept].float().mean())}, f, indent=2)
+
+
+if __name__ == '__main__':
+    main()
