@@ -61,22 +61,6 @@ def flow_identity_loss(delta_flow, reduce_batch=True):
     return squared.mean() if reduce_batch else squared.flatten(1).mean(1)
 
 
-def gangealing_loss(distances, delta_flow, tv_weight, flow_identity_weight):
-    """The objective for one head without mirrors.
-
-    Args:
-        distances: (N,) perceptual distances between T(x) and the targets y.
-        delta_flow: (N, H, W, 2) residual flows, or None for a similarity-only
-            transformer (no flow regularisation).
-        tv_weight, flow_identity_weight: weights of the two regularisers; a
-            zero weight skips that term's computation.
-    Returns:
-        LossTerms of scalars.
-    """
-    perceptual = distances.mean()
-    return _with_regularisers(perceptual, delta_flow, tv_weight, flow_identity_weight)
-
-
 def _with_regularisers(perceptual, delta_flow, tv_weight, flow_identity_weight):
     zero = perceptual.new_zeros(())
     tv = identity = zero
@@ -118,11 +102,6 @@ def cluster_assignments(distances, batch, num_heads, flips=False):
     """
     values, indices = nearest_cluster(distances, batch, num_heads, flips)
     return values.mean(), indices
-
-
-def split_assignment(indices, num_heads):
-    """(head (N,) in [0, K), mirrored (N,) bool) from assignment indices."""
-    return indices % num_heads, indices >= num_heads
 
 
 def select_assigned(per_pair, indices, batch, num_heads, flips=False):

@@ -18,7 +18,7 @@ from utils.options import (base_eval_argparse, base_training_argparse, build_tra
                            load_options_json, parse_eval_options, parse_training_options,
                            resolve_generator_name, save_options)
 from utils.options import components as component_module
-from utils.options.parser_tools import explicitly_given
+from utils.argparse_tools import explicitly_given
 
 
 class GeneratorWithItsOwnData:

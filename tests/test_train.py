@@ -21,7 +21,8 @@ from models.perceptual import PERCEPTUAL_LOSSES
 from utils.checkpoint import load_checkpoint
 from utils.distributed import seed_everything
 from utils.options import parse_training_options
-from utils.schedules import anneal_psi, lr_at
+from tests.test_schedules import lr_at
+from utils.schedules import anneal_psi
 from utils.training_state import CHECKPOINT_FORMAT_VERSION
 
 pytestmark = pytest.mark.usefixtures('one_thread')

@@ -14,7 +14,7 @@ from models.gangealing import resize_for_stn, sample_pairs
 from models.losses import cluster_assignments
 from utils.distributed import all_gather_tensor, get_world_size, is_main_process
 from utils.flow_vis import flow_to_rgb
-from utils.pck import evaluate_pck_transfer, format_pck_table
+from utils.pck_metric import evaluate_pck_transfer, format_pck_table
 from utils.training_vis import congealed_mean
 
 

@@ -6,12 +6,12 @@ called every ``--vis_every`` iterations, so it works in mini-batches of
 """
 import os
 
-import numpy as np
 import torch
 from PIL import Image
 from torchvision.utils import make_grid
 
 from utils.distributed import all_gather_tensor, get_world_size
+from utils.image_io import tensor_to_uint8
 
 
 class ExperimentWriter:
@@ -46,7 +46,7 @@ class ExperimentWriter:
         nrow = nrow or max(1, int(images.size(0) ** 0.5))
         grid = make_grid(images.clamp(0, 1), nrow=nrow, padding=2, pad_value=0)
         self.tb.add_image(name, grid, step)
-        array = (grid.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
+        array = tensor_to_uint8(grid, value_range=(0, 1))
         Image.fromarray(array).save(os.path.join(self.exp_dir, f'{name}_{step:07d}.png'))
 
     def flush(self):

@@ -7,7 +7,7 @@ other defaults; returns the parser), ``n_latent(opt)`` (generators) and
 """
 import importlib
 
-from utils.options.parser_tools import find_action, preliminary_values
+from utils.argparse_tools import find_action, preliminary_values
 
 # selector option -> (module, attribute) of its registry
 SELECTORS = {

@@ -8,7 +8,7 @@ import math
 import os
 
 from utils.options.components import generator_n_latent, run_component_validators
-from utils.options.parser_tools import flag_name
+from utils.argparse_tools import flag_name
 
 MIN_IMAGE_SIZE = 8
 WEIGHTS_NEEDING_FLOW = ('tv_weight', 'flow_identity_weight')

@@ -156,7 +156,7 @@ def evaluate_pck_per_pair(t, dataset, alphas, device, batch_size=40, flips=True,
 
     Args:
         t: spatial transformer (see ``evaluate_batch``), already on ``device``.
-        dataset: a PCK dataset (items as in ``datasets.pck.PCKDataset``); its
+        dataset: a PCK dataset (items as in ``datasets.keypoint_pairs.PCKDataset``); its
             ``permutation`` reorders keypoints of mirrored images.
         alphas: sequence of K thresholds.
         device: where the transformer runs.
@@ -232,7 +232,7 @@ def evaluate_pck_transfer(t, dataset, alphas, device, batch_size=40, flips=True,
     Args:
         t: spatial transformer on ``device`` with ``transfer_points`` and
             ``match_flows``.
-        dataset: PCK dataset (see ``datasets.pck.PCKDataset``).
+        dataset: PCK dataset (see ``datasets.keypoint_pairs.PCKDataset``).
         alphas: sequence of thresholds (e.g. [0.1, 0.05, 0.01]).
         device: torch.device to run on.
         batch_size: pairs per forward pass and process.
