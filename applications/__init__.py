@@ -21,17 +21,8 @@ from utils.checkpoint import load_checkpoint
 from utils.errors import UserError
 from utils.image_io import tensor_to_uint8
 from utils.options import base_eval_argparse
+from utils.options.tiers import RELEASED_TRUNK_WIDTH, STN_ARCHITECTURE_DEFAULTS
 from utils.pretrained import apply_test_settings, resolve_checkpoint
-
-# Options describing the transformer's architecture, and their values when
-# neither the checkpoint nor the command line gives one (the trainer's defaults).
-RELEASED_TRUNK_WIDTH = 512  # channels of the low-resolution layers of every released transformer
-STN_ARCHITECTURE_DEFAULTS = {
-    'transform': ['similarity', 'flow'],
-    'flow_size': 128,
-    'stn_channel_multiplier': 0.5,
-    'num_heads': 1,
-}
 
 
 # ----------------------------------------------------------------------------- option tiers

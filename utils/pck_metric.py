@@ -18,7 +18,7 @@ unchanged as B's, on the same pairs with the same thresholds.
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from utils.distributed import all_gather_tensor, get_rank, get_world_size, is_main_process
+from utils.distributed import all_gather_tensor, is_main_process, rank_share
 from utils.errors import UserError
 
 
@@ -144,11 +144,6 @@ def _dataset_permutation(dataset):
     return None
 
 
-def _this_rank_indices(num_pairs):
-    """Pair indices this process evaluates: every world_size-th one from its rank."""
-    return list(range(get_rank(), num_pairs, get_world_size()))
-
-
 @torch.no_grad()
 def evaluate_pck_per_pair(t, dataset, alphas, device, batch_size=40, flips=True, num_pairs=None,
                           transfer_both_ways=False, num_workers=0, progress=False, **stn_kwargs):
@@ -184,7 +179,7 @@ def evaluate_pck_per_pair(t, dataset, alphas, device, batch_size=40, flips=True,
     permutation = _dataset_permutation(dataset)
     if permutation is not None:
         permutation = permutation.to(device)
-    shard = Subset(dataset, _this_rank_indices(total))
+    shard = Subset(dataset, rank_share(list(range(total))))
     loader = DataLoader(shard, batch_size=batch_size, shuffle=False, num_workers=num_workers, drop_last=False)
     if progress and is_main_process():
         from tqdm import tqdm
