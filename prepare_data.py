@@ -30,7 +30,7 @@ import torch
 from tqdm import tqdm
 
 from datasets.lmdb_dataset import LENGTH_KEY, LMDBWriter, is_lmdb_folder, list_sizes, reader_env
-from datasets.pck import (INVERSE_FILE, KEYPOINTS_FILE, META_FILE, PAIRS_FILE, PERMUTATION_FILE,
+from datasets.keypoint_pairs import (INVERSE_FILE, KEYPOINTS_FILE, META_FILE, PAIRS_FILE, PERMUTATION_FILE,
                           THRESHOLDS_FILE, PCKSource, write_pck_files)
 from datasets.spair import SPAIR_PERMUTATIONS, SPAIR_SPLITS
 from datasets.transforms import PAD_MODES, crop_box_edge_padded, make_square
@@ -293,9 +293,9 @@ def prepare_synthetic(out, sizes, num_images, seed, image_format, factors=None, 
     Keypoints come from the largest size; pairs are consecutive images
     (0, 1), (2, 3), ... of which neither is an outlier. ``factors``: the
     world's variation (None: defaults). ``outlier_fraction``: that fraction of
-    the images are outliers (utils.synthetic_outliers), labelled in outliers.pt.
+    the images are outliers (utils.synthetic_world.outliers), labelled in outliers.pt.
     """
-    from utils.synthetic_outliers import OUTLIERS_FILE, outlier_labels, render_outliers
+    from utils.synthetic_world.outliers import OUTLIERS_FILE, outlier_labels, render_outliers
     from utils.synthetic_world import MIRROR_PERMUTATION, render_dataset
     if num_images < 2:
         raise UserError('--synthetic needs at least 2 images (--max_images)')

@@ -34,11 +34,8 @@ import torch.nn.functional as F
 from torch import nn, optim
 from tqdm import tqdm
 
-from models import get_stn
 from models.cluster_classifier import ResnetClassifier, classifier_agreement
 from models.gangealing import assign_samples, resize_for_stn
-from models.generators import GENERATORS
-from models.latent_learner import DirectionInterpolator
 from models.perceptual import PERCEPTUAL_LOSSES
 from utils.atomic_io import atomic_write
 from utils.checkpoint import load_checkpoint, save_checkpoint
@@ -48,8 +45,9 @@ from utils.errors import UserError, exit_on_user_error
 from utils.options import parse_training_options
 from utils.pretrained import resolve_checkpoint
 from utils.schedules import DecayingCosineAnnealingWarmRestarts, zero_lr_iterations
-from utils.training_state import checkpoint_iteration, get_rng_state, load_generator_weights, set_rng_state
-from utils.training_vis import ExperimentWriter
+from training.building import build_models as build_training_models
+from training.state import checkpoint_iteration, get_rng_state, load_generator_weights, set_rng_state
+from training.writer import ExperimentWriter
 
 # Options describing the trained model; unless given on the command line they
 # take the values recorded in the checkpoint.
@@ -109,14 +107,9 @@ def parse_options(argv):
 def build_models(opt, ckpt, path, device):
     """Frozen generator, t_ema and ll from the checkpoint; the classifier (initialised
     from the similarity stage, or resumed) with its optimiser and schedule."""
-    generator = GENERATORS.get(opt.generator).build(opt)
+    generator, _, t_ema, ll = build_training_models(opt, torch.device('cpu'))
     load_generator_weights(generator, ckpt, path)
-    t_ema = get_stn(opt.transform, flow_size=opt.flow_size, supersize=opt.real_size,
-                    channel_multiplier=opt.stn_channel_multiplier, num_heads=opt.num_heads,
-                    max_channels=opt.stn_max_channels)
     t_ema.load_state_dict(ckpt['t_ema'])
-    ll = DirectionInterpolator(opt.ndirs, opt.inject, generator.n_latent, generator.style_dim,
-                               num_heads=opt.num_heads)
     try:
         ll.load_state_dict(ckpt['ll'])
     except RuntimeError as e:

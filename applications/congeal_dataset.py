@@ -32,14 +32,15 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from applications import (add_flow_score_options, base_eval_argparse, build_dataset, check_cluster, decide_heads,
-                          filter_by_flow_scores, flow_score_problems, load_stn, rank_share, report_option_problems,
+                          filter_by_flow_scores, flow_score_problems, load_stn, report_option_problems,
                           stn_kwargs)
 from datasets.lmdb_dataset import LMDBWriter, is_lmdb_folder
 from models.gangealing import resize_for_stn
 from models.spatial_transformers import warp_exceeds_image_bounds
-from utils.distributed import all_gather_tensor, barrier, cleanup, is_main_process, get_world_size, setup_distributed
+from utils.distributed import (all_gather_tensor, barrier, cleanup, get_world_size, is_main_process, rank_share,
+                               setup_distributed)
 from utils.errors import UserError, exit_on_user_error
-from utils.image_io import encode_image
+from utils.image_io import encode_image, tensor_to_uint8
 from utils.options import parse_eval_options
 
 INDICES_FILE = 'dataset_indices.pt'
@@ -157,11 +158,6 @@ def congeal_keypoints(keypoints, matrix, mirrored, size, output_resolution, perm
     return torch.cat([pixels, visible.unsqueeze(-1).to(pixels.dtype)], dim=-1)
 
 
-def to_uint8_hwc(images):
-    """(N, 3, R, R) in [-1, 1] -> uint8 (N, R, R, 3) CPU tensor."""
-    return ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu()
-
-
 def congeal_all(t, classifier, opt, dataset, kept, device, writer, truth=None):
     """Congeal this process's share of ``dataset``; the main process writes every share in order.
 
@@ -203,7 +199,7 @@ def congeal_all(t, classifier, opt, dataset, kept, device, writer, truth=None):
                 out_points = torch.cat([out_points, moved[keep].float()])
             flags += torch.stack([oob.sum(), (small & ~oob).sum()]).to(device)
             which = torch.tensor([p for p, _ in members], dtype=torch.long)[keep.cpu()]
-            out = torch.cat([out, to_uint8_hwc(congealed[keep]).to(device)])
+            out = torch.cat([out, torch.from_numpy(tensor_to_uint8(congealed[keep])).to(device)])
             out_index = torch.cat([out_index, kept[which].to(device)])
         out = all_gather_tensor(out).cpu()
         out_index = all_gather_tensor(out_index).cpu()

@@ -93,7 +93,7 @@ def main():
     labels = torch.load(os.path.join(data, 'outliers.pt'), weights_only=True)
     outlier = labels > 0
     from utils.flow_scores import high_score_indices
-    from utils.synthetic_outliers import OUTLIER_KINDS
+    from utils.synthetic_world.outliers import OUTLIER_KINDS
     kept = high_score_indices(scores, args.fraction_retained)
     auc = roc_auc(scores[~outlier], scores[outlier])
     per_kind = {kind: roc_auc(scores[~outlier], scores[labels == k + 1]) for k, kind in enumerate(OUTLIER_KINDS)

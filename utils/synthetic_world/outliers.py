@@ -19,7 +19,9 @@ import numpy as np
 import torch
 
 from utils.errors import UserError
-from utils.synthetic_world import indexed_params, render, to_uint8
+from utils.image_io import tensor_to_uint8
+from utils.synthetic_world.dataset import indexed_params
+from utils.synthetic_world.drawing import render
 
 OUTLIER_KINDS = ('cut', 'tiny', 'scrambled')
 OUTLIERS_FILE = 'outliers.pt'
@@ -92,4 +94,4 @@ def render_outliers(indices, labels, size, seed, factors=None):
     if scrambled.any():
         images[scrambled] = _scramble(images[scrambled], indices[scrambled], seed)
         keypoints[scrambled, :, 2] = 0
-    return to_uint8(images), keypoints
+    return tensor_to_uint8(images), keypoints
