@@ -221,7 +221,7 @@ def congeal_all(t, classifier, opt, dataset, kept, device, writer, truth=None):
 
 def read_keypoints(opt):
     """The input's keypoints at --real_size (a PCK dataset of square images), or None."""
-    from datasets.pck import PERMUTATION_FILE, PCKDataset, has_pck_files
+    from datasets.keypoint_pairs import PERMUTATION_FILE, PCKDataset, has_pck_files
     if opt.dataset_mode != 'lmdb' or not has_pck_files(opt.real_data_path):
         return None
     pck = PCKDataset(opt.real_data_path, opt.real_size)
@@ -261,7 +261,7 @@ def main(argv=None):
                                     f'{opt.min_effective_resolution}); nothing was written')
                 torch.save(written, os.path.join(staging, INDICES_FILE))
                 if keypoints is not None:  # the congealed dataset stays a keypoint dataset
-                    from datasets.pck import write_pck_files
+                    from datasets.keypoint_pairs import write_pck_files
                     permutation = truth['permutation']
                     if permutation is None:
                         permutation = torch.arange(keypoints.shape[1])

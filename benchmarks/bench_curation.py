@@ -108,7 +108,7 @@ def main():
          os.path.join(data, 'flow_scores.pt'), '--fraction_retained', args.fraction_retained], args.threads)
     written = torch.load(os.path.join(out, 'dataset_indices.pt'), weights_only=True)
     congealed = torch.load(os.path.join(out, 'keypoints.pt'), weights_only=True)
-    from datasets.pck import PCKDataset
+    from datasets.keypoint_pairs import PCKDataset
     truth = PCKDataset(data, args.size).keypoints
     ordinary = ~outlier[written]
     before = keypoint_spread(truth[written][ordinary], args.size)

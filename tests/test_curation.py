@@ -211,7 +211,7 @@ def test_congeal_dataset_end_to_end(world, tmp_path):
 
     # The true keypoints come along: mirrored where the image was, then moved by the zoom
     # (output pixel j is source pixel j + 8).
-    from datasets.pck import PCKDataset
+    from datasets.keypoint_pairs import PCKDataset
     from models.spatial_transformers.base import mirror_points
     truth = PCKDataset(str(world['data']), SIZE)
     moved = mirror_points(truth.keypoints[indices], mirrored[indices], SIZE, truth.permutation)
