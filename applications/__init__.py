@@ -18,7 +18,7 @@ from PIL import Image
 from utils.argparse_tools import has_option
 from utils.atomic_io import atomic_write
 from utils.checkpoint import load_checkpoint
-from utils.errors import UserError
+from utils.errors import UserError, WeightsMismatchError
 from utils.image_io import tensor_to_uint8
 from utils.options import base_eval_argparse
 from utils.options.tiers import RELEASED_TRUNK_WIDTH, STN_ARCHITECTURE_DEFAULTS
@@ -194,7 +194,11 @@ def load_stn(args, device):
     t_ema = get_stn(config['transform'], flow_size=config['flow_size'], supersize=args.real_size,
                     channel_multiplier=config['stn_channel_multiplier'], num_heads=config['num_heads'],
                     **extra)
-    t_ema.load_state_dict(ckpt['t_ema'])
+    try:
+        t_ema.load_state_dict(ckpt['t_ema'])
+    except WeightsMismatchError as e:
+        raise UserError(f'{path}: {e}; pass the configuration it was trained with (--transform, --flow_size, '
+                        f'--stn_channel_multiplier, --num_heads), or leave them out to take the checkpoint\'s') from None
     return t_ema.to(device).eval().requires_grad_(False)
 
 
