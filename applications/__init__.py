@@ -70,7 +70,16 @@ def add_propagation_options(parser):
                             'label) or a black-and-white mask (white is the label)')
     group.add_argument('--save_individual_images', action='store_true',
                        help='also save every output image as its own PNG (default: grids only)')
+    add_blend_option(group)
     return parser
+
+
+def add_blend_option(group):
+    """``--blend_alg``: how a propagated label is composited onto images (ops.blend)."""
+    from ops.blend import BLEND_ALGORITHMS
+    group.add_argument('--blend_alg', type=str, default='alpha', choices=BLEND_ALGORITHMS,
+                       help='how the label is blended into the image: alpha compositing, or Laplacian '
+                            'blending (laplacian; laplacian_light keeps colours closer to the label)')
 
 
 def add_pck_options(parser):
