@@ -219,3 +219,44 @@ def test_mixed_reality_bad_input(clip_world, tmp_path, case):
     assert {'not_a_video': 'notes.mov', 'empty_label': 'empty', 'missing_label': 'nope.png',
             'cluster': 'single cluster', 'unwritable': 'cannot write'}[case] in line
     assert mp4_files(tmp_path) == []
+
+
+# ----------------------------------------------------------------------------- prepare_data
+
+def test_prepare_data_synthetic_video_and_video_input(tmp_path):
+    import prepare_data
+    from datasets.lmdb_dataset import MultiResolutionDataset
+    path = str(tmp_path / 'face.mp4')
+    assert prepare_data.main(['--synthetic_video', path, '--frames', '8', '--size', '32', '--seed', '3']) == 0
+    assert sorted(os.listdir(tmp_path)) == ['face.keypoints.pt', 'face.mp4']
+    assert read_video_info(path)[:3] == (8, 32, 32)
+    keypoints = torch.load(str(tmp_path / 'face.keypoints.pt'), weights_only=True)
+    assert keypoints.shape == (8, 10, 3) and keypoints.dtype == torch.float32
+    assert (keypoints[..., 2] == 1).all()
+    assert ((keypoints[..., :2] >= 0) & (keypoints[..., :2] <= 31)).all()
+    steps = (keypoints[1:, :, :2] - keypoints[:-1, :, :2]).norm(dim=-1)
+    assert steps.max() < 2.0 and steps.mean() > 0.05  # moving, smoothly (under 2 pixels a frame)
+    # The same seed renders the same video; another seed another face.
+    again = str(tmp_path / 'again' / 'face.mp4')
+    prepare_data.main(['--synthetic_video', again, '--frames', '8', '--size', '32', '--seed', '3'])
+    torch.testing.assert_close(torch.load(again.replace('.mp4', '.keypoints.pt'), weights_only=True), keypoints)
+    # A video as --path: every frame stored in order, at each size.
+    out = str(tmp_path / 'lmdb')
+    assert prepare_data.main(['--path', path, '--out', out, '--size', '16,32', '--n_worker', '0']) == 0
+    with VideoReader(path) as reader:
+        decoded = np.stack(list(reader)).astype(int)
+    dataset = MultiResolutionDataset(out, 32)
+    assert len(dataset) == 8
+    stored = ((dataset[5] + 1) * 127.5).round().permute(1, 2, 0).numpy().astype(int)
+    assert np.abs(stored - decoded[5]).max() <= 1
+    assert len(MultiResolutionDataset(out, 16)) == 8
+
+
+def test_prepare_data_refuses_a_file_that_is_not_a_video(tmp_path, capsys):
+    import prepare_data
+    (tmp_path / 'notes.txt').write_text('hello')
+    with pytest.raises(SystemExit) as info:
+        prepare_data.main(['--path', str(tmp_path / 'notes.txt'), '--out', str(tmp_path / 'out')])
+    assert info.value.code == 1
+    assert 'notes.txt' in capsys.readouterr().err
+    assert not (tmp_path / 'out').exists()
