@@ -260,3 +260,52 @@ def test_prepare_data_refuses_a_file_that_is_not_a_video(tmp_path, capsys):
     assert info.value.code == 1
     assert 'notes.txt' in capsys.readouterr().err
     assert not (tmp_path / 'out').exists()
+
+
+# ----------------------------------------------------------------------------- vis_correspondence
+
+def tile(frame, index, nrow=2, padding=3):
+    """Tile ``index`` of a decoded grid frame (SIZE x SIZE)."""
+    row, col = divmod(index, nrow)
+    top, left = padding + row * (SIZE + padding), padding + col * (SIZE + padding)
+    return frame[top:top + SIZE, left:left + SIZE]
+
+
+def test_vis_correspondence_end_to_end(tmp_path):
+    from datasets.lmdb_dataset import write_lmdb_dataset
+    from tests.test_applications import make_images
+    data = str(tmp_path / 'data')
+    write_lmdb_dataset(data, {SIZE: make_images()})
+    state = make_stn().state_dict()
+    args = argparse.Namespace(transform=['similarity', 'flow'], flow_size=16, num_heads=1)
+    ckpt = save_checkpoint({'t_ema': state, 'args': args}, str(tmp_path / 'stn.pt'))
+    label = np.zeros((SIZE, SIZE, 4), dtype=np.uint8)
+    label[12:16, 10:14] = (255, 0, 0, 255)
+    Image.fromarray(label, 'RGBA').save(tmp_path / 'label.png')
+    out = tmp_path / 'vis'
+    result = run_module('applications.vis_correspondence', '--ckpt', ckpt, '--real_data_path', data, '--real_size',
+                        SIZE, '--label_path', tmp_path / 'label.png', '--objects', '--resolution', SIZE,
+                        '--sigma', 0.5, '--opacity', 1.0, '--length', 4, '--flip_length', 3, '--stage_flip',
+                        '--vis_in_stages', '--n_mean', 4, '--no_flip_inference', '--splat_batch', 8,
+                        '--batch', 2, '--num_workers', 0, '--device', 'cpu', '--out', out, '--fps', 10)
+    assert result.returncode == 0, result.stderr
+    # Stages: mirroring (3 frames), similarity (4), flow (4).
+    grid = 3 + 2 * (SIZE + 3) + 1  # two tiles a row, padded to an even size for H.264
+    assert read_video_info(str(out / 'smoothly_congeal.mp4'))[:3] == (11, grid, grid)
+    assert read_video_info(str(out / 'smoothly_propagate.mp4'))[:3] == (11, grid, grid)
+    # congealing, a 2-frame pause, a 2-frame fade, the propagation, a 1-frame end.
+    assert read_video_info(str(out / 'smooth_correspondence.mp4'))[:3] == (27, grid, grid)
+    assert read_video_info(str(out / 'smoothly_average.mp4'))[:3] == (16, SIZE, SIZE)
+    assert {'initial_average.png', 'stage0_average.png', 'stage1_average.png', 'stage2_average.png',
+            'labeled_average.png'} <= set(os.listdir(out))
+    with VideoReader(str(out / 'smoothly_propagate.mp4')) as reader:
+        frames = [frame.astype(int) for frame in reader]
+    # First frame: the label on the congealed image at its template position; last frame: the
+    # label on the image itself, 4 pixels to the right (where the template's pixels come from).
+    # (Rows 13-14 are one chroma row of H.264's 4:2:0 sampling; the square's edge rows share theirs.)
+    for frame, columns, away in ((frames[0], slice(10, 14), slice(18, 24)), (frames[-1], slice(14, 18), slice(4, 10))):
+        square = tile(frame, 1)[13:15, columns]
+        assert (square[..., 0] > 230).all() and (square[..., 1] < 30).all(), square[..., :2]
+        assert tile(frame, 1)[13:15, away, 0].max() < 120  # no red where the label is not
+    labelled = np.asarray(Image.open(out / 'labeled_average.png')).astype(int)
+    assert (labelled[12:16, 10:14, 0] == 255).all()
