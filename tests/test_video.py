@@ -309,3 +309,27 @@ def test_vis_correspondence_end_to_end(tmp_path):
         assert tile(frame, 1)[13:15, away, 0].max() < 120  # no red where the label is not
     labelled = np.asarray(Image.open(out / 'labeled_average.png')).astype(int)
     assert (labelled[12:16, 10:14, 0] == 255).all()
+
+
+# ----------------------------------------------------------------------------- training visuals
+
+def test_animate_training_visuals(tmp_path, capsys):
+    from applications.animate_training_visuals import main as animate_main
+    run = tmp_path / 'results' / 'demo'
+    run.mkdir(parents=True)
+    for step in (2000, 0, 1000):  # out of order on purpose
+        Image.fromarray(np.full((10, 14, 3), step // 10, dtype=np.uint8)).save(run / f'congealed_real_{step:07d}.png')
+    Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(run / f'flow_real_{0:07d}.png')
+    (run / 'opt.txt').write_text('not a frame')
+    out = tmp_path / 'visuals'
+    assert animate_main(['--exps', 'demo', '--results', str(tmp_path / 'results'), '--out', str(out),
+                         '--visuals', 'congealed_real', '--fps', '5']) == 0
+    assert os.listdir(out / 'demo') == ['congealed_real.mp4']
+    with VideoReader(str(out / 'demo' / 'congealed_real.mp4')) as reader:
+        frames = np.stack(list(reader)).astype(int)
+    assert frames.shape == (3, 10, 14, 3)
+    assert np.abs(frames[:, 4, 6, 0] - [0, 100, 200]).max() <= 3  # iteration order
+    with pytest.raises(SystemExit):
+        animate_main(['--exps', 'demo', '--results', str(tmp_path / 'results'), '--out', str(out),
+                      '--visuals', 'nothing'])
+    assert "no 'nothing_<iteration>.png'" in capsys.readouterr().err
