@@ -12,10 +12,10 @@ Sources:
   (or the first ``--max_images``) stored in order.
 
 ``--synthetic_video OUT.mp4 --frames N --size S --seed SEED`` renders a
-video instead: one synthetic face moving smoothly (utils/synthetic_video.py),
+video instead: one synthetic face moving smoothly (utils/synthetic_world/video.py),
 with its exact keypoints beside it in OUT.keypoints.pt, a float tensor
 (N, 10, 3): x, y in pixels of the S x S frames, then visibility (0/1), in
-the keypoint order of utils/synthetic_world.py (KEYPOINT_NAMES).
+the keypoint order of utils/synthetic_world/keypoints.py (KEYPOINT_NAMES).
 
 Images are made square with ``--pad`` and resized to every ``--size``.
 Unreadable images are skipped and counted. The ``length`` key is written
@@ -40,7 +40,7 @@ import torch
 from tqdm import tqdm
 
 from datasets.lmdb_dataset import LENGTH_KEY, LMDBWriter, is_lmdb_folder, list_sizes, reader_env
-from datasets.pck import (INVERSE_FILE, KEYPOINTS_FILE, META_FILE, PAIRS_FILE, PERMUTATION_FILE,
+from datasets.keypoint_pairs import (INVERSE_FILE, KEYPOINTS_FILE, META_FILE, PAIRS_FILE, PERMUTATION_FILE,
                           THRESHOLDS_FILE, PCKSource, write_pck_files)
 from datasets.spair import SPAIR_PERMUTATIONS, SPAIR_SPLITS
 from datasets.transforms import PAD_MODES, crop_box_edge_padded, make_square
@@ -358,7 +358,7 @@ def prepare_synthetic_video(path, frames, size, seed, fps, factors=None):
     Returns the keypoints path.
     """
     from utils.atomic_io import atomic_write
-    from utils.synthetic_video import iter_synthetic_video
+    from utils.synthetic_world.video import iter_synthetic_video
     from utils.video_io import VideoWriter
     if frames < 1:
         raise UserError(f'--frames must be at least 1 (got {frames})')

@@ -32,12 +32,13 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from applications import (build_dataset, determine_flips, load_stn, make_grid_array, report_option_problems,
-                          save_png, stn_kwargs, to_uint8, vis_correspondence_argparse)
+                          save_png, stn_kwargs, vis_correspondence_argparse)
 from applications.propagation import load_labels, splat_label
 from models.spatial_transformers import MipmapWarp
 from models.spatial_transformers.geometry import identity_grid, resize_grid
 from utils.distributed import choose_device
 from utils.errors import UserError, exit_on_user_error
+from utils.image_io import tensor_to_uint8
 from utils.options import parse_eval_options
 from utils.video_io import VideoWriter, check_writable_folder
 
@@ -227,29 +228,29 @@ def average_videos(t, opt, dataset, policy_for, labels, warper, folder, device):
                 totals[index] += warper(images, torch.lerp(grids[first], grids[second], a)).sum(0)
                 index += 1
     averages = totals / count
-    save_png(to_uint8(averages[0], value_range=None), os.path.join(folder, 'initial_average.png'))
+    save_png(tensor_to_uint8(averages[0], value_range=None), os.path.join(folder, 'initial_average.png'))
     end = 0
     for stage, (_, _, length) in enumerate(steps):
         end += length
-        save_png(to_uint8(averages[end - 1], value_range=None), os.path.join(folder, f'stage{stage}_average.png'))
+        save_png(tensor_to_uint8(averages[end - 1], value_range=None), os.path.join(folder, f'stage{stage}_average.png'))
     lo = averages.amin(dim=(1, 2, 3), keepdim=True)
     hi = averages.amax(dim=(1, 2, 3), keepdim=True)
     stretched = (averages - lo) / (hi - lo).clamp_min(1e-5) * 2 - 1
     with VideoWriter(os.path.join(folder, 'smoothly_average.mp4'), opt.fps) as video:
         for frame in stretched:
-            video.write(to_uint8(frame))
+            video.write(tensor_to_uint8(frame))
         if labels:
             label = labels[0]
             last = stretched[-1:]
             labelled = splat_label(last, label.pixels_at(size).unsqueeze(0), label.colours, label.alpha, opt)
-            save_png(to_uint8(labelled[0]), os.path.join(folder, 'labeled_average.png'))
+            save_png(tensor_to_uint8(labelled[0]), os.path.join(folder, 'labeled_average.png'))
             pause = max(2, opt.length // 4)
             for _ in range(pause):
-                video.write(to_uint8(last[0]))
+                video.write(tensor_to_uint8(last[0]))
             for a in ease(pause, device):
-                video.write(to_uint8(torch.lerp(last, labelled, a)[0]))
+                video.write(tensor_to_uint8(torch.lerp(last, labelled, a)[0]))
             for _ in range(max(1, opt.length // 48)):
-                video.write(to_uint8(labelled[0]))
+                video.write(tensor_to_uint8(labelled[0]))
     print(f"Saved the average of {count} images to {os.path.join(folder, 'smoothly_average.mp4')}")
 
 

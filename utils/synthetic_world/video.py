@@ -11,8 +11,10 @@ import math
 
 import torch
 
-from utils.synthetic_world import (BACKGROUND_NOISE_SHAPE, FACTOR_SLICES, FUR_NOISE_SHAPE, NUM_FACTORS,
-                                   WorldFactors, params_from_factors, render, to_uint8)
+from utils.image_io import tensor_to_uint8
+from utils.synthetic_world.drawing import render
+from utils.synthetic_world.factors import (BACKGROUND_NOISE_SHAPE, FACTOR_SLICES, FUR_NOISE_SHAPE, NUM_FACTORS,
+                                           WorldFactors, params_from_factors)
 
 # Factors that move, as (group, first index inside the group, count); gaze is texture entries 5 and 6.
 MOVING_FACTORS = (('scale', 0, 1), ('rotation', 0, 1), ('translation', 0, 2), ('texture', 5, 2))
@@ -52,4 +54,4 @@ def iter_synthetic_video(frames, size, seed, factors=None, batch_size=32):
                                      factors)
         with torch.no_grad():
             images, keypoints = render(params, size)
-        yield to_uint8(images), keypoints.cpu()
+        yield tensor_to_uint8(images), keypoints.cpu()
