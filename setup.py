@@ -30,6 +30,8 @@ setup(
         'filelock',
     ],
     extras_require={
-        'dev': ['pytest', 'scipy'],
+        # Video in and out (FFmpeg's libraries ship inside the PyAV wheel).
+        'video': ['av>=12'],
+        'dev': ['pytest', 'scipy', 'av>=12'],
     },
 )
