@@ -122,7 +122,7 @@ def _congeal_group(t, classifier, opt, images):
     height, width = images.shape[-2:]
     source = border_pad_square(images)
     inputs = resize_for_stn(source, opt.flow_size)
-    inputs, mirrored, _, policy = decide_heads(opt, t, classifier, inputs)
+    inputs, mirrored, _, policy = decide_heads(opt, t, classifier, inputs, opt.cluster)
     source = torch.where(mirrored.view(-1, 1, 1, 1), source.flip(3), source)
     congealed, grid, matrix = similarity_warp(t, inputs, source, policy, opt)
     bounds = torch.tensor([[height, width]], dtype=torch.float32, device=images.device).expand(images.size(0), 2)
