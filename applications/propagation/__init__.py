@@ -18,6 +18,7 @@ from PIL import Image
 from applications import cluster_policy, determine_flips, stn_kwargs
 from ops.splat import splat_points
 from utils.errors import UserError
+from utils.image_io import image_has_alpha
 
 # The 'plasma' colour map at 0, 1/4, 1/2, 3/4 and 1, interpolated linearly in between.
 PLASMA_ANCHORS = ((13, 8, 135), (126, 3, 168), (204, 71, 120), (248, 149, 64), (240, 249, 33))
@@ -83,11 +84,6 @@ def label_from_rgba(rgba, has_alpha, resolution, objects, device, name='label'):
         colours = colour_map(points.size(0), device)
         alpha = torch.ones_like(alpha)
     return points, colours, alpha
-
-
-def image_has_alpha(image):
-    """Whether a PIL image carries transparency (an alpha band or a transparent colour)."""
-    return image.mode in ('RGBA', 'LA', 'PA') or 'transparency' in image.info
 
 
 def load_label(path, resolution, objects, device):
