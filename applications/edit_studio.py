@@ -77,16 +77,16 @@ def page_url(sock):
     return f'http://{host}:{port}/'
 
 
-@exit_on_user_error
-def main(argv=None):
+def build_engine(argv=None, verbose=True):
+    """Parse the options, load the transformer and the dataset -> (options, StudioEngine).
+
+    Raises UserError (argparse problems exit 2) before anything is served.
+    """
     parser = studio_argparse()
-    opt = parse_eval_options(parser, argv)
+    opt = parse_eval_options(parser, argv, verbose=verbose)
     report_option_problems(parser, studio_problems(opt))
     require_studio_dependencies()
-    import uvicorn
-
     from applications.studio.engine import StudioEngine
-    from applications.studio.server import build_app
 
     if launched_by_torchrun():
         raise UserError('the edit studio runs in one process; start it with python -m, not torchrun')
@@ -101,13 +101,21 @@ def main(argv=None):
         raise UserError(f'--cluster {opt.cluster} does not exist: this model has {opt.num_heads} clusters '
                         f'(0 to {opt.num_heads - 1})')
     os.makedirs(opt.out, exist_ok=True)
-    engine = StudioEngine(opt, t, dataset, device)
+    return opt, StudioEngine(opt, t, dataset, device)
+
+
+@exit_on_user_error
+def main(argv=None):
+    opt, engine = build_engine(argv)
+    import uvicorn
+
+    from applications.studio.server import build_app
+
     sock = bind_socket(opt.host, opt.port)
     engine.request_average(engine.default_cluster())
-    app = build_app(engine)
     print(f'Edit studio: open {page_url(sock)} in a browser (Ctrl+C stops it). Exports go to {opt.out}',
           flush=True)
-    config = uvicorn.Config(app, log_level='warning', access_log=False)
+    config = uvicorn.Config(build_app(engine), log_level='warning', access_log=False)
     uvicorn.Server(config).run(sockets=[sock])
 
 
