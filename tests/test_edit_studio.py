@@ -20,7 +20,8 @@ pytest.importorskip('starlette', reason='the studio extra is not installed (pip 
 pytest.importorskip('httpx', reason='the test client needs httpx (pip install -e .[dev])')
 from starlette.testclient import TestClient  # noqa: E402
 
-from applications.edit_studio import build_engine  # noqa: E402
+from applications.edit_studio import main as studio_main  # noqa: E402
+from applications.studio.launch import build_engine  # noqa: E402
 from applications.propagate_to_images import main as propagate_main  # noqa: E402
 from applications.studio import require_studio_dependencies  # noqa: E402
 from applications.studio.engine import MAX_UPLOAD_BYTES  # noqa: E402
@@ -277,12 +278,6 @@ def test_missing_web_dependencies_say_how_to_install_them(monkeypatch):
     assert "pip install -e '.[studio]'" in str(info.value) and 'uvicorn' in str(info.value)
 
 
-def run_module(*args, timeout=120):
-    env = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS='1')
-    return subprocess.run([sys.executable, '-m', 'applications.edit_studio', *map(str, args)], cwd=REPO,
-                          env=env, capture_output=True, text=True, timeout=timeout)
-
-
 def test_command_line_serves_the_page_on_a_synthetic_dataset(world, tmp_path):
     import httpx
 
@@ -317,14 +312,37 @@ def test_command_line_serves_the_page_on_a_synthetic_dataset(world, tmp_path):
         process.wait(timeout=30)
 
 
-def test_command_line_refuses_bad_input_with_one_line(world, tmp_path):
-    missing = run_module('--ckpt', tmp_path / 'nope.pt', '--real_data_path', world['data'], '--real_size', SIZE,
-                         '--device', 'cpu', '--port', '0', '--out', tmp_path / 'o')
-    assert missing.returncode == 1 and 'Traceback' not in missing.stderr
-    errors = [line for line in missing.stderr.splitlines() if line.startswith('error:')]
+def test_command_line_refuses_bad_input_with_one_line(world, tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        studio_main(['--ckpt', str(tmp_path / 'nope.pt'), '--real_data_path', world['data'], '--real_size',
+                     str(SIZE), '--device', 'cpu', '--port', '0', '--out', str(tmp_path / 'o')])
+    assert info.value.code == 1
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith('error:')]
     assert len(errors) == 1 and 'nope.pt' in errors[0]
-    unused = run_module('--ckpt', world['ckpt'], '--real_data_path', world['data'], '--save_individual_images')
-    assert unused.returncode == 2 and '--save_individual_images does not apply' in unused.stderr
-    no_template = run_module('--ckpt', world['ckpt'], '--real_data_path', world['data'], '--n_mean', '-1')
-    assert no_template.returncode == 2 and 'needs a template' in no_template.stderr
+    for flags, words in ((['--save_individual_images'], '--save_individual_images does not apply'),
+                         (['--n_mean', '-1'], 'needs a template'), (['--port', '70000'], '--port')):
+        with pytest.raises(SystemExit) as info:
+            studio_main(['--ckpt', world['ckpt'], '--real_data_path', world['data'], *flags])
+        assert info.value.code == 2 and words in capsys.readouterr().err
     assert not (tmp_path / 'o').exists()
+
+
+def test_alignment_is_kept_between_previews_of_the_same_images(world, tmp_path, monkeypatch):
+    import applications.studio.engine as engine_module
+
+    engine, client = studio(world, tmp_path, '--resolution', SIZE)
+    aligned = []
+    real_congeal = engine_module.congeal
+    monkeypatch.setattr(engine_module, 'congeal',
+                        lambda t, opt, images: aligned.append(images.size(0)) or real_congeal(t, opt, images))
+    client.post('/api/label', content=png_bytes(square_label()))
+    request = {'selection': {'mode': 'indices', 'indices': [0, 1, 2]}, 'objects': True}
+    first = post_json(client, '/api/preview', request).json()
+    client.post('/api/label', content=png_bytes(square_label((0, 255, 0, 255))))
+    second = post_json(client, '/api/preview', request).json()
+    assert aligned == [3]  # the second preview reused the alignment...
+    for a, b in zip(first['items'], second['items']):
+        assert a['congealed'] == b['congealed'] and a['propagated'] != b['propagated']  # ...with the new label
+        assert (decode_data_url(b['propagated'])[12:16, 14:18, 1] > decode_data_url(a['propagated'])[12:16, 14:18, 1]).all()
+    post_json(client, '/api/preview', dict(request, selection={'mode': 'indices', 'indices': [2, 3]}))
+    assert aligned == [3, 1]  # only the new image is aligned

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.browser
 pytest.importorskip('starlette', reason='the studio extra is not installed (pip install -e .[studio])')
 pytest.importorskip('selenium', reason='selenium is not installed (pip install -e .[dev])')
 
-from applications.edit_studio import bind_socket, build_engine, page_url  # noqa: E402
+from applications.studio.launch import bind_socket, build_engine, page_url  # noqa: E402
 from applications.studio.server import build_app  # noqa: E402
 from tests.studio_world import SHIFT_PIXELS, SIZE, make_world, studio_argv  # noqa: E402
 

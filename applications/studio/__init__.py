@@ -1,7 +1,8 @@
 """The edit studio: a local web page to draw an edit on the congealed template
 and preview its propagation (``python -m applications.edit_studio``).
 
-``engine`` holds the model, the data and the label and does the work through
+``launch`` parses the options and loads the model and the data; ``engine``
+holds them and the label and does the work through
 ``applications.propagation``; ``server`` exposes it over HTTP (a Starlette
 app); ``static/`` is the page itself (plain HTML, CSS and JavaScript, nothing
 fetched from elsewhere).

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 
-from applications import to_uint8
+from applications import cluster_policy, to_uint8
 from applications.propagation import (annotate_template, congeal, congealed_sum, label_from_rgba,
                                       label_pixels_to_template, option_problems, propagate)
 from utils.atomic_io import atomic_write
@@ -35,6 +35,7 @@ MAX_UPLOAD_BYTES = 8 * 1024 * 1024  # labels and objects are small PNGs; more is
 MAX_UPLOAD_SIDE = 4096  # pixels per side of an uploaded label or object
 MAX_PREVIEW_IMAGES = 64
 PREVIEW_SIDE = 256  # preview images larger than this are shrunk before they are sent
+CONGEAL_CACHE = 64  # images whose alignment is kept between previews
 SELECTION_MODES = ('first', 'random', 'indices')
 EXPORT_NAME = re.compile(r'^propagated-[0-9]{8}-[0-9]{6}-[0-9]{3}\.zip$')
 AVERAGES_FOLDER = 'congealed_averages'
@@ -88,6 +89,7 @@ class StudioEngine:
         self.state_lock = threading.Lock()  # the averages' progress records
         self.averages = {}
         self.label = None  # uint8 (H, W, 4) RGBA
+        self._congeal_cache = {}  # (index, cluster) -> (image, input, mirrored, congealed), oldest first
         if opt.label_path is not None:
             self.set_label(self._read_start_label(opt.label_path))
 
@@ -350,14 +352,38 @@ class StudioEngine:
                                f'takes any number')
         return indices
 
-    def _propagate_batches(self, opt, indices, label):
+    def _congealed(self, opt, indices):
+        """(images, inputs, mirrored, congealed) of ``indices`` for ``opt.cluster``; needs model_lock.
+
+        The flip decision and the alignment do not depend on the label, so they
+        are kept for the last CONGEAL_CACHE images: a new stroke on the same
+        images costs only the propagation.
+        """
+        missing = [i for i in indices if (i, opt.cluster) not in self._congeal_cache]
+        if missing:
+            images = torch.stack([self.dataset[i] for i in missing]).to(self.device)
+            inputs, mirrored, _, congealed = congeal(self.t, opt, images)
+            for k, index in enumerate(missing):
+                self._congeal_cache[(index, opt.cluster)] = (images[k], inputs[k], mirrored[k], congealed[k])
+        parts = [self._congeal_cache[(i, opt.cluster)] for i in indices]
+        for key in indices:  # most recently used last
+            self._congeal_cache[(key, opt.cluster)] = self._congeal_cache.pop((key, opt.cluster))
+        while len(self._congeal_cache) > max(CONGEAL_CACHE, len(indices)):
+            self._congeal_cache.pop(next(iter(self._congeal_cache)))
+        return tuple(torch.stack(column) for column in zip(*parts))
+
+    def _propagate_batches(self, opt, indices, label, cache=True):
         """Yield (indices, images, congealed, propagated) in batches of ``opt.batch``; needs model_lock."""
         points, colours, alpha = label
         template_label = (label_pixels_to_template(points, opt.resolution), colours, alpha)
         for start in range(0, len(indices), opt.batch):
             chunk = indices[start:start + opt.batch]
-            images = torch.stack([self.dataset[i] for i in chunk]).to(self.device)
-            inputs, mirrored, policy, congealed = congeal(self.t, opt, images)
+            if cache:
+                images, inputs, mirrored, congealed = self._congealed(opt, chunk)
+                policy = cluster_policy(opt, len(chunk), self.device)
+            else:
+                images = torch.stack([self.dataset[i] for i in chunk]).to(self.device)
+                inputs, mirrored, policy, congealed = congeal(self.t, opt, images)
             propagated = propagate(self.t, opt, images, inputs, mirrored, policy, template_label)
             yield chunk, images, congealed, propagated
 
@@ -419,7 +445,7 @@ class StudioEngine:
             with zipfile.ZipFile(f, 'w', compression=zipfile.ZIP_STORED) as archive:
                 archive.writestr('label.png', label_png)
                 archive.writestr('template_annotated.png', annotated)
-                for chunk, _, _, propagated in self._propagate_batches(opt, indices, label):
+                for chunk, _, _, propagated in self._propagate_batches(opt, indices, label, cache=False):
                     for index, array in zip(chunk, to_uint8(propagated)):
                         archive.writestr(f'propagated/{index:0{width}d}.png', encode_image(array))
         with self.model_lock:
