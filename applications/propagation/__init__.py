@@ -172,19 +172,3 @@ def annotate_template(template, label_points, label_colours, label_alpha, resolu
     return splat_points(template, points, sigma=opt.sigma, opacity=opt.opacity,
                         colors=label_colours.unsqueeze(0), alpha_channel=label_alpha.unsqueeze(0))
 
-
-@torch.no_grad()
-def congealed_sum(t, opt, batches, device, progress=None):
-    """Sum of congealed images over ``batches`` (an iterable of (N, 3, S, S) tensors).
-
-    ``progress(count)`` is called after each batch with the images done so far.
-    Returns (1, 3, R, R) on ``device`` with R = opt.output_resolution.
-    """
-    total = torch.zeros(1, 3, opt.output_resolution, opt.output_resolution, device=device)
-    done = 0
-    for images in batches:
-        total += congeal(t, opt, images.to(device))[3].sum(dim=0, keepdim=True)
-        done += images.size(0)
-        if progress is not None:
-            progress(done)
-    return total

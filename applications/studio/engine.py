@@ -23,13 +23,14 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 
-from applications import cluster_policy, to_uint8
-from applications.propagation import (annotate_template, congeal, congealed_sum, label_from_rgba,
-                                      label_pixels_to_template, option_problems, propagate)
+from applications import cluster_policy
+from applications.propagation import (annotate_template, congeal, label_from_rgba, label_pixels_to_template,
+                                      option_problems, propagate)
+from models.gangealing import CongealedMean
 from utils.atomic_io import atomic_write
 from utils.errors import UserError
 from utils.image_io import (UntrustedImageError, array_to_tensor, decode_untrusted_image, encode_image,
-                            read_image_file, resize_array)
+                            read_image_file, resize_array, tensor_to_uint8)
 
 MAX_UPLOAD_BYTES = 8 * 1024 * 1024  # labels and objects are small PNGs; more is refused unread
 MAX_UPLOAD_SIDE = 4096  # pixels per side of an uploaded label or object
@@ -249,11 +250,13 @@ class StudioEngine:
         loader = DataLoader(Subset(self.dataset, list(range(count))), batch_size=opt.batch, shuffle=False,
                             num_workers=opt.num_workers, drop_last=False,
                             multiprocessing_context='spawn' if opt.num_workers > 0 else None)
+        mean = CongealedMean(1, 3, opt.output_resolution, self.device)
         with self.model_lock:
-            total = congealed_sum(self.t, opt, loader, self.device,
-                                  progress=lambda done: self._progress(cluster, done))
+            for images in loader:
+                mean.add(congeal(self.t, opt, images.to(self.device))[3])
+                self._progress(cluster, int(mean.counts.sum().item()))
         # Stretched to the full range, as propagate_to_images saves average.png.
-        image = to_uint8(total[0] / count, value_range=None)
+        image = tensor_to_uint8(mean.result()[0][0], value_range=None)
         atomic_write(path, lambda f: f.write(encode_image(image)))
         print(f'edit studio: template of cluster {cluster} saved to {path}', flush=True)
         return image
@@ -392,7 +395,7 @@ class StudioEngine:
         average = self.wait_for_average(opt.cluster)
         points, colours, alpha = label
         tensor = array_to_tensor(average).unsqueeze(0).to(self.device)
-        return to_uint8(annotate_template(tensor, points, colours, alpha, opt.resolution, opt))[0]
+        return tensor_to_uint8(annotate_template(tensor, points, colours, alpha, opt.resolution, opt))[0]
 
     def preview(self, request):
         """Propagate the current label onto a few images.
@@ -409,9 +412,9 @@ class StudioEngine:
         with self.model_lock:
             label = self._label_tensors(opt)
             for chunk, images, congealed, propagated in self._propagate_batches(opt, indices, label):
-                originals = to_uint8(_shrink(images, PREVIEW_SIDE))
-                aligned = to_uint8(_shrink(congealed, PREVIEW_SIDE))
-                edited = to_uint8(_shrink(propagated, PREVIEW_SIDE))
+                originals = tensor_to_uint8(_shrink(images, PREVIEW_SIDE))
+                aligned = tensor_to_uint8(_shrink(congealed, PREVIEW_SIDE))
+                edited = tensor_to_uint8(_shrink(propagated, PREVIEW_SIDE))
                 for k, index in enumerate(chunk):
                     items.append({'index': index, 'original': _data_url(originals[k]),
                                   'congealed': _data_url(aligned[k]), 'propagated': _data_url(edited[k])})
@@ -446,7 +449,7 @@ class StudioEngine:
                 archive.writestr('label.png', label_png)
                 archive.writestr('template_annotated.png', annotated)
                 for chunk, _, _, propagated in self._propagate_batches(opt, indices, label, cache=False):
-                    for index, array in zip(chunk, to_uint8(propagated)):
+                    for index, array in zip(chunk, tensor_to_uint8(propagated)):
                         archive.writestr(f'propagated/{index:0{width}d}.png', encode_image(array))
         with self.model_lock:
             atomic_write(os.path.join(self.opt.out, name), write)
