@@ -81,7 +81,7 @@ def main(argv=None):
         data, ckpt = make_inputs(folder, args.size, max(args.counts) * (args.reps + 1))
         for device in devices:
             _, engine = build_engine(['--ckpt', ckpt, '--real_data_path', data, '--real_size', str(args.size),
-                                      '--resolution', str(args.resolution), '--device', device,
+                                      '--resolution', str(args.resolution), '--device', device, '--n_mean', '4',
                                       '--out', os.path.join(folder, 'out')], verbose=False)
             engine.set_label(encode_image(disc_label(args.size, args.coverage)))
             points = int((engine.label[..., 3] > 0).sum() * (args.resolution / args.size) ** 2)
