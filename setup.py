@@ -1,6 +1,13 @@
-"""Installs the GANgealing trainer: `pip install -e .` (add `[dev]` for the tests, `[studio]` for the
-edit studio's web page)."""
-from setuptools import find_packages, setup
+"""Installs what the GANgealing trainer needs: `pip install -e .` (add `[dev]` for the tests,
+`[studio]` for the edit studio's web page, `[video]` for video in and out).
+
+The project runs from its checkout (`python train.py`, `python -m applications.NAME`,
+`torchrun ... train.py` from the repository root). Its packages have generic names
+(`models`, `datasets`, `utils`, ...), so none of them is installed into site-packages,
+where they would shadow (or be shadowed by) other packages of those names, such as
+Hugging Face's `datasets`.
+"""
+from setuptools import setup
 
 setup(
     name='gangealing-trainer',
@@ -8,10 +15,8 @@ setup(
     description='GAN-supervised dense visual alignment (GANgealing): training, '
                 'alignment of real images, edit propagation and PCK-Transfer evaluation',
     python_requires='>=3.9',
-    packages=find_packages(include=['applications*', 'datasets*', 'models*', 'ops*', 'utils*']),
-    py_modules=['train', 'prepare_data'],
-    package_data={'ops': ['cuda/*.cu', 'cuda/*.cpp', 'cuda/*.h', 'cuda/*.cuh'],
-                  'applications.studio': ['static/*.html', 'static/*.css', 'static/*.js']},
+    packages=[],
+    py_modules=[],
     install_requires=[
         # Tested with torch 2.14.1 / torchvision 0.29.1; older 2.x releases work too.
         'torch>=2.1',
@@ -26,9 +31,11 @@ setup(
         'filelock',
     ],
     extras_require={
+        # Video in and out (FFmpeg's libraries ship inside the PyAV wheel).
+        'video': ['av>=12'],
         # The edit studio's web page (python -m applications.edit_studio).
         'studio': ['starlette', 'uvicorn'],
-        # The tests, including the studio's: httpx for its test client, selenium to drive Chromium.
-        'dev': ['pytest', 'scipy', 'starlette', 'uvicorn', 'httpx', 'selenium'],
+        # The tests; httpx is the studio's test client, selenium drives Chromium.
+        'dev': ['pytest', 'scipy', 'av>=12', 'starlette', 'uvicorn', 'httpx', 'selenium'],
     },
 )

@@ -17,7 +17,10 @@ Outputs (in --out):
 
 The label lives in congealed space. Each of its pixels is sent through the
 inverse warp (a lookup in the transformer's sampling grid) to where it sits in
-the image, and splatted there with a Gaussian (--sigma) blended at --opacity.
+the image, and splatted there with a Gaussian (--sigma) blended at --opacity
+(--blend_alg: alpha or Laplacian blending). Without --objects the label is
+coloured along a colour scale (turbo; a clustering model's --cluster picks
+that cluster's scale).
 Every file is written to a temporary name and renamed when complete.
 """
 import os
@@ -27,11 +30,10 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Subset
 
-from applications import (build_dataset, load_stn, propagation_argparse, report_option_problems, save_grid,
-                          save_png)
-from applications.propagation import (annotate_template, congeal, label_pixels_to_template, load_label,
-                                      option_problems, propagate)
+from applications import build_dataset, load_stn, propagation_argparse, report_option_problems, save_grid, save_png
+from applications.propagation import Label, congeal, load_label, option_problems, propagate, splat_label
 from models.gangealing import CongealedMean
+from utils.colour_scales import scale_for_cluster
 from utils.distributed import all_gather_tensor, cleanup, is_main_process, rank_share, setup_distributed
 from utils.errors import UserError, exit_on_user_error
 from utils.image_io import tensor_to_uint8
@@ -110,7 +112,7 @@ def process_selection(t, opt, dataset, device, label):
         inputs, mirrored, policy, congealed = congeal(t, opt, images)
         outputs = {'input_images': images, 'congealed_images': congealed}
         if label is not None:
-            outputs['propagated'] = propagate(t, opt, images, inputs, mirrored, policy, label)
+            outputs['propagated'] = propagate(t, opt, images, inputs, mirrored, policy, label, opt.blend_alg)
         for kind, batch in outputs.items():
             grids.add(kind, batch_positions, batch)
             write_individual(opt, kind, batch_positions, batch)
@@ -124,7 +126,7 @@ def process_selection(t, opt, dataset, device, label):
             save_grid(gathered, os.path.join(opt.out, f'{kind}_grid.png'))
 
 
-def annotate_average(opt, label_points, label_colours, label_alpha, device):
+def annotate_average(opt, label, device):
     """Draw the label on the average congealed image; saves average_annotated_grid.png."""
     if not os.path.isfile(opt.average_path):
         raise UserError(f"average image '{opt.average_path}' does not exist; check --average_path")
@@ -135,7 +137,8 @@ def annotate_average(opt, label_points, label_colours, label_alpha, device):
     except OSError as e:
         raise UserError(f"average image '{opt.average_path}' could not be read ({e})") from None
     average = torch.from_numpy(average).permute(2, 0, 1).unsqueeze(0).to(device) / 127.5 - 1
-    annotated = annotate_template(average, label_points, label_colours, label_alpha, opt.resolution, opt)
+    annotated = splat_label(average, label.pixels_at(size).unsqueeze(0), label.colours, label.alpha, opt,
+                            opt.blend_alg)
     save_grid(annotated, os.path.join(opt.out, 'average_annotated_grid.png'))
     write_individual(opt, 'average_annotated', [0], annotated)
 
@@ -156,14 +159,14 @@ def main(argv=None):
                             f'(0 to {opt.num_heads - 1})')
         label = None
         if opt.label_path is not None:
-            points, colours, alpha = load_label(opt.label_path, opt.resolution, opt.objects, device)
-            label = (label_pixels_to_template(points, opt.resolution), colours, alpha)
+            scale = scale_for_cluster(opt.cluster if opt.num_heads > 1 else None)
+            label = Label(*load_label(opt.label_path, opt.resolution, opt.objects, device, scale), opt.resolution)
         os.makedirs(opt.out, exist_ok=True)
         if opt.n_mean > 0:
             _, opt.average_path = average_congealed(t, opt, dataset, device)
         process_selection(t, opt, dataset, device, label)
         if label is not None and opt.average_path is not None and is_main_process():
-            annotate_average(opt, points, colours, alpha, device)
+            annotate_average(opt, label, device)
         if is_main_process():
             print(f'All output images are in {opt.out}')
     finally:

@@ -166,10 +166,10 @@ def test_preview_propagates_a_known_label_as_the_command_line_does(world, tmp_pa
         written = decode_png((cli_out / 'propagated' / f'{position:03}.png').read_bytes()).astype(np.int64)
         assert (written == previews[index]).all()
 
-    # Mask mode: the label's pixels carry the colour map instead of their colours.
+    # Mask mode: the label's pixels carry the colour scale instead of their colours.
     result = post_json(client, '/api/preview', dict(request, objects=False)).json()
     propagated = decode_data_url(result['items'][0]['propagated']).astype(np.int64)
-    assert (propagated[12:16, 14:18, 0] > 0).all()  # the images have no red; the plasma map does
+    assert (propagated[12:16, 14:18, 0] > 0).all()  # the images have no red; the colour scale does
     assert not (propagated[12:16, 14:18] == (255, 0, 0)).all(axis=-1).any()
     assert (propagated[outside] == images[1][outside]).all()
 

@@ -1,7 +1,5 @@
 """Spatial transformer state dicts: the official t_ema layout, loading with and
 without fixed buffers, and readable errors for weights of another configuration."""
-import json
-import pathlib
 import re
 
 import pytest
@@ -11,16 +9,13 @@ from utils.errors import UserError
 from models import get_stn
 from models.spatial_transformers import describe_stn_config, infer_stn_config
 from models.spatial_transformers import stn_from_state_dict
+from tests.official_schema import official_modules
 
-SCHEMA_PATH = (pathlib.Path(__file__).resolve().parents[1].parent / 'shared' / 'compat' /
-               'official_checkpoint_schema.json')
 SMALL = dict(channel_multiplier=0.125, max_channels=32)
 
 
 def official_stn_schemas():
-    if not SCHEMA_PATH.exists():
-        pytest.skip('the official checkpoint schema (../shared/compat) is not beside this checkout')
-    modules = json.loads(SCHEMA_PATH.read_text())['modules']
+    modules = official_modules()
     return {name: keys for name, keys in modules.items() if name.startswith('t_ema ')}
 
 

@@ -1,8 +1,6 @@
 """StyleGAN2 generator: official schema, loading, mixing, truncation, noise, fp16."""
 import argparse
 import io
-import json
-import os
 import re
 
 import pytest
@@ -11,10 +9,10 @@ import torch
 from models.generators import GENERATORS
 from models.stylegan2 import (Generator, channel_table, convert_ada_state_dict,
                               generator_config_from_state_dict)
-from utils.errors import UserError
+from tests.official_schema import official_schema
+from training.state import load_generator_weights
+from utils.errors import UserError, WeightsMismatchError
 
-SCHEMA = os.path.join(os.path.dirname(__file__), '..', '..', 'shared', 'compat',
-                      'official_checkpoint_schema.json')
 STYLE_DIM = 16
 
 
@@ -44,11 +42,6 @@ def g8():
 def g16():
     torch.manual_seed(2)
     return small_generator(16)
-
-
-def official_schema(key):
-    with open(SCHEMA) as f:
-        return json.load(f)['modules'][key]
 
 
 @pytest.mark.parametrize('size', [8, 16, 32])
@@ -126,12 +119,15 @@ def test_mismatched_configuration_names_both(built, saved, named):
         with torch.device('meta'):
             return Generator(cfg.pop('size'), cfg.pop('style_dim'), cfg.pop('n_mlp'), **cfg)
     G, other = make(built), make(saved)
-    with pytest.raises(UserError) as info:
+    with pytest.raises(WeightsMismatchError) as info:
         G.load_state_dict(other.state_dict())
     message = str(info.value)
     assert all(part in message for part in named), message
-    assert '--gen_size' in message
+    assert '--' not in message  # the model speaks of its settings; flags are the trainer's to name
     assert 'Missing key' not in message and 'Unexpected key' not in message
+    with pytest.raises(UserError) as info:  # the trainer adds which flags set them
+        load_generator_weights(G, {'g_ema': other.state_dict()}, 'saved.pt')
+    assert str(info.value).startswith('saved.pt: ') and '--gen_size' in str(info.value)
 
 
 def test_non_generator_weights_give_readable_error(g8):

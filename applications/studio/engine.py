@@ -24,9 +24,9 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 
 from applications import cluster_policy
-from applications.propagation import (annotate_template, congeal, label_from_rgba, label_pixels_to_template,
-                                      option_problems, propagate)
+from applications.propagation import Label, congeal, label_from_rgba, option_problems, propagate, splat_label
 from models.gangealing import CongealedMean
+from utils.colour_scales import scale_for_cluster
 from utils.atomic_io import atomic_write
 from utils.errors import UserError
 from utils.image_io import (UntrustedImageError, array_to_tensor, decode_untrusted_image, encode_image,
@@ -305,14 +305,16 @@ class StudioEngine:
         return None if label is None else encode_image(label)
 
     def _label_tensors(self, opt):
+        """The current label as a Label for ``opt`` (resolution, objects, the cluster's colour scale)."""
         if self.label is None:
             raise RequestError('there is no label yet: draw on the template or load a label first')
+        scale = scale_for_cluster(opt.cluster if self.num_clusters > 1 else None)
         try:
             points, colours, alpha = label_from_rgba(self.label.astype(np.float32) / 255.0, True, opt.resolution,
-                                                     opt.objects, self.device, name='the label')
+                                                     opt.objects, self.device, scale=scale, name='the label')
         except UserError as e:
             raise RequestError(str(e)) from None
-        return points, colours, alpha
+        return Label(points, colours, alpha, opt.resolution)
 
     # ------------------------------------------------------------------ selections, previews, exports
 
@@ -377,8 +379,6 @@ class StudioEngine:
 
     def _propagate_batches(self, opt, indices, label, cache=True):
         """Yield (indices, images, congealed, propagated) in batches of ``opt.batch``; needs model_lock."""
-        points, colours, alpha = label
-        template_label = (label_pixels_to_template(points, opt.resolution), colours, alpha)
         for start in range(0, len(indices), opt.batch):
             chunk = indices[start:start + opt.batch]
             if cache:
@@ -387,15 +387,16 @@ class StudioEngine:
             else:
                 images = torch.stack([self.dataset[i] for i in chunk]).to(self.device)
                 inputs, mirrored, policy, congealed = congeal(self.t, opt, images)
-            propagated = propagate(self.t, opt, images, inputs, mirrored, policy, template_label)
+            propagated = propagate(self.t, opt, images, inputs, mirrored, policy, label, opt.blend_alg)
             yield chunk, images, congealed, propagated
 
     def annotated_template(self, opt, label):
         """The template of ``opt.cluster`` with the label drawn on it, uint8 (R, R, 3)."""
         average = self.wait_for_average(opt.cluster)
-        points, colours, alpha = label
         tensor = array_to_tensor(average).unsqueeze(0).to(self.device)
-        return tensor_to_uint8(annotate_template(tensor, points, colours, alpha, opt.resolution, opt))[0]
+        annotated = splat_label(tensor, label.pixels_at(tensor.size(-1)).unsqueeze(0), label.colours, label.alpha,
+                                opt, opt.blend_alg)
+        return tensor_to_uint8(annotated)[0]
 
     def preview(self, request):
         """Propagate the current label onto a few images.
