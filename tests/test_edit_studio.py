@@ -159,7 +159,8 @@ def test_preview_propagates_a_known_label_as_the_command_line_does(world, tmp_pa
     label_path.write_bytes(client.get('/api/label').content)
     cli_out = tmp_path / 'cli'
     propagate_main(['--ckpt', world['ckpt'], '--real_data_path', world['data'], '--real_size', str(SIZE),
-                    '--label_path', str(label_path), '--objects', '--resolution', str(SIZE), '-s', '0.5', '-o', '1.0', '--dset_indices',
+                    '--label_path', str(label_path), '--objects', '--resolution', str(SIZE), '-s', '0.5', '-o', '1.0',
+                    '--dset_indices',
                     '1', '3', '6', '--save_individual_images', '--num_workers', '0', '--device', 'cpu',
                     '--out', str(cli_out)])
     for position, index in enumerate([1, 3, 6]):
@@ -343,6 +344,7 @@ def test_alignment_is_kept_between_previews_of_the_same_images(world, tmp_path, 
     assert aligned == [3]  # the second preview reused the alignment...
     for a, b in zip(first['items'], second['items']):
         assert a['congealed'] == b['congealed'] and a['propagated'] != b['propagated']  # ...with the new label
-        assert (decode_data_url(b['propagated'])[12:16, 14:18, 1] > decode_data_url(a['propagated'])[12:16, 14:18, 1]).all()
+        green_before = decode_data_url(a['propagated'])[12:16, 14:18, 1]
+        assert (decode_data_url(b['propagated'])[12:16, 14:18, 1] > green_before).all()
     post_json(client, '/api/preview', dict(request, selection={'mode': 'indices', 'indices': [2, 3]}))
     assert aligned == [3, 1]  # only the new image is aligned

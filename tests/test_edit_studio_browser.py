@@ -109,7 +109,10 @@ for (const fig of document.querySelectorAll('#grid figure.item')) {
     const rows = [];
     for (let y = 0; y < canvas.height; y++) {
       const row = [];
-      for (let x = 0; x < canvas.width; x++) { const i = 4 * (y * canvas.width + x); row.push([data[i], data[i + 1], data[i + 2]]); }
+      for (let x = 0; x < canvas.width; x++) {
+        const i = 4 * (y * canvas.width + x);
+        row.push([data[i], data[i + 1], data[i + 2]]);
+      }
       rows.push(row);
     }
     out[fig.dataset.index][kind] = rows;
