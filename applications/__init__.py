@@ -162,8 +162,8 @@ def mixed_reality_argparse():
 
 
 def vis_correspondence_argparse():
-    """Evaluation parser with the correspondence-video flags (finish with parse_eval_options)."""
-    return add_vis_correspondence_options(base_eval_argparse())
+    """Evaluation parser with the correspondence-video and flow-score flags (finish with parse_eval_options)."""
+    return add_flow_score_options(add_vis_correspondence_options(base_eval_argparse()))
 
 
 def propagation_argparse():

@@ -31,8 +31,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from applications import (build_dataset, determine_flips, load_stn, make_grid_array, report_option_problems,
-                          save_png, stn_kwargs, vis_correspondence_argparse)
+from applications import (build_dataset, determine_flips, filter_by_flow_scores, flow_score_problems, load_stn,
+                          make_grid_array, report_option_problems, save_png, stn_kwargs, vis_correspondence_argparse)
 from applications.propagation import load_labels, splat_label
 from models.spatial_transformers import MipmapWarp
 from models.spatial_transformers.geometry import identity_grid, resize_grid
@@ -258,11 +258,11 @@ def average_videos(t, opt, dataset, policy_for, labels, warper, folder, device):
 def main(argv=None):
     parser = vis_correspondence_argparse()
     opt = parse_eval_options(parser, argv)
-    report_option_problems(parser, option_problems(opt))
+    report_option_problems(parser, option_problems(opt) + flow_score_problems(opt))
     if opt.output_resolution is None:
         opt.output_resolution = opt.real_size
     device = choose_device(opt.device)
-    dataset = build_dataset(opt)
+    dataset, _ = filter_by_flow_scores(opt, build_dataset(opt))
     t = load_stn(opt, device)
     if opt.num_heads > 1 and (opt.cluster is None or not 0 <= opt.cluster < opt.num_heads):
         raise UserError(f'this model has {opt.num_heads} clusters: choose one with --cluster '

@@ -178,12 +178,13 @@ def test_fraction_retained_is_checked(world, tmp_path, flags, message):
 def test_flow_scores_of_another_dataset_are_refused(world, tmp_path):
     scores_path = save_flow_scores(torch.zeros(NUM_IMAGES + 3), str(tmp_path / 'scores.pt'))
     for module, extra in (('applications.propagate_to_images', ('--out', tmp_path / 'v')),
-                          ('applications.congeal_dataset', ('--out', tmp_path / 'c'))):
+                          ('applications.congeal_dataset', ('--out', tmp_path / 'c')),
+                          ('applications.vis_correspondence', ('--out', tmp_path / 'm', '--dset_indices', 0, 1))):
         result = run_module(module, '--ckpt', world['ckpt'], '--real_data_path', world['data'],
                             '--flow_scores', scores_path, '--fraction_retained', 0.5, *extra, *COMMON)
         line = error_line(result)
         assert line.startswith('error:') and f'hold {NUM_IMAGES + 3} scores but the dataset has {NUM_IMAGES}' in line
-    assert not os.path.exists(tmp_path / 'v') and not os.path.exists(tmp_path / 'c')
+    assert not any(os.path.exists(tmp_path / name) for name in 'vcm')
 
 
 def test_congeal_dataset_end_to_end(world, tmp_path):
