@@ -10,8 +10,8 @@ the flip decision says and warped by the similarity stages of the transformer
 alone (rotation, zoom and shift: no flow, so no warping artefacts), sampling
 the image at its stored resolution. An image is left out when its warp
 
-- reads beyond the image for more than a small fraction of the output (the
-  object would be extrapolated from padding), or
+- reads beyond the image for more than --max_out_of_bounds of the output
+  (2.5%, as the original: the object would be extrapolated from padding), or
 - zooms in so far that the crop spans fewer than --min_effective_resolution
   pixels of the image (the output would be an upsampled low-resolution crop).
 
@@ -53,6 +53,9 @@ def build_parser():
     parser.add_argument('--min_effective_resolution', type=int, default=192,
                         help='leave out images whose aligned crop spans fewer than this many pixels of the '
                              'image (a strong zoom would give an upsampled, blurry output)')
+    parser.add_argument('--max_out_of_bounds', type=float, default=0.025,
+                        help='leave out images whose warp reads beyond the image for more than this fraction of '
+                             'the output pixels (along x or y)')
     parser.add_argument('--cluster', type=int, default=None,
                         help='clustering models: congeal every image with this head (without it, the '
                              "checkpoint's cluster classifier picks each image's head)")
@@ -67,6 +70,8 @@ def option_problems(opt):
         problems.append('--out is required: the folder of the congealed dataset')
     if opt.output_resolution < 1:
         problems.append(f'--output_resolution must be positive, got {opt.output_resolution}')
+    if not 0 <= opt.max_out_of_bounds <= 1:
+        problems.append(f'--max_out_of_bounds must be in [0, 1], got {opt.max_out_of_bounds}')
     if opt.min_effective_resolution < 0:
         problems.append(f'--min_effective_resolution must not be negative, got {opt.min_effective_resolution}')
     return problems
@@ -126,7 +131,7 @@ def _congeal_group(t, classifier, opt, images):
     source = torch.where(mirrored.view(-1, 1, 1, 1), source.flip(3), source)
     congealed, grid, matrix = similarity_warp(t, inputs, source, policy, opt)
     bounds = torch.tensor([[height, width]], dtype=torch.float32, device=images.device).expand(images.size(0), 2)
-    out_of_bounds = warp_exceeds_image_bounds(grid, bounds)
+    out_of_bounds = warp_exceeds_image_bounds(grid, bounds, threshold=getattr(opt, 'max_out_of_bounds', 0.025))
     # The similarity maps template positions to image positions; its scale (the
     # square root of the determinant) is the fraction of the image the output spans.
     scale = torch.linalg.det(matrix[:, :, :2].double()).abs().sqrt()

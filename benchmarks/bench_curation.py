@@ -68,6 +68,9 @@ def main():
     parser.add_argument('--outlier_fraction', type=float, default=0.2)
     parser.add_argument('--fraction_retained', type=float, default=0.9)
     parser.add_argument('--min_effective_resolution', type=int, default=24)
+    parser.add_argument('--max_out_of_bounds', type=float, default=0.3,
+                        help="congeal_dataset's limit; the synthetic faces are rotated up to 45 degrees, so their "
+                             'aligned crops reach past the canvas corners')
     parser.add_argument('--seed', type=int, default=1, help='seed of the benchmark dataset')
     parser.add_argument('--threads', type=int, default=2)
     parser.add_argument('--workdir', default=None, help='keep the intermediate files here (default: a temp folder)')
@@ -104,7 +107,8 @@ def main():
         import shutil
         shutil.rmtree(out)
     run(['-m', 'applications.congeal_dataset', *common, '--out', out, '--output_resolution', args.size,
-         '--min_effective_resolution', args.min_effective_resolution, '--flow_scores',
+         '--min_effective_resolution', args.min_effective_resolution, '--max_out_of_bounds', args.max_out_of_bounds,
+         '--flow_scores',
          os.path.join(data, 'flow_scores.pt'), '--fraction_retained', args.fraction_retained], args.threads)
     written = torch.load(os.path.join(out, 'dataset_indices.pt'), weights_only=True)
     congealed = torch.load(os.path.join(out, 'keypoints.pt'), weights_only=True)
