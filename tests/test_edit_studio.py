@@ -14,7 +14,6 @@ import zipfile
 
 import numpy as np
 import pytest
-import torch
 
 pytest.importorskip('starlette', reason='the studio extra is not installed (pip install -e .[studio])')
 pytest.importorskip('httpx', reason='the test client needs httpx (pip install -e .[dev])')
