@@ -331,16 +331,21 @@ def test_alignment_is_kept_between_previews_of_the_same_images(world, tmp_path, 
     import applications.studio.engine as engine_module
 
     engine, client = studio(world, tmp_path, '--resolution', SIZE)
-    aligned = []
-    real_congeal = engine_module.congeal
-    monkeypatch.setattr(engine_module, 'congeal',
-                        lambda t, opt, images: aligned.append(images.size(0)) or real_congeal(t, opt, images))
+    aligned, passes = [], []
+    real_align, real_forward = engine_module.align, engine.t.forward
+    monkeypatch.setattr(engine_module, 'align',
+                        lambda t, opt, images: aligned.append(images.size(0)) or real_align(t, opt, images))
+    # Every network pass goes through forward (forward_with_flip and compute_warp call it).
+    monkeypatch.setattr(engine.t, 'forward', lambda *a, **k: passes.append(a[0].size(0)) or real_forward(*a, **k))
     client.post('/api/label', content=png_bytes(square_label()))
     request = {'selection': {'mode': 'indices', 'indices': [0, 1, 2]}, 'objects': True}
+    wait_for_template(client)
+    passes.clear()
     first = post_json(client, '/api/preview', request).json()
+    assert passes == [3, 3]  # new images: the image and its mirror, nothing more
     client.post('/api/label', content=png_bytes(square_label((0, 255, 0, 255))))
     second = post_json(client, '/api/preview', request).json()
-    assert aligned == [3]  # the second preview reused the alignment...
+    assert aligned == [3] and passes == [3, 3]  # the second preview reused the warps: no network pass...
     for a, b in zip(first['items'], second['items']):
         assert a['congealed'] == b['congealed'] and a['propagated'] != b['propagated']  # ...with the new label
         green_before = decode_data_url(a['propagated'])[12:16, 14:18, 1]

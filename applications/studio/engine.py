@@ -24,7 +24,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 
 from applications import cluster_policy
-from applications.propagation import Label, congeal, label_from_rgba, option_problems, propagate, splat_label
+from applications.propagation import (Alignment, Label, align, label_from_rgba, option_problems,
+                                      propagate_aligned, splat_label)
 from models.gangealing import CongealedMean
 from utils.colour_scales import scale_for_cluster
 from utils.atomic_io import atomic_write
@@ -90,7 +91,7 @@ class StudioEngine:
         self.state_lock = threading.Lock()  # the averages' progress records
         self.averages = {}
         self.label = None  # uint8 (H, W, 4) RGBA
-        self._congeal_cache = {}  # (index, cluster) -> (image, input, mirrored, congealed), oldest first
+        self._congeal_cache = {}  # (index, cluster) -> (image, input, mirrored, congealed, warp), oldest first
         if opt.label_path is not None:
             self.set_label(self._read_start_label(opt.label_path))
 
@@ -253,7 +254,7 @@ class StudioEngine:
         mean = CongealedMean(1, 3, opt.output_resolution, self.device)
         with self.model_lock:
             for images in loader:
-                mean.add(congeal(self.t, opt, images.to(self.device))[3])
+                mean.add(align(self.t, opt, images.to(self.device)).congealed)
                 self._progress(cluster, int(mean.counts.sum().item()))
         # Stretched to the full range, as propagate_to_images saves average.png.
         image = tensor_to_uint8(mean.result()[0][0], value_range=None)
@@ -357,38 +358,40 @@ class StudioEngine:
                                f'takes any number')
         return indices
 
-    def _congealed(self, opt, indices):
-        """(images, inputs, mirrored, congealed) of ``indices`` for ``opt.cluster``; needs model_lock.
+    def _aligned(self, opt, indices):
+        """(images, Alignment) of ``indices`` for ``opt.cluster``; needs model_lock.
 
-        The flip decision and the alignment do not depend on the label, so they
-        are kept for the last CONGEAL_CACHE images: a new stroke on the same
-        images costs only the propagation.
+        The flip decision, the alignment and the warp do not depend on the
+        label, so they are kept for the last CONGEAL_CACHE images: a new label
+        on the same images costs only the splat (no network pass).
         """
         missing = [i for i in indices if (i, opt.cluster) not in self._congeal_cache]
         if missing:
             images = torch.stack([self.dataset[i] for i in missing]).to(self.device)
-            inputs, mirrored, _, congealed = congeal(self.t, opt, images)
+            alignment = align(self.t, opt, images)
             for k, index in enumerate(missing):
-                self._congeal_cache[(index, opt.cluster)] = (images[k], inputs[k], mirrored[k], congealed[k])
+                self._congeal_cache[(index, opt.cluster)] = (images[k], alignment.inputs[k], alignment.mirrored[k],
+                                                             alignment.congealed[k], alignment.warp[k])
         parts = [self._congeal_cache[(i, opt.cluster)] for i in indices]
         for key in indices:  # most recently used last
             self._congeal_cache[(key, opt.cluster)] = self._congeal_cache.pop((key, opt.cluster))
         while len(self._congeal_cache) > max(CONGEAL_CACHE, len(indices)):
             self._congeal_cache.pop(next(iter(self._congeal_cache)))
-        return tuple(torch.stack(column) for column in zip(*parts))
+        images, inputs, mirrored, congealed, warp = (torch.stack(column) for column in zip(*parts))
+        policy = cluster_policy(opt, len(indices), self.device)
+        return images, Alignment(inputs, mirrored, policy, congealed, warp)
 
     def _propagate_batches(self, opt, indices, label, cache=True):
         """Yield (indices, images, congealed, propagated) in batches of ``opt.batch``; needs model_lock."""
         for start in range(0, len(indices), opt.batch):
             chunk = indices[start:start + opt.batch]
             if cache:
-                images, inputs, mirrored, congealed = self._congealed(opt, chunk)
-                policy = cluster_policy(opt, len(chunk), self.device)
+                images, alignment = self._aligned(opt, chunk)
             else:
                 images = torch.stack([self.dataset[i] for i in chunk]).to(self.device)
-                inputs, mirrored, policy, congealed = congeal(self.t, opt, images)
-            propagated = propagate(self.t, opt, images, inputs, mirrored, policy, label, opt.blend_alg)
-            yield chunk, images, congealed, propagated
+                alignment = align(self.t, opt, images)
+            propagated = propagate_aligned(self.t, opt, images, alignment, label, opt.blend_alg)
+            yield chunk, images, alignment.congealed, propagated
 
     def annotated_template(self, opt, label):
         """The template of ``opt.cluster`` with the label drawn on it, uint8 (R, R, 3)."""
