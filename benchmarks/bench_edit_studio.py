@@ -9,8 +9,14 @@ then flow, flow_size 128, channel multiplier 0.5: the cost does not depend on
 the weights), then times ``StudioEngine.preview`` for each number of images: on images
 not seen before (flip decision, congealing, propagation, PNG encoding), and
 again on the same images with another label (the alignment is kept, so only
-the propagation runs). Medians over --reps random selections, after one
-warm-up. Prints a markdown table.
+the warps are kept, so only the splat runs). Medians over --reps random
+selections, after one warm-up. Prints a markdown table.
+
+The same run also times the computation alone (no PNG encoding) both ways
+on the same images: the four-pass path (flip decision, a congealing pass,
+then a point-mapping pass in ``propagate``; that pass again for a new label)
+and the kept-warp path (``align`` then ``propagate_aligned``), so the speed-up
+is measured under the same machine load.
 """
 import argparse
 import os
@@ -20,6 +26,8 @@ import time
 import numpy as np
 import torch
 
+from applications import determine_flips, stn_kwargs
+from applications.propagation import align, propagate, propagate_aligned
 from applications.studio.launch import build_engine
 from datasets.lmdb_dataset import write_lmdb_dataset
 from models import get_stn
@@ -73,6 +81,37 @@ def timed(function, request, device):
     return time.perf_counter() - start
 
 
+def compare_paths(engine, indices, device):
+    """Seconds (old new images, new new images, old new label, new new label) of the computation alone."""
+    opt = engine.request_options()
+    t = engine.t
+    with engine.model_lock:
+        label = engine._label_tensors(opt)
+        images = torch.stack([engine.dataset[i] for i in indices]).to(device)
+
+        def old_align():
+            inputs, mirrored = determine_flips(t, images, flip_inference=not opt.no_flip_inference,
+                                               warp_policy='cartesian', **stn_kwargs(opt))
+            t(inputs, output_resolution=opt.output_resolution, warp_policy='cartesian', **stn_kwargs(opt))
+            return inputs, mirrored
+
+        def old_label(state):
+            return propagate(t, opt, images, state[0], state[1], 'cartesian', label, opt.blend_alg)
+
+        def new_label(alignment):
+            return propagate_aligned(t, opt, images, alignment, label, opt.blend_alg)
+
+        with torch.no_grad():
+            state = old_align()
+            alignment = align(t, opt, images)
+            seconds = (timed(lambda _: old_label(old_align()), None, device),
+                       timed(lambda _: new_label(align(t, opt, images)), None, device),
+                       timed(lambda _: old_label(state), None, device),
+                       timed(lambda _: new_label(alignment), None, device))
+            same = torch.equal(old_label(state), new_label(alignment))
+    return seconds, same
+
+
 def main(argv=None):
     args = parse_args(argv)
     devices = args.devices or (['cpu'] + (['cuda'] if torch.cuda.is_available() else []))
@@ -88,19 +127,32 @@ def main(argv=None):
             for count in args.counts:
                 engine.wait_for_average(0)
                 engine.preview({'selection': {'mode': 'first', 'count': 1}})  # warm-up
-                cold, warm = [], []
+                cold, warm, compared = [], [], []
                 for rep in range(args.reps):
                     # A new selection (alignment computed), then a new label on it (alignment kept).
                     request = {'selection': {'mode': 'random', 'count': count, 'seed': rep + 1}}
                     engine._congeal_cache.clear()
                     cold.append(timed(engine.preview, request, device))
                     warm.append(timed(engine.preview, dict(request, sigma=1.0), device))
-                rows.append((device, count, args.size, points, float(np.median(cold)), float(np.median(warm))))
+                    compared.append(compare_paths(engine, engine.resolve_selection(request['selection']), device))
+                medians = [float(np.median([c[0][k] for c in compared])) for k in range(4)]
+                same = all(c[1] for c in compared)
+                rows.append((device, count, args.size, points, float(np.median(cold)), float(np.median(warm)),
+                             medians, same))
     print(f'torch threads: {torch.get_num_threads()}')
     print('| device | images | size | label points | new images: s / preview | same images, new label: s |')
     print('|---|---|---|---|---|---|')
-    for device, count, size, points, cold, warm in rows:
+    for device, count, size, points, cold, warm, _, _ in rows:
         print(f'| {device} | {count} | {size} | ~{points} | {cold:.2f} | {warm:.2f} |')
+    print()
+    print('Computation alone, four-pass path vs kept-warp path, same images in the same run (s):')
+    print()
+    print('| device | images | new images: before | after | speed-up | new label: before | after | speed-up '
+          '| identical pixels |')
+    print('|---|---|---|---|---|---|---|---|---|')
+    for device, count, _, _, _, _, (old_cold, new_cold, old_warm, new_warm), same in rows:
+        print(f'| {device} | {count} | {old_cold:.2f} | {new_cold:.2f} | {old_cold / new_cold:.1f}x | '
+              f'{old_warm:.3f} | {new_warm:.3f} | {old_warm / new_warm:.0f}x | {"yes" if same else "NO"} |')
 
 
 if __name__ == '__main__':
