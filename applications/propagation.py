@@ -198,17 +198,6 @@ def align(t, opt, images, cluster=None, output_resolution=None):
     return Alignment(inputs, mirrored, policy, congealed, warp)
 
 
-@torch.no_grad()
-def congeal(t, opt, images, cluster=None):
-    """Flip decision and alignment of a batch (``align`` without the warp).
-
-    ``cluster`` picks the head of a clustering model (default ``--cluster``).
-    Returns (inputs mirrored where chosen, mirrored (N,) bool, warp policy,
-    congealed (N, 3, R, R) with R = --output_resolution).
-    """
-    return tuple(align(t, opt, images, cluster))[:4]
-
-
 def _policy(opt, images, cluster):
     if cluster is None:
         return cluster_policy(opt, images.size(0), images.device)
