@@ -170,6 +170,19 @@ def all_gather_tensor(tensor):
     return torch.cat([piece[:count] for piece, count in zip(pieces, counts)], dim=0)
 
 
+def gather_objects(obj):
+    """Every rank's ``obj`` (a small picklable value), as a list in rank order, on every rank.
+
+    ``[obj]`` in one process. For occasional bookkeeping (e.g. RNG states at a
+    checkpoint), not for tensors on the training path.
+    """
+    if not _in_group():
+        return [obj]
+    gathered = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
 def all_reduce_mean(tensor):
     """The element-wise mean of ``tensor`` over all ranks (any shape, floating point).
 
