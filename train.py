@@ -228,6 +228,8 @@ def start_up(stop):
         print(f'Experiment folder: {exp_dir} (options, image grids, pck.json; checkpoints in {ckpt_dir})\n'
               f'Follow it with: tensorboard --logdir {exp_dir}', flush=True)
     seed_everything(opt.seed)
+    # First, so a wrong --real_data_path is refused before the long initialisation.
+    visuals = TrainingVisuals(opt, None, device)
 
     generator, stn, t_ema, ll = build_models(opt, device)
     loss_fn = PERCEPTUAL_LOSSES.get(opt.loss_fn).build(opt).to(device)
@@ -280,7 +282,7 @@ def start_up(stop):
     # Its own generator: the training stream's RNG state (restored on resume) stays untouched.
     vis_z = torch.randn(opt.n_sample, generator.style_dim,
                         generator=torch.Generator().manual_seed(opt.seed)).to(device)
-    visuals = TrainingVisuals(opt, writer, device)
+    visuals.writer = writer
     state = TrainingState(device=device, exp_dir=exp_dir, ckpt_dir=ckpt_dir, generator=generator, stn=stn,
                           stn_module=stn_module, t_ema=t_ema, ll=ll, ll_module=ll_module, loss_fn=loss_fn,
                           t_optim=t_optim, ll_optim=ll_optim, t_sched=t_sched, ll_sched=ll_sched,
@@ -371,6 +373,8 @@ def run_iterations(opt, s, stop):
         if signal_number:
             progress.close()
             raise Interrupted(signal_number, f'at iteration {i}; checkpoint saved in {s.ckpt_dir}')
+        if not due_vis:
+            continue
         try:
             with stop.interruptible():
                 s.visuals.log(s.generator, s.t_ema, s.ll_module, s.loss_fn, s.vis_z, psi, i)

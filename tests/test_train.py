@@ -226,8 +226,8 @@ def test_random_stylegan2_run_learns_with_linear_psi(tmp_path, train_in_process,
 
 def test_clustering_with_flips_keeps_each_inputs_best_head_and_mirror(tiny_configs, tmp_path):
     heads, batch = 2, 3
-    argv = tiny_configs.synthetic + ['--exp-name', 'clusters', '--results', str(tmp_path), '--num_heads',
-                                     str(heads), '--flips', '--batch', str(batch)]
+    argv = tiny_configs.synthetic + tiny_configs.kmeans + ['--exp-name', 'clusters', '--results', str(tmp_path),
+                                                           '--num_heads', str(heads), '--flips', '--batch', str(batch)]
     opt, (generator, stn, _, ll) = _initial_models(argv)
     loss_fn = PERCEPTUAL_LOSSES.get(opt.loss_fn).build(opt)
     train.initialise_target(opt, generator, ll, loss_fn, torch.device('cpu'))
@@ -267,7 +267,7 @@ def test_clustering_with_flips_keeps_each_inputs_best_head_and_mirror(tiny_confi
 
 
 def test_clustering_run_with_flips(tmp_path, train_in_process, tiny_configs, read_events):
-    argv = tiny_configs.synthetic + ['--exp-name', 'clusters', '--results', str(tmp_path), '--num_heads', '2',
+    argv = tiny_configs.synthetic + tiny_configs.kmeans + ['--exp-name', 'clusters', '--results', str(tmp_path), '--num_heads', '2',
                                      '--flips', '--iter', '2', '--anneal_psi', '2', '--log_every', '1']
     result = train_in_process(argv)
     assert result.code == 0, result.stderr[-3000:]
