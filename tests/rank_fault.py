@@ -8,7 +8,6 @@ TORCHELASTIC_RESTART_COUNT is 0 or unset), so a restarted job runs clean.
 Only that rank receives the signal: the others must learn of it from the trainer.
 """
 import os
-import signal
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

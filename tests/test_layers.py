@@ -1,7 +1,5 @@
 """Equalised building blocks: formulas, shapes, state-dict names."""
-import json
 import math
-import os
 
 import pytest
 import torch
@@ -10,10 +8,6 @@ import torch.nn.functional as F
 from models.layers import (Blur, ConstantInput, ConvLayer, Downsample, EqualConv2d, EqualLinear,
                            ModulatedConv2d, NoiseInjection, PixelNorm, ResBlock, StyledConv,
                            ToRGB, Upsample, make_kernel)
-
-SCHEMA = os.path.join(os.path.dirname(__file__), '..', '..', 'shared', 'compat',
-                      'official_checkpoint_schema.json')
-
 
 @pytest.fixture(autouse=True)
 def seed():
@@ -98,10 +92,8 @@ def test_conv_layer_children_follow_official_names():
     assert list(ConvLayer(8, 4, 3, activate=False).state_dict()) == ['0.weight', '0.bias']
 
 
-def test_res_block_matches_official_schema_and_formula():
-    with open(SCHEMA) as f:
-        modules = json.load(f)['modules']
-    stn = next(v for k, v in modules.items() if k.startswith('t_ema') and 'num_heads=1' in k
+def test_res_block_matches_official_schema_and_formula(official_modules):
+    stn = next(v for k, v in official_modules.items() if k.startswith('t_ema') and 'num_heads=1' in k
                and 'flow' in k)
     prefix = 'stns.0.convs.1.'
     official = {k[len(prefix):]: v for k, v in stn.items() if k.startswith(prefix)}

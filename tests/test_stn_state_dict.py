@@ -1,7 +1,5 @@
 """Spatial transformer state dicts: the official t_ema layout, loading with and
 without fixed buffers, and readable errors for weights of another configuration."""
-import json
-import pathlib
 import re
 
 import pytest
@@ -12,15 +10,10 @@ from models import get_stn
 from models.spatial_transformers import describe_stn_config, infer_stn_config
 from models.spatial_transformers import stn_from_state_dict
 
-SCHEMA_PATH = (pathlib.Path(__file__).resolve().parents[1].parent / 'shared' / 'compat' /
-               'official_checkpoint_schema.json')
 SMALL = dict(channel_multiplier=0.125, max_channels=32)
 
 
-def official_stn_schemas():
-    if not SCHEMA_PATH.exists():
-        pytest.skip('the official checkpoint schema (../shared/compat) is not beside this checkout')
-    modules = json.loads(SCHEMA_PATH.read_text())['modules']
+def official_stn_schemas(modules):
     return {name: keys for name, keys in modules.items() if name.startswith('t_ema ')}
 
 
@@ -33,8 +26,8 @@ def parse_configuration(name):
                 num_heads=int(fields['num_heads']))
 
 
-def test_state_dicts_match_the_official_t_ema_schema():
-    schemas = official_stn_schemas()
+def test_state_dicts_match_the_official_t_ema_schema(official_modules):
+    schemas = official_stn_schemas(official_modules)
     assert len(schemas) == 3
     for name, expected in schemas.items():
         config = parse_configuration(name)

@@ -1,8 +1,6 @@
 """StyleGAN2 generator: official schema, loading, mixing, truncation, noise, fp16."""
 import argparse
 import io
-import json
-import os
 import re
 
 import pytest
@@ -13,8 +11,6 @@ from models.stylegan2 import (Generator, channel_table, convert_ada_state_dict,
                               generator_config_from_state_dict, load_generator_state)
 from utils.errors import UserError
 
-SCHEMA = os.path.join(os.path.dirname(__file__), '..', '..', 'shared', 'compat',
-                      'official_checkpoint_schema.json')
 STYLE_DIM = 16
 
 
@@ -46,11 +42,6 @@ def g16():
     return small_generator(16)
 
 
-def official_schema(key):
-    with open(SCHEMA) as f:
-        return json.load(f)['modules'][key]
-
-
 @pytest.mark.parametrize('size', [8, 16, 32])
 def test_output_shapes(size):
     G = small_generator(size)
@@ -73,8 +64,8 @@ def test_channel_table():
 
 
 @pytest.mark.parametrize('size', [256, 128])
-def test_state_dict_matches_official_schema(size):
-    schema = official_schema(f'g_ema size={size} style_dim=512 n_mlp=8 channel_multiplier=2')
+def test_state_dict_matches_official_schema(size, official_modules):
+    schema = official_modules[f'g_ema size={size} style_dim=512 n_mlp=8 channel_multiplier=2']
     with torch.device('meta'):
         G = Generator(size, 512, 8, channel_multiplier=2)
     ours = {k: list(v.shape) for k, v in G.state_dict().items()}
@@ -82,8 +73,8 @@ def test_state_dict_matches_official_schema(size):
     assert G.n_latent == 2 * (size.bit_length() - 1) - 2
 
 
-def test_official_schema_loads_strictly_and_is_recognised():
-    schema = official_schema('g_ema size=256 style_dim=512 n_mlp=8 channel_multiplier=2')
+def test_official_schema_loads_strictly_and_is_recognised(official_modules):
+    schema = official_modules['g_ema size=256 style_dim=512 n_mlp=8 channel_multiplier=2']
     with torch.device('meta'):
         state = {k: torch.empty(v) for k, v in schema.items()}
         G = Generator(256, 512, 8)
