@@ -30,7 +30,7 @@ import torch
 from tqdm import tqdm
 
 from datasets.lmdb_dataset import LENGTH_KEY, LMDBWriter, is_lmdb_folder, list_sizes, reader_env
-from datasets.pck import (INVERSE_FILE, KEYPOINTS_FILE, META_FILE, PAIRS_FILE, PERMUTATION_FILE,
+from datasets.keypoint_pairs import (INVERSE_FILE, KEYPOINTS_FILE, META_FILE, PAIRS_FILE, PERMUTATION_FILE,
                           THRESHOLDS_FILE, PCKSource, write_pck_files)
 from datasets.spair import SPAIR_PERMUTATIONS, SPAIR_SPLITS
 from datasets.transforms import PAD_MODES, crop_box_edge_padded, make_square

@@ -11,166 +11,29 @@ the experiment's newest checkpoint. SIGTERM or SIGINT stops every rank within
 seconds: once training has started, the current iteration's checkpoint is
 written first; the exit status is 128 + the signal number.
 """
-import copy
 import os
 from types import SimpleNamespace
 
 import torch
-from torch import nn, optim
+from torch import nn
 
-from models import get_stn
-from models.gangealing import congeal_samples, resize_for_stn, sample_pairs
-from models.generators import GENERATORS
-from models.latent_learner import DirectionInterpolator, kmeans_plusplus_init, pca_W
-from models.losses import gangealing_cluster_loss
 from models.perceptual import PERCEPTUAL_LOSSES
-from models.spatial_transformers import trunk_width
-from utils.checkpoint import load_checkpoint, save_checkpoint
-from utils.distributed import (all_gather_tensor, cleanup, gather_objects, get_world_size, is_main_process,
-                               seed_everything, setup_distributed)
+from training.building import build_models, build_optimizers, initialise_target, load_optimizer_state
+from training.checks import ASYNC_CHECK_EVERY, agree, nonfinite_flags
+from training.report import TrainingVisuals, evaluate_alignment
+from training.state import (CHECKPOINT_FORMAT_VERSION, checkpoint_iteration, get_rng_state, load_generator_weights,
+                            set_rng_state)
+from training.step import EMA_DECAY, accumulate, training_step
+from training.writer import ExperimentWriter
+from utils.checkpoint import checkpoint_name, load_checkpoint, save_checkpoint
+from utils.distributed import cleanup, gather_objects, is_main_process, seed_everything, setup_distributed
 from utils.errors import UserError, exit_on_user_error
 from utils.options import parse_training_options
 from utils.pretrained import resolve_checkpoint
-from utils.schedules import DecayingCosineAnnealingWarmRestarts, anneal_psi, zero_lr_iterations
 from utils.progress import Progress
+from utils.schedules import anneal_psi, zero_lr_iterations
 from utils.stop_signals import Interrupted, StopRequested
-from utils.training_state import (CHECKPOINT_FORMAT_VERSION, checkpoint_iteration, checkpoint_name, get_rng_state,
-                                  load_generator_weights, set_rng_state)
-from utils.training_vis import ExperimentWriter
-from utils.training_report import TrainingVisuals, evaluate_alignment
 
-EMA_DECAY = 0.5 ** (32 / (10 * 1000))  # per iteration, as in the original recipe
-# Device types with a fused (one-kernel) Adam step; the CPU one arrived in torch 2.4.
-FUSED_ADAM_DEVICES = ('cpu', 'cuda') if torch.__version__ >= (2, 4) else ('cuda',)
-
-
-def accumulate(ema, model, decay):
-    """ema <- decay * ema + (1 - decay) * model for parameters; buffers are copied."""
-    with torch.no_grad():
-        for p_ema, p in zip(ema.parameters(), model.parameters()):
-            p_ema.lerp_(p, 1 - decay)
-        for b_ema, b in zip(ema.buffers(), model.buffers()):
-            b_ema.copy_(b)
-
-
-def build_optimizers(opt, stn, ll):
-    """Adam for the STN and for the target coefficients, each with its warm-restart schedule.
-
-    Returns (t_optim, ll_optim, t_sched, ll_sched). The schedulers count in
-    periods (``step((iteration - anneal_psi) / period)``), as the original's.
-    """
-    def adam(module, lr):
-        params = list(module.parameters())
-        # The fused step is one kernel instead of ~10 ops per tensor (5x faster on a CPU).
-        fused = all(p.device.type in FUSED_ADAM_DEVICES and p.dtype == torch.float32 for p in params)
-        return optim.Adam(params, lr=lr, betas=(0.9, 0.999), eps=1e-8, fused=fused or None)
-
-    t_optim, ll_optim = adam(stn, opt.stn_lr), adam(ll, opt.ll_lr)
-    t_sched = DecayingCosineAnnealingWarmRestarts(t_optim, T_0=1, T_mult=opt.tm, decay=opt.decay)
-    ll_sched = DecayingCosineAnnealingWarmRestarts(ll_optim, T_0=1, T_mult=opt.tm, decay=opt.decay)
-    return t_optim, ll_optim, t_sched, ll_sched
-
-
-def load_optimizer_state(optimizer, state):
-    """Resume ``optimizer`` from ``state`` but keep its own kernel choice: a
-    checkpoint written where the fused step ran may resume where it cannot."""
-    kernels = [{key: group.get(key) for key in ('fused', 'foreach')} for group in optimizer.param_groups]
-    optimizer.load_state_dict(state)
-    for group, own in zip(optimizer.param_groups, kernels):
-        group.update(own)
-
-
-# On a CPU, oneDNN runs an STN of at most this many channels 5-15% faster with
-# channels-last weights, and wider ones (the original's 512) up to 25% slower.
-CHANNELS_LAST_MAX_WIDTH = 128
-
-
-def build_models(opt, device):
-    """Generator (frozen), STN, its EMA copy and the target learner, on ``device``."""
-    generator = GENERATORS.get(opt.generator).build(opt)
-    stn = get_stn(opt.transform, flow_size=opt.flow_size, supersize=opt.real_size,
-                  channel_multiplier=opt.stn_channel_multiplier, num_heads=opt.num_heads,
-                  max_channels=opt.stn_max_channels)
-    ll = DirectionInterpolator(opt.ndirs, opt.inject, generator.n_latent, generator.style_dim,
-                               num_heads=opt.num_heads)
-    generator, stn, ll = generator.to(device), stn.to(device), ll.to(device)
-    if device.type == 'cpu' and trunk_width(stn.state_dict()) <= CHANNELS_LAST_MAX_WIDTH:
-        stn = stn.to(memory_format=torch.channels_last)
-    generator.eval().requires_grad_(False)
-    t_ema = copy.deepcopy(stn).eval().requires_grad_(False)
-    return generator, stn, t_ema, ll
-
-
-def initialise_target(opt, generator, ll, loss_fn, device):
-    """PCA of W (samples from every rank) and, for clustering, k-means++ centroids."""
-    n_pca = (1000 if opt.debug else opt.n_pca) // get_world_size()
-    ll.assign_pca(pca_W(generator, n_pca, opt.ndirs, gather_fn=all_gather_tensor))
-    if opt.num_heads > 1:
-        # Candidates are compared at the STN's resolution (memory: they are kept on the CPU).
-        n_candidates = (200 if opt.debug else opt.kmeans_candidates) // get_world_size()
-        centroids = kmeans_plusplus_init(generator, loss_fn, opt.num_heads, n_candidates, opt.inject,
-                                         batch_size=opt.vis_batch_size, device=device,
-                                         gather_fn=all_gather_tensor, seed=opt.seed,
-                                         image_transform=lambda images: resize_for_stn(images, opt.flow_size))
-        ll.assign_centroids(centroids)
-
-
-def training_step(opt, generator, stn, ll, loss_fn, psi):
-    """One evaluation of the GANgealing objective; returns LossTerms of scalars.
-
-    Every head warps every input (and its mirror with --flips); each input keeps
-    its smallest distance and only that pair's flow is regularised.
-    """
-    x, y = sample_pairs(generator, ll, psi, opt.batch, opt.flow_size, freeze_ll=opt.freeze_ll)
-    aligned, flow = congeal_samples(stn, x, opt.flow_size, opt.sample_from_full_res, flips=opt.flips,
-                                    padding_mode=opt.padding_mode)
-    if opt.flips:
-        y = y.repeat(2, 1, 1, 1)
-    distances = loss_fn(aligned, y)
-    delta_flow = flow if 'flow' in opt.transform else None
-    terms, _ = gangealing_cluster_loss(distances, delta_flow, opt.batch, opt.num_heads, opt.flips,
-                                       opt.tv_weight, opt.flow_identity_weight)
-    return terms
-
-
-def nonfinite_flags(loss, modules):
-    """Which of (loss, gradients, weights) hold a NaN or an infinity, as a (3,) float tensor of 0/1.
-
-    Computed on the loss's device without a host synchronisation (one fused
-    max-abs per tensor list), so an asynchronous device keeps its queue full.
-    """
-    params = [p for module in modules for p in module.parameters()]
-    grads = [p.grad for p in params if p.grad is not None]
-
-    def any_nonfinite(tensors):
-        if not tensors:
-            return loss.new_zeros(())
-        # max |x| is NaN or inf exactly when some element is.
-        largest = torch.stack([n.to(loss.device, torch.float32) for n in torch._foreach_norm(tensors, float('inf'))])
-        return (~torch.isfinite(largest)).any().float()
-    return torch.stack([(~torch.isfinite(loss.detach())).float(), any_nonfinite(grads), any_nonfinite(params)])
-
-
-def agree(health, signal_number, losses):
-    """One collective for what every rank must know at a check.
-
-    Args:
-        health: (3,) flags of this rank (``nonfinite_flags``, accumulated since the last check).
-        signal_number: the stop signal this rank received (0: none).
-        losses: (K,) this rank's loss values.
-    Returns:
-        (health flags of any rank as a list of bools, the largest signal number
-        of any rank (0: keep going), the losses averaged over ranks as floats).
-    """
-    local = torch.cat([health.float(), health.new_tensor([float(signal_number)]), losses.detach().float()])
-    every = all_gather_tensor(local.unsqueeze(0))  # (world size, 4 + K)
-    worst, mean = every.max(0).values.tolist(), every.mean(0).tolist()
-    return [flag > 0 for flag in worst[:3]], int(worst[3]), mean[4:]
-
-
-# Where the device runs ahead of the host (CUDA), the flags are read every this
-# many iterations instead of after each one.
-ASYNC_CHECK_EVERY = 10
 LOSS_NAMES = ('reconstruction', 'total_variation', 'flow_identity')
 
 

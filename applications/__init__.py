@@ -15,28 +15,17 @@ import numpy as np
 import torch
 from PIL import Image
 
+from utils.argparse_tools import has_option
 from utils.atomic_io import atomic_write
 from utils.checkpoint import load_checkpoint
 from utils.errors import UserError
+from utils.image_io import tensor_to_uint8
 from utils.options import base_eval_argparse
+from utils.options.tiers import RELEASED_TRUNK_WIDTH, STN_ARCHITECTURE_DEFAULTS
 from utils.pretrained import apply_test_settings, resolve_checkpoint
-
-# Options describing the transformer's architecture, and their values when
-# neither the checkpoint nor the command line gives one (the trainer's defaults).
-RELEASED_TRUNK_WIDTH = 512  # channels of the low-resolution layers of every released transformer
-STN_ARCHITECTURE_DEFAULTS = {
-    'transform': ['similarity', 'flow'],
-    'flow_size': 128,
-    'stn_channel_multiplier': 0.5,
-    'num_heads': 1,
-}
 
 
 # ----------------------------------------------------------------------------- option tiers
-
-def _has_option(parser, flag):
-    return any(flag in action.option_strings for action in parser._actions)
-
 
 def add_propagation_options(parser):
     """Flags of ``applications.propagate_to_images`` (the original script's names and defaults).
@@ -79,7 +68,7 @@ def add_pck_options(parser):
     group.add_argument('--alphas', type=float, nargs='+', default=[0.1, 0.05, 0.01],
                        help='thresholds (fractions of the bounding box or image size) at which to '
                             'evaluate PCK-Transfer')
-    if not _has_option(parser, '--num_pck_pairs'):
+    if not has_option(parser, '--num_pck_pairs'):
         group.add_argument('--num_pck_pairs', type=int, default=None,
                            help='evaluate this many seeded random pairs (unset: the fixed pairs, or '
                                 'one random pairing of the images)')
@@ -270,25 +259,6 @@ def build_dataset(opt, pck=False):
 
 # ----------------------------------------------------------------------------- crash-safe output
 
-def to_uint8(images, value_range=(-1.0, 1.0)):
-    """(N, C, H, W) or (C, H, W) float images -> uint8 (..., H, W, C) numpy array.
-
-    ``value_range`` maps to 0..255; None stretches each image to its own min..max.
-    """
-    images = images.detach().float().cpu()
-    single = images.dim() == 3
-    if single:
-        images = images.unsqueeze(0)
-    if value_range is None:
-        lo = images.amin(dim=(1, 2, 3), keepdim=True)
-        hi = images.amax(dim=(1, 2, 3), keepdim=True)
-    else:
-        lo, hi = (torch.tensor(float(v)) for v in value_range)
-    scaled = ((images - lo) / (hi - lo).clamp_min(1e-8)).clamp(0, 1).mul(255).round().to(torch.uint8)
-    array = scaled.permute(0, 2, 3, 1).numpy()
-    return array[0] if single else array
-
-
 def save_png(array, path):
     """Save a uint8 (H, W, 3) or (H, W) array as a PNG, atomically."""
     image = Image.fromarray(np.ascontiguousarray(array))
@@ -308,7 +278,7 @@ def make_grid_array(images, nrow=None, padding=3, value_range=(-1.0, 1.0)):
     """
     from torchvision.utils import make_grid
 
-    arrays = torch.from_numpy(to_uint8(images, value_range)).permute(0, 3, 1, 2)
+    arrays = torch.from_numpy(tensor_to_uint8(images, value_range)).permute(0, 3, 1, 2)
     nrow = nrow or max(1, int(math.sqrt(images.size(0))))
     grid = make_grid(arrays, nrow=nrow, padding=padding, pad_value=0)
     return grid.permute(1, 2, 0).numpy()

@@ -29,11 +29,12 @@ from PIL import Image
 from torch.utils.data import DataLoader, Subset
 
 from applications import (build_dataset, cluster_policy, determine_flips, load_stn, propagation_argparse,
-                          report_option_problems, save_grid, save_png, stn_kwargs, to_uint8)
+                          report_option_problems, save_grid, save_png, stn_kwargs)
+from models.gangealing import CongealedMean
 from ops.splat import splat_points
-from utils.distributed import (all_gather_tensor, cleanup, get_rank, get_world_size, is_main_process,
-                               setup_distributed)
+from utils.distributed import all_gather_tensor, cleanup, is_main_process, rank_share, setup_distributed
 from utils.errors import UserError, exit_on_user_error
+from utils.image_io import tensor_to_uint8
 from utils.options import parse_eval_options
 
 GRID_LIMIT = 100  # images shown in each grid; individual files have no limit
@@ -151,11 +152,6 @@ def propagate(t, opt, images, inputs, mirrored, policy, label):
                         alpha_channel=alpha.unsqueeze(0))
 
 
-def rank_share(indices):
-    """This process's part of ``indices``: every world_size-th entry from its rank."""
-    return indices[get_rank()::get_world_size()]
-
-
 def make_loader(dataset, indices, opt):
     return DataLoader(Subset(dataset, indices), batch_size=opt.batch, shuffle=False,
                       num_workers=opt.num_workers, drop_last=False)
@@ -168,14 +164,14 @@ def average_congealed(t, opt, dataset, device):
     Returns the average (3, R, R) in image units and its path.
     """
     count = min(opt.n_mean, len(dataset))
-    total = torch.zeros(1, 3, opt.output_resolution, opt.output_resolution, device=device)
+    mean = CongealedMean(1, 3, opt.output_resolution, device)
     for images in make_loader(dataset, rank_share(list(range(count))), opt):
-        total += congeal(t, opt, images.to(device))[3].sum(dim=0, keepdim=True)
-    average = all_gather_tensor(total).sum(dim=0) / count
+        mean.add(congeal(t, opt, images.to(device))[3])
+    average = mean.result()[0][0]
     path = os.path.join(opt.out, 'average.png')
     if is_main_process():
         # Averages are low in contrast; stretched to the full range, as the original tool saves them.
-        save_png(to_uint8(average, value_range=None), path)
+        save_png(tensor_to_uint8(average, value_range=None), path)
         print(f'Saved the average of {count} congealed images to {path}')
     return average, path
 
@@ -205,7 +201,7 @@ class GridCollector:
 def write_individual(opt, kind, positions, images):
     if opt.save_individual_images:
         for position, image in zip(positions, images):
-            save_png(to_uint8(image), os.path.join(opt.out, kind, f'{position:03}.png'))
+            save_png(tensor_to_uint8(image), os.path.join(opt.out, kind, f'{position:03}.png'))
 
 
 @torch.no_grad()

@@ -6,8 +6,8 @@
 
 A step is what train.py does per iteration: draw pairs from the generator,
 warp with the STN, the loss, backward, Adam on the STN and the target, and the
-EMA update (train.training_step and train.accumulate on models from
-train.build_models). The StyleGAN2 configurations use a random-weight
+EMA update (training.step.training_step and accumulate on models from
+training.building.build_models). The StyleGAN2 configurations use a random-weight
 generator of the published shape (dim_latent 512, n_mlp 8, channel multiplier
 2) and the published STN (channel multiplier 0.5), psi = 0 (gradients reach
 the target through the generator). The synthetic configuration is the CPU demo
@@ -84,7 +84,8 @@ def measure(name, args, device_name):
     import torch
     if args.threads:
         torch.set_num_threads(args.threads)
-    import train
+    from training.building import build_models, build_optimizers, initialise_target
+    from training.step import EMA_DECAY, accumulate, training_step
     from models.perceptual import PERCEPTUAL_LOSSES
     from utils.distributed import seed_everything
     from utils.options import parse_training_options
@@ -92,20 +93,20 @@ def measure(name, args, device_name):
     opt = parse_training_options(training_flags(name, args, device_name), save=False)
     device = torch.device(device_name)
     seed_everything(0)
-    generator, stn, t_ema, ll = train.build_models(opt, device)
+    generator, stn, t_ema, ll = build_models(opt, device)
     loss_fn = PERCEPTUAL_LOSSES.get(opt.loss_fn).build(opt).to(device)
-    train.initialise_target(opt, generator, ll, loss_fn, device)
-    t_optim, ll_optim, _, _ = train.build_optimizers(opt, stn, ll)
+    initialise_target(opt, generator, ll, loss_fn, device)
+    t_optim, ll_optim, _, _ = build_optimizers(opt, stn, ll)
     stn.train()
 
     def step():
-        terms = train.training_step(opt, generator, stn, ll, loss_fn, psi=0.0)
+        terms = training_step(opt, generator, stn, ll, loss_fn, psi=0.0)
         t_optim.zero_grad(set_to_none=True)
         ll_optim.zero_grad(set_to_none=True)
         terms.total.backward()
         t_optim.step()
         ll_optim.step()
-        train.accumulate(t_ema, stn, train.EMA_DECAY)
+        accumulate(t_ema, stn, EMA_DECAY)
         return terms.total.detach()
 
     iters = args.iters or (20 if device.type == 'cuda' else 2)

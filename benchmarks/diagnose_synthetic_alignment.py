@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from models.gangealing import resize_for_stn, sample_pairs
 from models.perceptual import PERCEPTUAL_LOSSES
 from models.spatial_transformers.geometry import compose_affine
-from train import build_models
+from training.building import build_models
 from utils import synthetic_world as world
 from utils.checkpoint import load_checkpoint
 from utils.errors import UserError, exit_on_user_error

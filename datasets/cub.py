@@ -12,7 +12,7 @@ from decimal import ROUND_HALF_UP, Decimal
 import numpy as np
 import torch
 
-from datasets.pck import PCKSource
+from datasets.keypoint_pairs import PCKSource
 from utils.download import download_file, ensure_dataset_folder
 from utils.errors import UserError
 

@@ -1,10 +1,5 @@
-"""Samplers: per-rank sharding for distributed runs and an endless batch stream."""
-import torch
+"""Samplers: which images each rank reads (sharded under torchrun, in order or shuffled)."""
 from torch.utils import data
-
-from utils.errors import UserError
-
-_SEED_RANGE = 2 ** 62
 
 
 def data_sampler(dataset, shuffle, distributed):
@@ -22,35 +17,3 @@ def data_sampler(dataset, shuffle, distributed):
     if shuffle:
         return data.RandomSampler(dataset)
     return data.SequentialSampler(dataset)
-
-
-def sample_infinite_data(loader, seed=0):
-    """Yield batches from ``loader`` forever.
-
-    Before each pass a new epoch seed is drawn from a generator seeded with
-    ``seed`` (use the same seed on every rank): it reshuffles the sampler
-    (DistributedSampler via ``set_epoch``, RandomSampler via its generator)
-    and redraws random pairs of datasets that have ``randomize_pairs``. The
-    stream is therefore reproducible for a given seed.
-    """
-    rng = torch.Generator()
-    rng.manual_seed(seed)
-    while True:
-        epoch_seed = int(torch.randint(0, _SEED_RANGE, (1,), generator=rng))
-        sampler = getattr(loader, 'sampler', None)
-        if hasattr(sampler, 'set_epoch'):
-            sampler.set_epoch(epoch_seed)
-        elif isinstance(sampler, data.RandomSampler):
-            generator = torch.Generator()
-            generator.manual_seed(epoch_seed)
-            sampler.generator = generator
-        dataset = getattr(loader, 'dataset', None)
-        if hasattr(dataset, 'randomize_pairs'):
-            dataset.randomize_pairs(epoch_seed)
-        yielded = False
-        for batch in loader:
-            yielded = True
-            yield batch
-        if not yielded:
-            raise UserError('the data loader is empty (no full batch); use a larger dataset '
-                             'or a smaller batch size')

@@ -13,7 +13,7 @@ import os
 
 import torch
 
-from datasets.pck import PCKSource
+from datasets.keypoint_pairs import PCKSource
 from datasets.transforms import pad_geometry
 from utils.download import ensure_dataset_folder
 from utils.errors import UserError

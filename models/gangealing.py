@@ -7,6 +7,8 @@ entries (see models.latent_learner). The spatial transformer learns T(x) ~ y.
 import torch
 import torch.nn.functional as F
 
+from utils.distributed import all_gather_tensor
+
 
 def resize_for_stn(images, size):
     """Anti-aliased bilinear resize of (N, C, H, W) generator output to (size, size)."""
@@ -61,3 +63,55 @@ def congeal_samples(stn, x, flow_size, sample_from_full_res, flips=False, **stn_
     aligned, flow = stn(resize_for_stn(x, flow_size), return_flow=True,
                         input_img_for_sampling=source, output_resolution=flow_size, **stn_kwargs)
     return aligned, flow
+
+
+class CongealedMean:
+    """Running per-group sum of congealed images, averaged over every rank.
+
+    Groups are cluster heads (one group for a single-head transformer). Each rank
+    adds its own images; ``result`` is collective: every rank must call it.
+    """
+
+    def __init__(self, groups, channels, size, device):
+        self.sums = torch.zeros(groups, channels, size, size, device=device)
+        self.counts = torch.zeros(groups, device=device)
+
+    def add(self, images, groups=None):
+        """Add images (N, C, S, S) to their groups ((N,) long in [0, groups); None: group 0)."""
+        if groups is None:
+            groups = torch.zeros(images.size(0), dtype=torch.long, device=images.device)
+        self.sums.index_add_(0, groups, images.to(self.sums.dtype))
+        self.counts += torch.bincount(groups, minlength=self.counts.numel()).to(self.counts.dtype)
+
+    def result(self):
+        """(means (groups, C, S, S), counts (groups,)) over every rank; an empty group's mean is 0."""
+        sums = all_gather_tensor(self.sums.unsqueeze(0)).sum(0)
+        counts = all_gather_tensor(self.counts.unsqueeze(0)).sum(0)
+        return sums / counts.clamp_min(1).view(-1, 1, 1, 1), counts
+
+
+@torch.no_grad()
+def congealed_mean(t, batches, device, **stn_kwargs):
+    """Average of every head's congealed images over ``batches`` on every rank.
+
+    Args:
+        t: spatial transformer (any number of heads).
+        batches: iterable of (B, 3, S, S) images in [-1, 1], this rank's share.
+        stn_kwargs: passed to ``t`` (padding_mode, output_resolution, ...).
+    Returns:
+        (mean (K, 3, s, s), K the number of heads, and the first congealed batch
+        on this rank (B, K, 3, s, s), or None when this rank had no images).
+        Collective: every rank must call it.
+    """
+    mean, first = None, None
+    for x in batches:
+        out = t(x.to(device), unfold=True, **stn_kwargs)  # (B, K, 3, s, s)
+        if out.dim() == 4:
+            out = out.unsqueeze(1)
+        if mean is None:
+            mean, first = CongealedMean(out.size(1), out.size(2), out.size(-1), device), out
+        heads = torch.arange(out.size(1), device=device).repeat(out.size(0))
+        mean.add(out.flatten(0, 1), heads)
+    if mean is None:
+        raise ValueError('congealed_mean needs at least one batch on every rank')
+    return mean.result()[0], first

@@ -17,8 +17,8 @@ mirrored when m = 1, warped by head k. An input's assignment index is
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 
+from models.spatial_transformers.warp_checks import flow_total_variation
 
 class LossTerms(NamedTuple):
     """Scalar parts of the objective; ``total`` is what gets back-propagated."""
@@ -29,26 +29,20 @@ class LossTerms(NamedTuple):
 
 
 def total_variation_loss(delta_flow, reduce_batch=True):
-    """Smooth-L1 (Huber, threshold 1) total variation of a flow field.
+    """Smooth-L1 (Huber, threshold 1) total variation of a flow field (the TV regulariser).
 
     Args:
         delta_flow: (N, H, W, 2) residual flow.
         reduce_batch: average over the batch too (scalar) or keep it ((N,)).
     Returns:
         mean Huber of vertical neighbour differences + mean Huber of horizontal
-        ones (each averaged over positions and both flow components).
+        ones (each averaged over positions and both flow components); the same
+        measure the transformer uses to compare flows (``flow_total_variation``).
     """
     if delta_flow.dim() != 4 or delta_flow.shape[-1] != 2:
         raise ValueError(f'expected a flow of shape (N, H, W, 2), got {tuple(delta_flow.shape)}')
-    dims = (0, 1, 2, 3) if reduce_batch else (1, 2, 3)
-    vertical = delta_flow[:, 1:] - delta_flow[:, :-1]
-    horizontal = delta_flow[:, :, 1:] - delta_flow[:, :, :-1]
-    return _huber(vertical).mean(dims) + _huber(horizontal).mean(dims)
-
-
-def _huber(difference):
-    # 0.5 d^2 below 1, |d| - 0.5 above: quadratic for small wobbles, linear for real edges.
-    return F.smooth_l1_loss(difference, torch.zeros_like(difference), reduction='none', beta=1.0)
+    per_sample = flow_total_variation(delta_flow)
+    return per_sample.mean() if reduce_batch else per_sample
 
 
 def flow_identity_loss(delta_flow, reduce_batch=True):
@@ -59,22 +53,6 @@ def flow_identity_loss(delta_flow, reduce_batch=True):
     """
     squared = delta_flow.pow(2)
     return squared.mean() if reduce_batch else squared.flatten(1).mean(1)
-
-
-def gangealing_loss(distances, delta_flow, tv_weight, flow_identity_weight):
-    """The objective for one head without mirrors.
-
-    Args:
-        distances: (N,) perceptual distances between T(x) and the targets y.
-        delta_flow: (N, H, W, 2) residual flows, or None for a similarity-only
-            transformer (no flow regularisation).
-        tv_weight, flow_identity_weight: weights of the two regularisers; a
-            zero weight skips that term's computation.
-    Returns:
-        LossTerms of scalars.
-    """
-    perceptual = distances.mean()
-    return _with_regularisers(perceptual, delta_flow, tv_weight, flow_identity_weight)
 
 
 def _with_regularisers(perceptual, delta_flow, tv_weight, flow_identity_weight):
@@ -118,11 +96,6 @@ def cluster_assignments(distances, batch, num_heads, flips=False):
     """
     values, indices = nearest_cluster(distances, batch, num_heads, flips)
     return values.mean(), indices
-
-
-def split_assignment(indices, num_heads):
-    """(head (N,) in [0, K), mirrored (N,) bool) from assignment indices."""
-    return indices % num_heads, indices >= num_heads
 
 
 def select_assigned(per_pair, indices, batch, num_heads, flips=False):

@@ -17,7 +17,7 @@ from models.layers import ConstantInput, EqualLinear, PixelNorm, StyledConv, ToR
 from utils.errors import UserError
 
 __all__ = ['Generator', 'channel_table', 'generator_config_from_state_dict',
-           'check_generator_state', 'load_generator_state', 'convert_ada_state_dict']
+           'check_generator_state', 'convert_ada_state_dict']
 
 # Half-precision blocks clamp their activations to this magnitude (the value the
 # StyleGAN2-ADA configurations use with fp16) so that float16 cannot overflow.
@@ -92,17 +92,6 @@ def check_generator_state(generator, state_dict):
             f'the generator weights are for a StyleGAN2 with {_describe(found)}, but the model '
             f'was built with {_describe(built)}; set --gen_size, --dim_latent, --n_mlp and '
             '--gen_channel_multiplier to match the checkpoint')
-
-
-def load_generator_state(generator, state_dict, strict=True):
-    """Load official-layout weights into a ``Generator`` with readable errors.
-
-    Raises UserError when the weights belong to another configuration (see
-    ``check_generator_state``) or do not fit for another reason.
-    """
-    if not isinstance(generator, Generator):
-        raise TypeError(f'expected a models.stylegan2.Generator, got {type(generator).__name__}')
-    return generator.load_state_dict(state_dict, strict=strict)
 
 
 class Generator(nn.Module):

@@ -24,7 +24,6 @@ take our own ``fcntl`` lock around the whole ``load`` call: the kernel releases
 it if its holder dies, and the ranks that waited find the build complete, so
 ninja has nothing left to do and they only import the module.
 """
-import contextlib
 import hashlib
 import os
 import shutil
@@ -35,8 +34,11 @@ import warnings
 import torch
 
 from utils.errors import UserError
+from utils.file_lock import file_lock
 
 BACKENDS = ('auto', 'native', 'cuda')
+# Floating-point types the compiled kernels are instantiated for; others take the native path.
+KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 ENV_VAR = 'GANGEALING_OPS'
 SOURCE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'cuda')
 CUDA_SOURCES = ('upfirdn2d_kernel.cu', 'bias_act_kernel.cu')
@@ -199,22 +201,6 @@ def extensions_root():
                         f'{python}_cu{str(torch.version.cuda).replace(".", "")}')
 
 
-@contextlib.contextmanager
-def _interprocess_lock(path):
-    """Hold an exclusive advisory lock on ``path`` (released by the OS if we die)."""
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: rely on torch's own lock
-        yield
-        return
-    with open(path, 'a') as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def _build_extension():
     """Compile (or reuse) and import the kernel module; raises on any failure."""
     from torch.utils import cpp_extension
@@ -231,7 +217,7 @@ def _build_extension():
     name = extension_name()
     build_directory = os.path.join(extensions_root(), name)
     os.makedirs(build_directory, exist_ok=True)
-    with _interprocess_lock(os.path.join(build_directory, 'gangealing_build.lock')):
+    with file_lock(os.path.join(build_directory, 'gangealing_build.lock')):
         try:
             return _load(cpp_extension, name, include_paths, library_paths, build_directory)
         except Exception as error:

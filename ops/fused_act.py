@@ -5,8 +5,6 @@ from torch import nn
 from ops import cuda_build
 from ops.fused_act_native import check_bias, fused_leaky_relu_native
 
-KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-
 
 def _bias_grad_dims(ndim):
     return [0] + list(range(2, ndim))
@@ -84,7 +82,7 @@ def fused_leaky_relu(x, bias=None, negative_slope=0.2, scale=2 ** 0.5):
     """
     check_bias(x, bias)
     extension = cuda_build.extension_for(x)
-    if extension is None or x.dtype not in KERNEL_DTYPES:
+    if extension is None or x.dtype not in cuda_build.KERNEL_DTYPES:
         return fused_leaky_relu_native(x, bias, negative_slope, scale)
     if bias is not None:
         bias = bias.to(device=x.device)

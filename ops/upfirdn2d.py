@@ -9,8 +9,6 @@ import torch
 from ops import cuda_build
 from ops.upfirdn2d_native import check_arguments, normalize_factors, output_size, upfirdn2d_native
 
-KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-
 
 def backward_factors(in_size, kernel_size, up, down, pad):
     """upfirdn2d arguments that map the output gradient to the input gradient.
@@ -84,7 +82,7 @@ def upfirdn2d(x, kernel, up=1, down=1, pad=(0, 0)):
     up, down, pad = normalize_factors(up, down, pad)
     check_arguments(x, kernel, up, down, pad)
     extension = cuda_build.extension_for(x)
-    if extension is None or kernel.requires_grad or x.dtype not in KERNEL_DTYPES:
+    if extension is None or kernel.requires_grad or x.dtype not in cuda_build.KERNEL_DTYPES:
         return upfirdn2d_native(x, kernel, up=up, down=down, pad=pad)
     kernel = kernel.to(device=x.device)
     return UpFirDn2dFunction.apply(x, kernel, up, down, pad, extension.upfirdn2d)

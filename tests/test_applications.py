@@ -19,7 +19,7 @@ from PIL import Image
 from applications import determine_flips, load_stn, pck_argparse, propagation_argparse, stn_architecture
 from applications.propagate_to_images import load_label, main as propagate_main
 from datasets.lmdb_dataset import write_lmdb_dataset
-from datasets.pck import write_pck_files
+from datasets.keypoint_pairs import write_pck_files
 from models import get_stn
 from models.spatial_transformers import flow_total_variation
 from utils.checkpoint import save_checkpoint

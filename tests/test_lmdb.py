@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader
 from datasets.image_folder import ImageFolderDataset
 from datasets.lmdb_dataset import LMDBWriter, MultiResolutionDataset, write_lmdb_dataset
 from datasets.modes import DATASET_MODES
-from datasets.samplers import data_sampler, sample_infinite_data
+from datasets.samplers import data_sampler
 from datasets.transforms import PAD_MODES, crop_box_edge_padded, make_square, pad_geometry
 from utils.errors import UserError
 from utils.image_io import encode_image
@@ -166,20 +166,6 @@ def test_data_sampler_kinds():
     dataset = list(range(10))
     assert isinstance(data_sampler(dataset, shuffle=True, distributed=False), torch.utils.data.RandomSampler)
     assert list(data_sampler(dataset, shuffle=False, distributed=False)) == list(range(10))
-
-
-def test_infinite_stream_reshuffles_each_epoch_reproducibly():
-    dataset = torch.arange(12)
-
-    def first_epochs(seed):
-        loader = DataLoader(dataset, batch_size=4, sampler=data_sampler(dataset, True, False))
-        stream = sample_infinite_data(loader, seed)
-        return [torch.cat([next(stream) for _ in range(3)]).tolist() for _ in range(3)]
-    epochs = first_epochs(5)
-    assert all(sorted(epoch) == list(range(12)) for epoch in epochs)  # each epoch is a permutation
-    assert epochs[0] != epochs[1] or epochs[1] != epochs[2]
-    assert first_epochs(5) == epochs
-    assert first_epochs(6) != epochs
 
 
 # ----------------------------------------------------------------------------- dataset modes

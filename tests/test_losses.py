@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from models.losses import (cluster_assignments, flow_identity_loss, gangealing_cluster_loss, gangealing_loss,
-                           nearest_cluster, select_assigned, split_assignment, total_variation_loss)
+from models.losses import (cluster_assignments, flow_identity_loss, gangealing_cluster_loss,
+                           nearest_cluster, select_assigned, total_variation_loss)
 
 
 def ramp_flow(slope, n=2, size=6):
@@ -40,14 +40,15 @@ def test_flow_identity_is_the_mean_square():
     assert flow_identity_loss(flow, reduce_batch=False).tolist() == pytest.approx([0.25, 0.0])
 
 
-def test_gangealing_loss_combines_weighted_terms():
+def test_single_head_loss_combines_weighted_terms():
     distances = torch.tensor([0.2, 0.4])
     flow = ramp_flow(0.1)
-    terms = gangealing_loss(distances, flow, tv_weight=10.0, flow_identity_weight=2.0)
+    terms, _ = gangealing_cluster_loss(distances, flow, 2, 1, False, tv_weight=10.0, flow_identity_weight=2.0)
     tv, identity = total_variation_loss(flow), flow_identity_loss(flow)
     assert terms.perceptual.item() == pytest.approx(0.3)
     assert terms.total.item() == pytest.approx(0.3 + 10 * tv.item() + 2 * identity.item())
-    similarity_only = gangealing_loss(distances, None, tv_weight=10.0, flow_identity_weight=2.0)
+    similarity_only, _ = gangealing_cluster_loss(distances, None, 2, 1, False, tv_weight=10.0,
+                                                 flow_identity_weight=2.0)
     assert similarity_only.total.item() == pytest.approx(0.3)
     assert similarity_only.total_variation.item() == 0.0
 
@@ -72,8 +73,6 @@ def test_nearest_cluster_with_flips_considers_mirrors():
     values, indices = nearest_cluster(distances, batch=2, num_heads=2, flips=True)
     assert values.tolist() == pytest.approx([0.1, 0.2])
     assert indices.tolist() == [3, 0]  # image 0: mirrored, head 1; image 1: unmirrored, head 0
-    head, mirrored = split_assignment(indices, num_heads=2)
-    assert head.tolist() == [1, 0] and mirrored.tolist() == [True, False]
 
 
 def test_nearest_cluster_checks_layout_size():

@@ -18,6 +18,7 @@ from ops.fused_act_native import fused_leaky_relu_native
 from ops.upfirdn2d import UpFirDn2dFunction, upfirdn2d
 from ops.upfirdn2d_native import normalize_factors, upfirdn2d_native
 from utils.errors import UserError
+from utils.file_lock import file_lock
 
 UPS = [1, 2, 3, (2, 1), (1, 3)]
 DOWNS = [1, 2, (2, 1), (1, 3)]
@@ -372,7 +373,7 @@ def test_extension_name_follows_sources(fresh_backend, tmp_path):
 def test_build_lock_is_exclusive(tmp_path):
     fcntl = pytest.importorskip('fcntl')
     path = tmp_path / 'build.lock'
-    with cuda_build._interprocess_lock(str(path)):
+    with file_lock(str(path)):
         with open(path, 'a') as other:
             with pytest.raises(BlockingIOError):
                 fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)

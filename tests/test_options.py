@@ -18,7 +18,7 @@ from utils.options import (base_eval_argparse, base_training_argparse, build_tra
                            load_options_json, parse_eval_options, parse_training_options,
                            resolve_generator_name, save_options)
 from utils.options import components as component_module
-from utils.options.parser_tools import explicitly_given
+from utils.argparse_tools import explicitly_given
 
 
 class GeneratorWithItsOwnData:
@@ -271,7 +271,7 @@ def test_explicitly_given_sees_only_typed_options():
     (['--ll_lr', '-1'], '--ll_lr must be at least 0'),
     (['--tv_weight', '-1'], '--tv_weight must be at least 0'),
     (['--tv_weight', 'nan'], '--tv_weight must be a finite number'),
-    (['--flow_size', '96'], '--flow_size must be a power of two'),
+    (['--flow_size', '96'], '--flow_size (96) must be a power of two'),
     (['--flow_size', '512'], '--flow_size (512) must not exceed --real_size (256)'),
     (['--gen_size', '64'], '--flow_size (128) must not exceed --gen_size (64)'),
     (['--real_size', '100'], '--real_size must be a power of two of at least 8'),
@@ -434,7 +434,7 @@ def test_eval_help_lists_application_and_dataset_flags(capsys):
 
 @pytest.mark.parametrize('extra, message', [
     ([], 'the following arguments are required: --ckpt'),
-    (['--ckpt', 'cat', '--flow_size', '100'], '--flow_size must be a power of two'),
+    (['--ckpt', 'cat', '--flow_size', '100'], '--flow_size (100) must be a power of two'),
     (['--ckpt', 'cat', '--flow_size', '512'], '--flow_size (512) must not exceed --real_size (256)'),
     (['--ckpt', 'cat', '--iters', '0'], '--iters must be at least 1'),
     (['--ckpt', 'cat', '--num_heads', '0'], '--num_heads must be at least 1'),

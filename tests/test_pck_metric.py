@@ -4,8 +4,8 @@ import math
 import pytest
 import torch
 
-import utils.pck as pck
-from utils.pck import bootstrap_pck, evaluate_pck_per_pair, evaluate_pck_transfer, format_pck_table
+import utils.pck_metric as pck
+from utils.pck_metric import bootstrap_pck, evaluate_pck_per_pair, evaluate_pck_transfer, format_pck_table
 
 SIZE = 64
 ALPHAS = [0.1, 0.05, 0.01]  # radii 6.4, 3.2 and 0.64 pixels on 64-pixel images
@@ -162,11 +162,14 @@ def test_num_pairs_and_rank_sharding(monkeypatch):
     assert evaluate_pck_transfer(FakeTransformer(kps, offsets), data, ALPHAS, 'cpu', flips=False,
                                  num_pairs=7)['pairs'] == 7
     # Two processes: each takes every other pair; together they cover all of them once.
+    import utils.distributed as distributed
     seen = []
     for rank in range(2):
-        monkeypatch.setattr(pck, 'get_rank', lambda rank=rank: rank)
-        monkeypatch.setattr(pck, 'get_world_size', lambda: 2)
-        seen += pck._this_rank_indices(7)
+        monkeypatch.setattr(distributed, 'get_rank', lambda rank=rank: rank)
+        monkeypatch.setattr(distributed, 'get_world_size', lambda: 2)
+        share = distributed.rank_share(list(range(7)))
+        assert len(share) == 4 - rank
+        seen += share
     assert sorted(seen) == list(range(7))
 
 

@@ -16,11 +16,11 @@ from PIL import Image
 import prepare_data
 from datasets import spair
 from datasets.lmdb_dataset import MultiResolutionDataset
-from datasets.pck import PCKDataset
+from datasets.keypoint_pairs import PCKDataset
 from datasets.transforms import make_square
 from tests.test_download import FileServer, closed_port_url
 from utils.download import DownloadError
-from utils.image_io import encode_image, tensor_to_array
+from utils.image_io import encode_image, tensor_to_uint8
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -62,7 +62,7 @@ def test_image_folder_to_lmdb_with_workers_and_a_corrupt_file(tmp_path, image_fo
         assert len(dataset) == 5
         # Stored in name order with the corrupt file left out, each border-padded exactly.
         for index in (0, 2, 3):
-            assert np.array_equal(tensor_to_array(dataset[index]), make_square(originals[index], size, 'border'))
+            assert np.array_equal(tensor_to_uint8(dataset[index]), make_square(originals[index], size, 'border'))
 
     # An existing LMDB as input (our own layout: its largest size is read).
     again = tmp_path / 'again'
@@ -70,7 +70,7 @@ def test_image_folder_to_lmdb_with_workers_and_a_corrupt_file(tmp_path, image_fo
                               '--pad', 'none', '--max_images', '3', '--n_worker', '0']) == 0
     dataset = MultiResolutionDataset(str(again), 8)
     assert len(dataset) == 3
-    assert np.array_equal(tensor_to_array(dataset[1]), make_square(originals[1], 32, 'border'))
+    assert np.array_equal(tensor_to_uint8(dataset[1]), make_square(originals[1], 32, 'border'))
 
 
 def test_missing_path_exits_1_without_traceback_or_output(tmp_path):
@@ -172,7 +172,7 @@ def test_spair_conversion(tmp_path):
     assert torch.allclose(item['kpsB'][2], torch.tensor([3.0 * 32 / 60 + 8, 3.0 * 32 / 60]))
     stored = MultiResolutionDataset(str(out), 32)
     original = np.asarray(Image.open(root / 'JPEGImages' / 'cat' / 'a.jpg').convert('RGB'))
-    assert np.array_equal(tensor_to_array(stored[0]), make_square(original, 32, 'border'))
+    assert np.array_equal(tensor_to_uint8(stored[0]), make_square(original, 32, 'border'))
 
 
 def test_spair_download_extract_and_offline_error(tmp_path, monkeypatch):
@@ -239,7 +239,7 @@ def test_cub_acsm_conversion(tmp_path):
     original = np.asarray(Image.open(root / 'images' / '001.Bird' / '1.jpg').convert('RGB'))
     rows, cols = np.clip(np.arange(-2, 42), 0, 39), np.clip(np.arange(3, 47), 0, 59)
     expected = np.asarray(Image.fromarray(original[rows][:, cols]).resize((32, 32), Image.LANCZOS))
-    assert np.array_equal(tensor_to_array(dataset.images[0]), expected)
+    assert np.array_equal(tensor_to_uint8(dataset.images[0]), expected)
 
 
 # ----------------------------------------------------------------------------- synthetic
@@ -253,7 +253,7 @@ def test_synthetic_dataset(tmp_path):
     assert dataset.fixed_pairs and dataset.pairs.tolist() == [[0, 1], [2, 3]]
     assert torch.equal(dataset.permutation, MIRROR_PERMUTATION)
     images, keypoints = render_dataset(5, 16, 2)
-    assert np.array_equal(tensor_to_array(dataset.images[4]), images[4])
+    assert np.array_equal(tensor_to_uint8(dataset.images[4]), images[4])
     assert torch.allclose(dataset.keypoints[..., :2], keypoints[..., :2], atol=1e-4)
     assert len(MultiResolutionDataset(str(out), 32)) == 5
 
@@ -284,4 +284,4 @@ def test_lsun_category_download_and_generic_lmdb_input(tmp_path, monkeypatch):
     dataset = MultiResolutionDataset(str(out), 16)
     assert len(dataset) == 3  # the corrupt value was skipped
     decoded = np.asarray(Image.open(io.BytesIO(encode_image(originals[2], 'jpeg'))).convert('RGB'))
-    assert np.array_equal(tensor_to_array(dataset[2]), make_square(decoded, 16, 'center'))
+    assert np.array_equal(tensor_to_uint8(dataset[2]), make_square(decoded, 16, 'center'))

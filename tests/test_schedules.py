@@ -3,8 +3,20 @@ import math
 import pytest
 import torch
 
-from utils.schedules import (DecayingCosineAnnealingWarmRestarts, anneal_psi, cycle_position, is_period_end,
-                             lr_at, zero_lr_iterations)
+from utils.schedules import DecayingCosineAnnealingWarmRestarts, anneal_psi, cycle_position, zero_lr_iterations
+
+
+def lr_at(step, base_lr, period, t_mult, decay):
+    """The schedule's closed form, the reference the scheduler is held to: at ``step``
+    iterations into the schedule, lr = decay**n * base_lr * (1 + cos(pi * t / T_n)) / 2
+    with n the cycle holding ``step``, t the position in it and T_n = period * t_mult**n."""
+    n, t_cur, t_i = cycle_position(step, period, t_mult)
+    return base_lr * decay ** n * (1.0 + math.cos(math.pi * t_cur / t_i)) / 2.0
+
+
+def is_period_end(step, period, t_mult):
+    """Whether ``step`` is the last step of a cycle (the next one starts a new cycle)."""
+    return step >= 0 and cycle_position(step + 1, period, t_mult)[1] == 0
 
 
 def make_optimizer(lr=0.01):

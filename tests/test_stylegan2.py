@@ -8,7 +8,7 @@ import torch
 
 from models.generators import GENERATORS
 from models.stylegan2 import (Generator, channel_table, convert_ada_state_dict,
-                              generator_config_from_state_dict, load_generator_state)
+                              generator_config_from_state_dict)
 from utils.errors import UserError
 
 STYLE_DIM = 16
@@ -99,7 +99,7 @@ def test_strict_load_without_noise_buffers_keeps_current_noise():
     G1, G2 = small_generator(8), small_generator(8)
     before = G2.noises.noise_2.clone()
     state = {k: v for k, v in G1.state_dict().items() if not k.startswith('noises.')}
-    load_generator_state(G2, state)
+    G2.load_state_dict(state)
     assert torch.equal(G2.noises.noise_2, before)
     assert torch.equal(G2.input.input, G1.input.input)
 

@@ -6,7 +6,7 @@ import torch
 
 from benchmarks import diagnose_synthetic_alignment as diagnose
 from models import get_stn
-from models.synthetic_generator import SyntheticGenerator
+from utils.synthetic_world.generator import SyntheticGenerator
 from utils import synthetic_world as W
 from utils.checkpoint import save_checkpoint
 

@@ -5,7 +5,7 @@ import io
 import pytest
 import torch
 
-from models.synthetic_generator import COARSE_LAYERS, SyntheticGenerator
+from utils.synthetic_world.generator import COARSE_LAYERS, SyntheticGenerator
 from utils import synthetic_world as W
 from utils.errors import UserError
 

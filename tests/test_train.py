@@ -15,15 +15,17 @@ import pytest
 import torch
 from torch import nn
 
-import train
 from models.gangealing import resize_for_stn, sample_pairs
 from models.losses import nearest_cluster, total_variation_loss
 from models.perceptual import PERCEPTUAL_LOSSES
+from tests.test_schedules import lr_at
+from training.building import build_models, initialise_target
+from training.state import CHECKPOINT_FORMAT_VERSION
+from training.step import EMA_DECAY, accumulate, training_step
 from utils.checkpoint import load_checkpoint
 from utils.distributed import seed_everything
 from utils.options import parse_training_options
-from utils.schedules import anneal_psi, lr_at
-from utils.training_state import CHECKPOINT_FORMAT_VERSION
+from utils.schedules import DecayingCosineAnnealingWarmRestarts, anneal_psi
 
 pytestmark = pytest.mark.usefixtures('one_thread')
 
@@ -51,7 +53,7 @@ def _initial_models(argv):
     """The models main() builds before its first step for these flags (same seeding)."""
     opt = parse_training_options(argv, save=False)
     seed_everything(opt.seed)
-    return opt, train.build_models(opt, torch.device('cpu'))
+    return opt, build_models(opt, torch.device('cpu'))
 
 
 def _max_difference(a, b, names):
@@ -87,17 +89,17 @@ def test_accumulate_is_an_exponential_moving_average_of_the_trajectory():
             for p in model.parameters():
                 p.add_(torch.randn_like(p))
             model[1].running_mean.add_(1.0)
-        train.accumulate(ema, model, decay)
+        accumulate(ema, model, decay)
         expected = [decay * e + (1 - decay) * p.detach() for e, p in zip(expected, model.parameters())]
     for got, want, current in zip(ema.parameters(), expected, model.parameters()):
         torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
         assert not torch.allclose(got, current)  # it lags behind the model
     assert torch.equal(ema[1].running_mean, model[1].running_mean)  # buffers are copied
-    train.accumulate(ema, model, 0)  # decay 0: an exact copy (how training starts)
+    accumulate(ema, model, 0)  # decay 0: an exact copy (how training starts)
     for got, current in zip(ema.parameters(), model.parameters()):
         assert torch.equal(got, current)
     # 32 iterations per 10k halve the old weights' share: 0.5 after 10000 / 32 steps.
-    assert train.EMA_DECAY ** (10000 / 32) == pytest.approx(0.5)
+    assert EMA_DECAY ** (10000 / 32) == pytest.approx(0.5)
 
 
 def test_run_logs_every_scalar_and_image_tag_and_writes_files(synthetic_run):
@@ -165,7 +167,7 @@ def test_checkpoints_hold_every_key_and_reload_into_fresh_models(synthetic_run):
     ll.load_state_dict(ckpt['ll'])
     t_optim = torch.optim.Adam(stn.parameters(), lr=opt.stn_lr)
     t_optim.load_state_dict(ckpt['t_optim'])
-    sched = train.DecayingCosineAnnealingWarmRestarts(t_optim, T_0=1, T_mult=opt.tm, decay=opt.decay)
+    sched = DecayingCosineAnnealingWarmRestarts(t_optim, T_0=1, T_mult=opt.tm, decay=opt.decay)
     sched.load_state_dict(ckpt['t_sched'])
     assert sched.get_last_lr()[0] == pytest.approx(events.scalars('Progress/STN_LearningRate')[ITERATIONS])
     assert float(t_optim.state_dict()['state'][0]['step']) == ITERATIONS  # one Adam step per iteration
@@ -180,7 +182,7 @@ def test_training_moves_the_stn_and_target_and_the_ema_lags_by_the_decay(synthet
     names = _parameter_names(initial_stn)
     initial = initial_stn.state_dict()
     ckpts = {i: _checkpoint(exp_dir, i) for i in range(1, ITERATIONS + 1)}
-    decay = train.EMA_DECAY
+    decay = EMA_DECAY
     # t_ema starts as a copy of the initial STN and follows its trajectory by the decay.
     previous = initial
     for i in range(1, ITERATIONS + 1):
@@ -231,11 +233,11 @@ def test_clustering_with_flips_keeps_each_inputs_best_head_and_mirror(tiny_confi
                                                            '--num_heads', str(heads), '--flips', '--batch', str(batch)]
     opt, (generator, stn, _, ll) = _initial_models(argv)
     loss_fn = PERCEPTUAL_LOSSES.get(opt.loss_fn).build(opt)
-    train.initialise_target(opt, generator, ll, loss_fn, torch.device('cpu'))
+    initialise_target(opt, generator, ll, loss_fn, torch.device('cpu'))
     assert not torch.allclose(ll.coefficients[0], ll.coefficients[1])  # k-means++: distinct centroids
     psi = 0.3
     torch.manual_seed(11)
-    terms = train.training_step(opt, generator, stn, ll, loss_fn, psi)
+    terms = training_step(opt, generator, stn, ll, loss_fn, psi)
     # The same draw, scored pair by pair: input n, mirrored or not, against head k's target.
     torch.manual_seed(11)
     with torch.no_grad():

@@ -91,10 +91,11 @@ FULL_BATCH = 4
 
 
 def _fixed_batch_patches(train, rank, per_rank, out_path):
-    """Replacements for train's functions: every process draws the same FULL_BATCH pairs (rank r
+    """Replacements (module, name, function): every process draws the same FULL_BATCH pairs (rank r
     takes its slice), the same PCA, and records its models and gradients instead of evaluating."""
+    import training.step
     from models.latent_learner import pca_W
-    real_pairs, real_step, real_accumulate = train.sample_pairs, train.training_step, train.accumulate
+    real_pairs, real_step, real_accumulate = training.step.sample_pairs, train.training_step, train.accumulate
     seen = {'losses': []}
 
     def sample_pairs(generator, ll, psi, batch, flow_size, freeze_ll=False):
@@ -126,8 +127,9 @@ def _fixed_batch_patches(train, rank, per_rank, out_path):
         torch.save({'t': seen['t'].state_dict(), 't_ema': t_ema.state_dict(), 'll': seen['ll'].state_dict(),
                     'grads': grads, 'losses': seen['losses']}, out_path)
 
-    return {'sample_pairs': sample_pairs, 'initialise_target': initialise_target, 'training_step': training_step,
-            'accumulate': accumulate, 'evaluate_alignment': record}
+    return [(training.step, 'sample_pairs', sample_pairs), (train, 'initialise_target', initialise_target),
+            (train, 'training_step', training_step), (train, 'accumulate', accumulate),
+            (train, 'evaluate_alignment', record)]
 
 
 def _rank_worker(rank, argv, port, out_dir):
@@ -135,9 +137,9 @@ def _rank_worker(rank, argv, port, out_dir):
                       MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
     torch.set_num_threads(1)
     import train
-    for name, function in _fixed_batch_patches(train, rank, FULL_BATCH // WORLD_SIZE,
-                                               os.path.join(out_dir, f'rank{rank}.pt')).items():
-        setattr(train, name, function)
+    for module, name, function in _fixed_batch_patches(train, rank, FULL_BATCH // WORLD_SIZE,
+                                                       os.path.join(out_dir, f'rank{rank}.pt')):
+        setattr(module, name, function)
     sys.argv = ['train.py', *argv, '--batch', str(FULL_BATCH // WORLD_SIZE)]
     train.main()
 
@@ -148,8 +150,8 @@ def test_two_ranks_at_batch_2_take_the_step_of_one_process_at_batch_4(tmp_path, 
                                      '--anneal_psi', '2']
     mp.spawn(_rank_worker, args=(argv, _free_port(), str(tmp_path)), nprocs=WORLD_SIZE, join=True)
     import train
-    for name, function in _fixed_batch_patches(train, 0, FULL_BATCH, str(tmp_path / 'single.pt')).items():
-        monkeypatch.setattr(train, name, function)
+    for module, name, function in _fixed_batch_patches(train, 0, FULL_BATCH, str(tmp_path / 'single.pt')):
+        monkeypatch.setattr(module, name, function)
     single = train_in_process(argv[:argv.index('--exp-name')] + ['--exp-name', 'single', '--results', str(tmp_path),
                                                                  '--iter', '1', '--anneal_psi', '2',
                                                                  '--batch', str(FULL_BATCH)])

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from models.stylegan2 import Generator
+from training.building import load_optimizer_state
 from utils.checkpoint import load_checkpoint, save_checkpoint
 
 pytestmark = pytest.mark.usefixtures('one_thread')
@@ -163,7 +164,6 @@ def test_sigterm_stops_after_the_iteration_with_a_loadable_checkpoint(tmp_path, 
 
 def test_optimizer_state_resumes_with_this_runs_kernel_choice():
     """A checkpoint's Adam moments are restored, its fused/foreach flags are not."""
-    import train
     param = torch.nn.Parameter(torch.ones(3))
     written = torch.optim.Adam([param], lr=0.1, foreach=False)
     param.grad = torch.tensor([1.0, -2.0, 0.5])
@@ -171,7 +171,7 @@ def test_optimizer_state_resumes_with_this_runs_kernel_choice():
     state = written.state_dict()
     resumed_param = torch.nn.Parameter(param.detach().clone())
     resumed = torch.optim.Adam([resumed_param], lr=0.5, foreach=True)
-    train.load_optimizer_state(resumed, state)
+    load_optimizer_state(resumed, state)
     group = resumed.param_groups[0]
     assert group['foreach'] is True and group['lr'] == 0.1
     assert torch.equal(resumed.state[resumed_param]['exp_avg'], written.state[param]['exp_avg'])

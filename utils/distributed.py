@@ -121,6 +121,15 @@ def is_main_process():
     return get_rank() == 0
 
 
+def rank_share(items):
+    """This process's part of a sequence: every world_size-th item, starting at its rank.
+
+    Every rank gets a disjoint share and together they cover ``items`` (the whole
+    sequence without torchrun); shares differ in length by at most one.
+    """
+    return items[get_rank()::get_world_size()]
+
+
 def _in_group():
     return is_initialized() and dist.get_world_size() > 1
 

@@ -6,7 +6,6 @@ else the size the server announced) and renames it into place only when it
 is complete. A lock file makes several processes (torchrun ranks) that ask
 for the same file download it once: the others wait, then find it in place.
 """
-import contextlib
 import hashlib
 import http.client
 import os
@@ -15,17 +14,12 @@ import shutil
 import socket
 import sys
 import tarfile
-import time
 import urllib.error
 import urllib.request
 import zipfile
 
 from utils.errors import UserError
-
-try:
-    import fcntl
-except ImportError:  # not POSIX: fall back to an exclusive-create lock file
-    fcntl = None
+from utils.file_lock import file_lock
 
 CHUNK_BYTES = 1 << 20
 
@@ -36,31 +30,6 @@ class DownloadError(UserError):
 
 def _manual_hint(url, dest):
     return f"download {url} yourself and put it at {os.path.abspath(dest)}"
-
-
-@contextlib.contextmanager
-def file_lock(lock_path, poll_seconds=0.2):
-    """Hold an exclusive inter-process lock on ``lock_path`` (created if missing)."""
-    os.makedirs(os.path.dirname(os.path.abspath(lock_path)), exist_ok=True)
-    if fcntl is not None:
-        with open(lock_path, 'a+') as handle:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-        return
-    while True:
-        try:
-            fd = os.open(lock_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            break
-        except FileExistsError:
-            time.sleep(poll_seconds)
-    try:
-        yield
-    finally:
-        os.close(fd)
-        os.remove(lock_path)
 
 
 def sha256_of_file(path):

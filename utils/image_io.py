@@ -53,10 +53,24 @@ def array_to_tensor(array):
     return tensor.div_(127.5).sub_(1.0)
 
 
-def tensor_to_array(tensor):
-    """float (3, H, W) tensor in [-1, 1] -> uint8 (H, W, 3) array (clamped, rounded)."""
-    scaled = (tensor.detach().float().cpu().clamp(-1, 1) + 1) * 127.5
-    return scaled.round().to(torch.uint8).permute(1, 2, 0).numpy()
+def tensor_to_uint8(images, value_range=(-1.0, 1.0)):
+    """Float images (N, C, H, W) or (C, H, W) -> uint8 numpy array (..., H, W, C).
+
+    ``value_range`` (lo, hi) maps to 0..255 (values outside are clamped); None
+    stretches each image to its own min..max (for average images).
+    """
+    images = images.detach().float().cpu()
+    single = images.dim() == 3
+    if single:
+        images = images.unsqueeze(0)
+    if value_range is None:
+        lo = images.amin(dim=(1, 2, 3), keepdim=True)
+        hi = images.amax(dim=(1, 2, 3), keepdim=True)
+    else:
+        lo, hi = (torch.tensor(float(v)) for v in value_range)
+    scaled = ((images - lo) / (hi - lo).clamp_min(1e-8)).clamp(0, 1).mul(255).round().to(torch.uint8)
+    array = scaled.permute(0, 2, 3, 1).numpy()
+    return array[0] if single else array
 
 
 def resize_array(array, width, height):

@@ -67,18 +67,6 @@ def cycle_position(position, first_period, t_mult):
     return n, position - start, length
 
 
-def lr_at(step, base_lr, period, t_mult, decay, eta_min=0.0):
-    """Learning rate ``step`` iterations into the cosine schedule (step 0 = peak).
-
-    lr = eta_min + (decay**n * base_lr - eta_min) * (1 + cos(pi * t / T_n)) / 2,
-    where n is the index of the cycle holding ``step``, t the position inside it
-    and T_n = period * t_mult**n its length.
-    """
-    n, t_cur, t_i = cycle_position(step, period, t_mult)
-    peak = base_lr * decay ** n
-    return eta_min + (peak - eta_min) * (1.0 + math.cos(math.pi * t_cur / t_i)) / 2.0
-
-
 def _restart_points(period, t_mult):
     """Yields the steps at which a new cycle starts: period, period * (1 + t_mult), ..."""
     point, length = 0, period
@@ -86,17 +74,6 @@ def _restart_points(period, t_mult):
         point += length
         length *= t_mult
         yield point
-
-
-def is_period_end(step, period, t_mult):
-    """True when ``step`` (iterations into the schedule) is the last step of a
-    cycle, where the learning rate is at its minimum (about zero) before the
-    next restart: step + 1 in {period, period * (1 + t_mult), ...}."""
-    if step < 0:
-        return False
-    for point in _restart_points(period, t_mult):
-        if point >= step + 1:
-            return point == step + 1
 
 
 def zero_lr_iterations(anneal_iters, period, total_iters, t_mult):

@@ -3,7 +3,7 @@ import os
 
 from datasets.lmdb_dataset import MultiResolutionDataset
 from datasets.modes import DATASET_MODES
-from datasets.pck import PCKDataset, has_pck_files
+from datasets.keypoint_pairs import PCKDataset, has_pck_files
 
 
 @DATASET_MODES.register('lmdb')

@@ -19,7 +19,8 @@ from torch.utils.data import Dataset
 
 from datasets.lmdb_dataset import close_reader, write_lmdb_dataset
 from datasets.modes import DATASET_MODES
-from datasets.pck import PCKDataset, write_pck_files
+from utils.argparse_tools import has_option
+from datasets.keypoint_pairs import PCKDataset, write_pck_files
 from utils.synthetic_world import (MIRROR_PERMUTATION, add_world_options, factors_from_options,
                                    indexed_params, render, render_dataset)
 
@@ -28,7 +29,7 @@ SPLIT_SEED_OFFSET = {'train': 0, 'val': 1, 'test': 1}
 
 
 def _add_once(parser, flag, **kwargs):
-    if flag not in parser._option_string_actions:
+    if not has_option(parser, flag):
         parser.add_argument(flag, **kwargs)
 
 
@@ -150,7 +151,7 @@ class SyntheticMode:
 
     @staticmethod
     def build_pck(opt):
-        """datasets.pck.PCKDataset of --synthetic_eval_images held-out faces at
+        """datasets.keypoint_pairs.PCKDataset of --synthetic_eval_images held-out faces at
         --real_size (consecutive pairs), rendered once and cached."""
         factors = factors_from_options(opt)
         count, size = int(opt.synthetic_eval_images), int(opt.real_size)

@@ -9,7 +9,7 @@ about ten minutes on two CPU cores; every one can be overridden on the
 command line.
 """
 from models.generators import GENERATORS
-from models.synthetic_generator import COARSE_LAYERS, N_LATENT, SyntheticGenerator
+from utils.synthetic_world.generator import COARSE_LAYERS, N_LATENT, SyntheticGenerator
 from utils.synthetic_world import NUM_FACTORS, add_world_options, factors_from_options
 
 DEMO_DEFAULTS = dict(
@@ -38,7 +38,7 @@ DEMO_DEFAULTS = dict(
 
 @GENERATORS.register('synthetic')
 class SyntheticComponent:
-    """Builds ``models.synthetic_generator.SyntheticGenerator`` from --gen_size,
+    """Builds ``utils.synthetic_world.generator.SyntheticGenerator`` from --gen_size,
     --dim_latent and the --synthetic_* world flags."""
 
     @staticmethod

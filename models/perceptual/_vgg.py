@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from utils.argparse_tools import has_option
 from utils.download import DownloadError, resolve_weights
 from utils.errors import UserError
 
@@ -28,7 +29,7 @@ WEIGHTS_OPTION = '--perceptual_weights'
 
 def add_weights_option(parser):
     """Add ``--perceptual_weights PATH`` unless an earlier component already did."""
-    if WEIGHTS_OPTION not in parser._option_string_actions:
+    if not has_option(parser, WEIGHTS_OPTION):
         parser.add_argument(WEIGHTS_OPTION, type=str, default=None, metavar='PATH',
                             help='VGG16 weights file for the chosen perceptual loss (default: the torch hub '
                                  'cache, downloaded there when missing)')

@@ -12,6 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from models.perceptual import PERCEPTUAL_LOSSES
+from utils.argparse_tools import has_option
 from utils.errors import UserError
 
 DEFAULT_LEVELS = 5
@@ -76,7 +77,7 @@ class LaplacianLoss:
 
     @staticmethod
     def modify_commandline_options(parser, is_train):
-        if '--laplacian_levels' not in parser._option_string_actions:
+        if not has_option(parser, '--laplacian_levels'):
             parser.add_argument('--laplacian_levels', type=int, default=DEFAULT_LEVELS,
                                 help='levels of the Laplacian pyramid of the laplacian loss')
         return parser

@@ -13,32 +13,51 @@ from models.spatial_transformers.trunk import build_convs, build_final_layers
 from models.spatial_transformers.warp_checks import warp_exceeds_image_bounds
 
 TRANSFORMS = ('similarity', 'flow')
+FLOW_DOWNSAMPLE = 8  # the flow head regresses at flow_size / 8 and upsamples (the original's choice)
 
 
 def _is_power_of_two(value):
     return isinstance(value, int) and value > 0 and value & (value - 1) == 0
 
 
+class STNConfigError(UserError):
+    """A configuration no spatial transformer can be built with.
+
+    ``template`` names the arguments in braces (e.g. '{flow_size} must not exceed
+    {supersize}') and ``values`` gives them; ``render(name_of)`` writes each
+    argument as ``name_of(argument) (value)``, so the option layer can speak of
+    its own flags while the message here speaks of arguments.
+    """
+
+    def __init__(self, template, **values):
+        self.template, self.values = template, values
+        super().__init__(self.render(lambda argument: argument))
+
+    def render(self, name_of):
+        return self.template.format(**{key: f'{name_of(key)} ({value})' for key, value in self.values.items()})
+
+
 def validate_stn_args(transform, flow_size, supersize, num_heads, flow_downsample,
                       channel_multiplier):
-    """Raise UserError for a configuration no spatial transformer can be built with."""
+    """Raise STNConfigError for a configuration no spatial transformer can be built with."""
     if transform not in TRANSFORMS:
-        raise UserError(f"unknown transform '{transform}'; choose from {', '.join(TRANSFORMS)}")
+        raise STNConfigError(f"unknown transform '{transform}'; choose from {', '.join(TRANSFORMS)}")
     smallest = 2 * flow_downsample if transform == 'flow' else 4
     if not _is_power_of_two(flow_size) or flow_size < smallest:
-        raise UserError(f'flow_size must be a power of two of at least {smallest} for a '
-                        f'{transform} transformer, got {flow_size}')
+        raise STNConfigError(f'{{flow_size}} must be a power of two of at least {smallest} for a '
+                             f'{transform} transformer', flow_size=flow_size)
     if transform == 'flow' and not _is_power_of_two(flow_downsample):
-        raise UserError(f'flow_downsample must be a power of two, got {flow_downsample}')
-    ratio = supersize // flow_size if isinstance(supersize, int) else 0
-    if not isinstance(supersize, int) or supersize < flow_size or supersize % flow_size or \
-            (ratio > 1 and ratio % 2):
-        raise UserError(f'supersize ({supersize}) must equal flow_size ({flow_size}) or be an '
-                        f'even multiple of it')
+        raise STNConfigError('{flow_downsample} must be a power of two', flow_downsample=flow_downsample)
+    if not isinstance(supersize, int) or supersize < flow_size:
+        raise STNConfigError('{flow_size} must not exceed {supersize}', flow_size=flow_size, supersize=supersize)
+    ratio = supersize // flow_size
+    if supersize % flow_size or (ratio > 1 and ratio % 2):
+        raise STNConfigError('{supersize} must equal {flow_size} or be an even multiple of it',
+                             supersize=supersize, flow_size=flow_size)
     if not isinstance(num_heads, int) or num_heads < 1:
-        raise UserError(f'num_heads must be a positive integer, got {num_heads}')
+        raise STNConfigError('{num_heads} must be a positive integer', num_heads=num_heads)
     if not channel_multiplier > 0:
-        raise UserError(f'channel_multiplier must be positive, got {channel_multiplier}')
+        raise STNConfigError('{channel_multiplier} must be positive', channel_multiplier=channel_multiplier)
 
 
 class SpatialTransformer(STNBase):
@@ -60,7 +79,7 @@ class SpatialTransformer(STNBase):
     """
 
     def __init__(self, flow_size, supersize, channel_multiplier=0.5, blur_kernel=(1, 3, 3, 1),
-                 num_heads=1, transform='similarity', flow_downsample=8, antialias=True,
+                 num_heads=1, transform='similarity', flow_downsample=FLOW_DOWNSAMPLE, antialias=True,
                  max_channels=512):
         super().__init__()
         validate_stn_args(transform, flow_size, supersize, num_heads, flow_downsample,

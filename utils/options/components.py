@@ -7,15 +7,16 @@ other defaults; returns the parser), ``n_latent(opt)`` (generators),
 ``ignored_options(opt)`` ({dest: reason} of options it does not read: given on
 the command line, they are refused rather than silently ignored).
 """
-import importlib
+from datasets.modes import DATASET_MODES
+from models.generators import GENERATORS
+from models.perceptual import PERCEPTUAL_LOSSES
+from utils.argparse_tools import find_action, preliminary_values
 
-from utils.options.parser_tools import find_action, preliminary_values
-
-# selector option -> (module, attribute) of its registry
+# selector option -> the registry of its components
 SELECTORS = {
-    'generator': ('models.generators', 'GENERATORS'),
-    'loss_fn': ('models.perceptual', 'PERCEPTUAL_LOSSES'),
-    'dataset_mode': ('datasets.modes', 'DATASET_MODES'),
+    'generator': GENERATORS,
+    'loss_fn': PERCEPTUAL_LOSSES,
+    'dataset_mode': DATASET_MODES,
 }
 # The order components modify the parser in: each may change the defaults of the
 # selectors after it (the synthetic generator picks its loss and dataset mode).
@@ -28,8 +29,7 @@ GENERATOR_WITH_CKPT = 'stylegan2'
 
 def registry_for(selector):
     """The registry behind a selector option ('generator', 'loss_fn', 'dataset_mode')."""
-    module, attribute = SELECTORS[selector]
-    return getattr(importlib.import_module(module), attribute)
+    return SELECTORS[selector]
 
 
 def resolve_generator_name(generator, ckpt):

@@ -17,7 +17,7 @@ import sys
 from utils.distributed import is_main_process
 from utils.options.components import (EVAL_COMPONENTS, TRAINING_COMPONENTS, apply_component_options,
                                       check_choices_unchanged, list_registered_names)
-from utils.options.parser_tools import explicitly_given
+from utils.argparse_tools import explicitly_given
 from utils.options.persistence import format_options, save_options
 from utils.options.resume import find_resume_source
 from utils.options.tiers import base_training_argparse

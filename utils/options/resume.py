@@ -12,9 +12,8 @@ import os
 import sys
 from dataclasses import dataclass, field
 
-from utils.checkpoint import CheckpointError, load_checkpoint
-from utils.options.parser_tools import preliminary_values
-from utils.training_state import training_checkpoints
+from utils.argparse_tools import preliminary_values
+from utils.checkpoint import CheckpointError, load_checkpoint, training_checkpoints
 
 # Options that describe where and how this process runs, not the run itself:
 # never taken from a checkpoint.

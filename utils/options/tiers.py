@@ -5,13 +5,24 @@ published recipes run unchanged. Components (generator, perceptual loss,
 dataset mode) add their flags later, see ``utils.options.components``.
 """
 import argparse
-import importlib
 
+from datasets.modes import DATASET_MODES
+from models.generators import GENERATORS
+from models.perceptual import PERCEPTUAL_LOSSES
+from models.spatial_transformers.sampling import PADDING_MODES
+from models.spatial_transformers.transformer import TRANSFORMS
 from utils.distributed import DEVICE_CHOICES
+from utils.schedules import ANNEAL_FUNCTIONS
 
-TRANSFORMS = ('similarity', 'flow')
-PADDING_MODES = ('border', 'zeros', 'reflection')
-ANNEAL_FUNCTIONS = ('cosine', 'linear')
+# The transformer's architecture flags and their training defaults (the original
+# trainer's); applications fall back on them when a checkpoint does not say.
+STN_ARCHITECTURE_DEFAULTS = {
+    'transform': list(TRANSFORMS),
+    'flow_size': 128,
+    'stn_channel_multiplier': 0.5,
+    'num_heads': 1,
+}
+RELEASED_TRUNK_WIDTH = 512  # channels of the low-resolution layers of every released transformer
 
 _EPILOG = ('Flags added by the chosen generator, perceptual loss and dataset mode are listed under '
            '"options"; name other components (e.g. "--generator stylegan2 --help") to see theirs.')
@@ -28,10 +39,6 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-def _registry(module, attribute):
-    return getattr(importlib.import_module(module), attribute)
-
-
 def new_parser(description, add_help=True):
     """An empty ArgumentParser with the conventions every tier shares.
 
@@ -46,14 +53,13 @@ def new_parser(description, add_help=True):
 def add_base_options(parser):
     """Flags shared by training and evaluation. Phase tiers set the defaults of
     --batch, --padding_mode and the spatial-transformer flags, which differ."""
-    datasets = _registry('datasets.modes', 'DATASET_MODES')
     group = parser.add_argument_group('data and runtime')
     group.add_argument('--real_data_path', type=str, default=None,
                        help='real images in the layout --dataset_mode expects (an LMDB made by '
                             'prepare_data.py for lmdb); training uses them only for visuals and '
                             'evaluation')
     group.add_argument('--real_size', type=int, default=256, help='resolution of the real images')
-    group.add_argument('--dataset_mode', type=datasets.choice_type(), default='lmdb',
+    group.add_argument('--dataset_mode', type=DATASET_MODES.choice_type(), default='lmdb',
                        help='how real images are read (a registered dataset mode; a generator may '
                             'choose another default)')
     group.add_argument('--num_workers', type=int, default=2, help='data-loading worker processes per process')
@@ -88,8 +94,6 @@ def add_base_options(parser):
 
 def add_training_options(parser):
     """Flags of the training phase (the original trainer's, plus our additions)."""
-    generators = _registry('models.generators', 'GENERATORS')
-    losses = _registry('models.perceptual', 'PERCEPTUAL_LOSSES')
 
     main = parser.add_argument_group('experiment')
     main.add_argument('--exp-name', dest='exp_name', type=str, required=True,
@@ -108,7 +112,7 @@ def add_training_options(parser):
     main.add_argument('--iter', type=int, default=800000, help='total training iterations')
 
     gen = parser.add_argument_group('generator')
-    gen.add_argument('--generator', type=generators.choice_type(), default=None,
+    gen.add_argument('--generator', type=GENERATORS.choice_type(), default=None,
                      help="generator type (a registered generator); unset: 'synthetic' without "
                           "--ckpt, 'stylegan2' with it")
     gen.add_argument('--gen_size', type=int, default=256, help='resolution of the generated images')
@@ -135,7 +139,7 @@ def add_training_options(parser):
                         help='iterations over which psi goes from 1 to 0')
     target.add_argument('--anneal_fn', type=str, default='cosine', choices=ANNEAL_FUNCTIONS,
                         help='schedule of psi during annealing')
-    target.add_argument('--loss_fn', type=losses.choice_type(), default='vgg_ssl',
+    target.add_argument('--loss_fn', type=PERCEPTUAL_LOSSES.choice_type(), default='vgg_ssl',
                         help='perceptual loss (a registered perceptual loss)')
     target.add_argument('--tv_weight', type=float, default=1000.0,
                         help='weight of the total-variation smoothness loss on the residual flow')
@@ -170,8 +174,9 @@ def add_training_options(parser):
                      help='times the similarity transformer is applied recursively in the final '
                           'PCK-Transfer evaluation (as --iters of the applications)')
 
-    parser.set_defaults(batch=5, padding_mode='reflection', transform=list(TRANSFORMS), flow_size=128,
-                        stn_channel_multiplier=0.5, stn_max_channels=512, num_heads=1)
+    architecture = {key: list(value) if isinstance(value, list) else value
+                    for key, value in STN_ARCHITECTURE_DEFAULTS.items()}
+    parser.set_defaults(batch=5, padding_mode='reflection', stn_max_channels=RELEASED_TRUNK_WIDTH, **architecture)
     return parser
 
 

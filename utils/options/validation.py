@@ -7,8 +7,9 @@ Each ``*_problems`` function returns a list of readable sentences; the
 import math
 import os
 
+from models.spatial_transformers.transformer import FLOW_DOWNSAMPLE, STNConfigError, validate_stn_args
+from utils.argparse_tools import flag_name
 from utils.options.components import component_ignored_options, generator_n_latent, run_component_validators
-from utils.options.parser_tools import flag_name
 
 MIN_IMAGE_SIZE = 8
 WEIGHTS_NEEDING_FLOW = ('tv_weight', 'flow_identity_weight')
@@ -53,15 +54,24 @@ class _Checker:
                 self.fail(f'{self.flag(dest)} must be a finite number (got {value})')
 
     def flow_size(self, size_dests):
+        """The transformer's own rules for --flow_size against each input size in ``size_dests``
+        (--real_size, and in training --gen_size), in the words of the flags."""
         value = getattr(self.opt, 'flow_size', None)
         if value is None:
             return
-        if not is_power_of_two(value):
-            self.fail(f'{self.flag("flow_size")} must be a power of two (got {value})')
+        transform = 'flow' if 'flow' in (getattr(self.opt, 'transform', None) or ()) else 'similarity'
         for dest in size_dests:
             size = getattr(self.opt, dest, None)
-            if size is not None and value > size:
-                self.fail(f'{self.flag("flow_size")} ({value}) must not exceed {self.flag(dest)} ({size})')
+            if size is None or not is_power_of_two(size):
+                continue  # reported by image_size
+            try:
+                if dest == 'real_size':  # the transformer's input: all of its rules
+                    validate_stn_args(transform, value, size, 1, FLOW_DOWNSAMPLE, 1.0)
+                elif is_power_of_two(value) and value > size:  # generator output, resized to flow_size
+                    raise STNConfigError('{flow_size} must not exceed {supersize}', flow_size=value, supersize=size)
+            except STNConfigError as e:
+                self.fail(e.render(lambda argument: self.flag(dest if argument == 'supersize' else argument)))
+                return
 
     def transform_list(self):
         transform = getattr(self.opt, 'transform', None)

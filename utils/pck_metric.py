@@ -18,7 +18,7 @@ unchanged as B's, on the same pairs with the same thresholds.
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from utils.distributed import all_gather_tensor, get_rank, get_world_size, is_main_process
+from utils.distributed import all_gather_tensor, is_main_process, rank_share
 from utils.errors import UserError
 
 
@@ -144,11 +144,6 @@ def _dataset_permutation(dataset):
     return None
 
 
-def _this_rank_indices(num_pairs):
-    """Pair indices this process evaluates: every world_size-th one from its rank."""
-    return list(range(get_rank(), num_pairs, get_world_size()))
-
-
 @torch.no_grad()
 def evaluate_pck_per_pair(t, dataset, alphas, device, batch_size=40, flips=True, num_pairs=None,
                           transfer_both_ways=False, num_workers=0, progress=False, **stn_kwargs):
@@ -156,7 +151,7 @@ def evaluate_pck_per_pair(t, dataset, alphas, device, batch_size=40, flips=True,
 
     Args:
         t: spatial transformer (see ``evaluate_batch``), already on ``device``.
-        dataset: a PCK dataset (items as in ``datasets.pck.PCKDataset``); its
+        dataset: a PCK dataset (items as in ``datasets.keypoint_pairs.PCKDataset``); its
             ``permutation`` reorders keypoints of mirrored images.
         alphas: sequence of K thresholds.
         device: where the transformer runs.
@@ -184,7 +179,7 @@ def evaluate_pck_per_pair(t, dataset, alphas, device, batch_size=40, flips=True,
     permutation = _dataset_permutation(dataset)
     if permutation is not None:
         permutation = permutation.to(device)
-    shard = Subset(dataset, _this_rank_indices(total))
+    shard = Subset(dataset, rank_share(list(range(total))))
     loader = DataLoader(shard, batch_size=batch_size, shuffle=False, num_workers=num_workers, drop_last=False)
     if progress and is_main_process():
         from tqdm import tqdm
@@ -232,7 +227,7 @@ def evaluate_pck_transfer(t, dataset, alphas, device, batch_size=40, flips=True,
     Args:
         t: spatial transformer on ``device`` with ``transfer_points`` and
             ``match_flows``.
-        dataset: PCK dataset (see ``datasets.pck.PCKDataset``).
+        dataset: PCK dataset (see ``datasets.keypoint_pairs.PCKDataset``).
         alphas: sequence of thresholds (e.g. [0.1, 0.05, 0.01]).
         device: torch.device to run on.
         batch_size: pairs per forward pass and process.

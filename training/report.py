@@ -1,22 +1,20 @@
 """What training shows and reports: periodic image grids and the final alignment score.
 
-Sits above models/ and datasets/ (it finds the dataset mode by name).
+Training assembly: it builds on models/ and datasets/ (it finds the dataset mode by name).
 """
 import json
 import os
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
 from datasets.modes import DATASET_MODES
-from datasets.samplers import data_sampler
-from models.gangealing import resize_for_stn, sample_pairs
+from models.gangealing import CongealedMean, congealed_mean, resize_for_stn, sample_pairs
 from models.losses import cluster_assignments
 from utils.atomic_io import atomic_write
-from utils.distributed import all_gather_tensor, get_world_size, is_main_process
+from utils.distributed import is_main_process, rank_share
 from utils.flow_vis import flow_to_rgb
-from utils.pck import evaluate_pck_transfer, format_pck_table
-from utils.training_vis import congealed_mean
+from utils.pck_metric import evaluate_pck_transfer, format_pck_table
 
 
 class TrainingVisuals:
@@ -46,8 +44,9 @@ class TrainingVisuals:
         else:
             indices = range(min(opt.n_sample, len(dataset)))
         samples = torch.stack([dataset[i] for i in indices])
-        loader = DataLoader(dataset, batch_size=opt.vis_batch_size, num_workers=0,
-                            sampler=data_sampler(dataset, shuffle=False, distributed=get_world_size() > 1))
+        # The template averages the first --n_mean images, shared out over the ranks.
+        share = rank_share(range(min(opt.n_mean, len(dataset))))
+        loader = DataLoader(Subset(dataset, share), batch_size=opt.vis_batch_size, num_workers=0)
         return loader, samples
 
     @torch.no_grad()
@@ -64,7 +63,7 @@ class TrainingVisuals:
         self._log_generated(generator, t_ema, ll, loss_fn, vis_z, psi, step)
         if self.real_loader is None:
             return
-        mean, _ = congealed_mean(t_ema, self.real_loader, opt.n_mean, self.device, **self.stn_kwargs)
+        mean, _ = congealed_mean(t_ema, self.real_loader, self.device, **self.stn_kwargs)
         if is_main_process():
             writer.grid(mean, 'mean_congealed_real', step, scale_each=True)
             reals = self.real_samples.to(self.device)
@@ -80,9 +79,8 @@ class TrainingVisuals:
     def _log_generated(self, generator, t_ema, ll, loss_fn, vis_z, psi, step):
         opt, writer = self.opt, self.writer
         heads = opt.num_heads
-        sums = torch.zeros(heads, 3, opt.flow_size, opt.flow_size, device=self.device)
-        counts = torch.zeros(heads, device=self.device)
-        n_local = max(1, opt.n_mean // get_world_size())
+        mean = CongealedMean(heads, 3, opt.flow_size, self.device)
+        n_local = max(1, len(rank_share(range(opt.n_mean))))
         shown = None
         done = 0
         while done < n_local:
@@ -98,19 +96,16 @@ class TrainingVisuals:
             else:
                 chosen = torch.zeros(n, dtype=torch.long, device=self.device)
                 aligned_best = aligned
-            sums.index_add_(0, chosen, aligned_best)
-            counts += torch.bincount(chosen, minlength=heads).float()
+            mean.add(aligned_best, chosen)
             if shown is None:
                 shown = (x[:opt.n_sample], aligned[:opt.n_sample * heads], y[:opt.n_sample * heads])
             done += n
-        sums = all_gather_tensor(sums.unsqueeze(0)).sum(0)
-        counts = all_gather_tensor(counts.unsqueeze(0)).sum(0)
+        means, _ = mean.result()
         if is_main_process():
             x, aligned, y = shown
             writer.grid(x, 'sample', step)
             writer.grid(aligned, 'congealed_sample', step, nrow=self._nrow(aligned))
             writer.grid(y, 'target_sample', step, nrow=self._nrow(y))
-            means = sums / counts.clamp_min(1).view(-1, 1, 1, 1)
             writer.grid(means, 'mean_congealed_sample', step, nrow=heads, scale_each=True)
 
 

@@ -5,8 +5,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from datasets.lmdb_dataset import write_lmdb_dataset
-from datasets.pck import PCKDataset, rescale_keypoints, write_pck_files
-from datasets.samplers import sample_infinite_data
+from datasets.keypoint_pairs import PCKDataset, rescale_keypoints, write_pck_files
 from utils.errors import UserError
 
 NUM_IMAGES, NUM_POINTS = 7, 4
@@ -86,16 +85,17 @@ def test_thresholds_and_scales(tmp_path):
     assert item['scaleA'].item() == pytest.approx(0.25)  # 0.5 at size 32 -> 0.25 at 16
 
 
-def test_loader_collates_and_infinite_stream_redraws_pairs(tmp_path):
+def test_loader_collates_and_redrawn_pairs_reach_the_batches(tmp_path):
     _make_dataset(tmp_path, thresholds=True)
     dataset = PCKDataset(str(tmp_path), 16, seed=0)
-    stream = sample_infinite_data(DataLoader(dataset, batch_size=3), seed=1)
-    first = next(stream)
+    loader = DataLoader(dataset, batch_size=3)
+    first = next(iter(loader))
     assert first['imgsA'].shape == (3, 3, 16, 16) and first['kpsA'].shape == (3, NUM_POINTS, 2)
     assert first['visB'].shape == (3, NUM_POINTS) and first['scaleA'].shape == (3,)
     first_pairs = torch.stack([first['indexA'], first['indexB']], 1)
     assert torch.equal(first_pairs, dataset.pairs)
-    second = next(stream)  # one batch per epoch: a new epoch with redrawn pairs
+    dataset.randomize_pairs(1)
+    second = next(iter(loader))
     second_pairs = torch.stack([second['indexA'], second['indexB']], 1)
     assert second['index'].tolist() == [0, 1, 2]
     assert torch.equal(second_pairs, dataset.pairs) and not torch.equal(second_pairs, first_pairs)

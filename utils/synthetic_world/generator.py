@@ -127,7 +127,7 @@ class SyntheticGenerator(nn.Module):
     def __init__(self, size=64, style_dim=world.NUM_FACTORS, n_mlp=None, factors=None, edge_softness=0.25):
         super().__init__()
         if style_dim < world.NUM_FACTORS:
-            raise UserError(f'the synthetic generator needs --dim_latent >= {world.NUM_FACTORS}, got {style_dim}')
+            raise UserError(f'the synthetic generator needs style_dim >= {world.NUM_FACTORS}, got {style_dim}')
         if int(size) != size or size < 8:
             raise UserError(f'the synthetic generator needs an image size >= 8, got {size}')
         self.size = int(size)

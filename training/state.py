@@ -1,7 +1,6 @@
-"""Checkpoint contents beyond module weights: format version, iteration, RNG states, finding the newest."""
+"""Checkpoint contents beyond module weights: format version, iteration, RNG states."""
 import os
 import random
-import re
 
 import numpy as np
 import torch
@@ -13,28 +12,6 @@ from utils.errors import UserError
 # Version 2: RNG states as tensors and plain containers (loadable with only
 #   argparse.Namespace allowed), plus 'rank_rng_states' (one per rank) under DDP.
 CHECKPOINT_FORMAT_VERSION = 2
-# Training checkpoints are named by iteration; temporary files start with a dot.
-CHECKPOINT_NAME = re.compile(r'^(\d+)\.pt$')
-
-
-def checkpoint_name(iteration):
-    """The file name of the training checkpoint of ``iteration`` ('0001000.pt')."""
-    return f'{int(iteration):07d}.pt'
-
-
-def training_checkpoints(folder):
-    """[(iteration, path)] of the training checkpoints in ``folder``, newest first
-    (an empty list when the folder does not exist). Half-written files never
-    carry a checkpoint name: saves go to a hidden temporary file and are renamed."""
-    try:
-        names = os.listdir(folder)
-    except FileNotFoundError:
-        return []
-    found = [(int(m.group(1)), os.path.join(folder, name)) for name in names
-             for m in [CHECKPOINT_NAME.match(name)] if m]
-    return sorted(found, reverse=True)
-
-
 def checkpoint_iteration(ckpt, path):
     """The iteration a checkpoint was saved at.
 

@@ -23,6 +23,15 @@ def find_action(parser, dest):
     return None
 
 
+def has_option(parser, flag):
+    """Whether ``parser`` already has the option string ``flag`` (e.g. '--batch').
+
+    Components add their flags to a parser shared by several of them; this lets
+    each add a shared flag once.
+    """
+    return any(flag in action.option_strings for action in parser._actions)
+
+
 def flag_name(parser, dest):
     """How the user writes option ``dest`` (e.g. 'exp_name' -> '--exp-name')."""
     action = find_action(parser, dest)

@@ -1,17 +1,10 @@
-"""Training-time pictures: image grids to PNG files and TensorBoard.
-
-Everything here runs under ``torch.no_grad`` on the EMA transformer and is
-called every ``--vis_every`` iterations, so it works in mini-batches of
-``--vis_batch_size`` and never keeps more than one batch on the device.
-"""
+"""Where training writes what it shows: TensorBoard scalars and image grids, and the grids as PNG files."""
 import os
 
-import numpy as np
-import torch
 from PIL import Image
 from torchvision.utils import make_grid
 
-from utils.distributed import all_gather_tensor, get_world_size
+from utils.image_io import tensor_to_uint8
 
 
 class ExperimentWriter:
@@ -48,7 +41,7 @@ class ExperimentWriter:
         nrow = nrow or max(1, int(images.size(0) ** 0.5))
         grid = make_grid(images.clamp(0, 1), nrow=nrow, padding=2, pad_value=0)
         self.tb.add_image(name, grid, step)
-        array = (grid.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
+        array = tensor_to_uint8(grid, value_range=(0, 1))
         Image.fromarray(array).save(os.path.join(self.exp_dir, f'{name}_{step:07d}.png'))
 
     def flush(self):
@@ -56,34 +49,3 @@ class ExperimentWriter:
 
     def close(self):
         self.tb.close()
-
-
-@torch.no_grad()
-def congealed_mean(t_ema, images_iter, limit, device, **stn_kwargs):
-    """Average congealed image over up to ``limit`` images from all ranks.
-
-    Args:
-        images_iter: iterable of (B, 3, S, S) batches in [-1, 1] (this rank's share).
-        limit: total number of images over all ranks.
-    Returns:
-        (mean (K, 3, s, s) with K = num_heads when the STN has several heads else 1,
-        the first congealed batch on this rank).
-    """
-    total = None
-    count = torch.zeros((), device=device)
-    first = None
-    per_rank = max(1, limit // get_world_size())
-    for x in images_iter:
-        x = x.to(device)
-        out = t_ema(x, unfold=True, **stn_kwargs)  # (B, K, 3, s, s) with unfold
-        if out.dim() == 4:
-            out = out.unsqueeze(1)
-        first = out if first is None else first
-        batch_sum = out.sum(0)
-        total = batch_sum if total is None else total + batch_sum
-        count += x.size(0)
-        if count.item() >= per_rank:
-            break
-    total = all_gather_tensor(total.unsqueeze(0)).sum(0)
-    count = all_gather_tensor(count.view(1)).sum()
-    return total / count, first

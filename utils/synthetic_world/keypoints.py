@@ -1,0 +1,138 @@
+"""Named keypoints of the face and the geometry they come from.
+
+Object coordinates: the canonical face fits in the box [-1, 1]^2 (x right, y
+down; unmirrored, x < 0 is image-left). A pose maps object point q to the
+normalised image point ``2 * translation + scale * R(rotation) @ (mirror_sign * q.x, q.y)``.
+Keypoint names say on which side of the *image* a point lies for an upright
+face, so a mirrored face gets its keypoints permuted with ``MIRROR_PERMUTATION``,
+exactly as a horizontally flipped image would.
+"""
+import torch
+
+from utils.synthetic_world.factors import canonical_params
+
+KEYPOINT_NAMES = (
+    'left_ear_tip', 'right_ear_tip',
+    'left_eye', 'right_eye',
+    'nose',
+    'left_mouth_corner', 'right_mouth_corner',
+    'chin',
+    'left_cheek', 'right_cheek',
+)
+NUM_KEYPOINTS = len(KEYPOINT_NAMES)
+# Index i of a mirrored face holds the mirror image of keypoint MIRROR_PERMUTATION[i].
+MIRROR_PERMUTATION = torch.tensor([1, 0, 3, 2, 4, 6, 5, 7, 9, 8], dtype=torch.long)
+
+HEAD_CENTRE_Y = 0.10
+_HEAD_RADII = (0.70, 0.64)
+# Right ear (the left one is its mirror image): inner base, outer base, tip.
+_EAR = ((0.14, -0.46), (0.60, -0.14), (0.58, -0.92))
+# Entries of the shape vector, each a relative change in [-shape, shape].
+SHAPE_NAMES = ('head_width', 'head_height', 'ear_length', 'ear_spread', 'ear_width', 'eye_spacing',
+               'eye_height', 'eye_size', 'nose_size', 'nose_height', 'mouth_width', 'mouth_drop')
+_SHAPE_HEAD_W, _SHAPE_HEAD_H, _SHAPE_EAR_LEN, _SHAPE_EAR_SPREAD, _SHAPE_EAR_W, _SHAPE_EYE_SEP, \
+    _SHAPE_EYE_Y, _SHAPE_EYE_SIZE, _SHAPE_NOSE_SIZE, _SHAPE_NOSE_Y, _SHAPE_MOUTH_W, _SHAPE_MOUTH_DROP = \
+    range(len(SHAPE_NAMES))
+
+
+def face_layout(shape):
+    """Positions and sizes of every part for shape vectors (N, 12).
+
+    Part positions follow the head's size (so parts stay attached); part sizes
+    change on their own, which makes the family non-rigid.
+    Returns a dict of (N,) tensors and (x, y) pairs of (N,) tensors.
+    """
+    d = [shape[:, i] for i in range(shape.shape[1])]
+    hx, hy = 1 + d[_SHAPE_HEAD_W], 1 + d[_SHAPE_HEAD_H]
+
+    def place(x, y):
+        return x * hx, HEAD_CENTRE_Y + (y - HEAD_CENTRE_Y) * hy
+
+    (ix, iy), (ox, oy), (tx, ty) = _EAR
+    bcx, bcy = (ix + ox) / 2, (iy + oy) / 2
+    ear_w, ear_len = 1 + d[_SHAPE_EAR_W], 1 + d[_SHAPE_EAR_LEN]
+    ear_inner = place(bcx + (ix - bcx) * ear_w, bcy + (iy - bcy) * ear_w)
+    ear_outer = place(bcx + (ox - bcx) * ear_w, bcy + (oy - bcy) * ear_w)
+    ear_tip = place(bcx + (tx - bcx) * ear_len + 0.6 * d[_SHAPE_EAR_SPREAD], bcy + (ty - bcy) * ear_len)
+
+    eye = place(0.27 * (1 + d[_SHAPE_EYE_SEP]), 0.3 * d[_SHAPE_EYE_Y])
+    eye_size = 1 + d[_SHAPE_EYE_SIZE]
+    nose_size = 1 + d[_SHAPE_NOSE_SIZE]
+    nose = place(torch.zeros_like(hx), 0.25 + 0.3 * d[_SHAPE_NOSE_Y])
+    nose_half_width, nose_height = 0.085 * nose_size, 0.07 * nose_size
+    nose_bottom_y = nose[1] + nose_height / 2
+    mouth_top_y = nose_bottom_y + 0.07 * (1 + d[_SHAPE_MOUTH_DROP])
+    mouth_w = 0.16 * (1 + d[_SHAPE_MOUTH_W])
+    return {
+        'hx': hx, 'hy': hy,
+        'head_radii': (_HEAD_RADII[0] * hx, _HEAD_RADII[1] * hy),
+        'ear': (ear_inner, ear_outer, ear_tip),
+        'eye': eye, 'eye_size': eye_size,
+        'nose': nose, 'nose_half_width': nose_half_width, 'nose_height': nose_height,
+        'nose_bottom_y': nose_bottom_y, 'mouth_top_y': mouth_top_y,
+        'mouth_mid': (0.5 * mouth_w, mouth_top_y + 0.065), 'mouth_corner': (mouth_w, mouth_top_y + 0.035),
+    }
+
+
+def object_keypoints(shape):
+    """Keypoints of unmirrored faces in object coordinates.
+
+    Args:
+        shape: (N, 12) relative shape changes.
+    Returns:
+        (N, NUM_KEYPOINTS, 2) object coordinates (x, y), KEYPOINT_NAMES order.
+    """
+    lay = face_layout(shape)
+    zero = torch.zeros_like(lay['hx'])
+    ear_tip, eye, corner = lay['ear'][2], lay['eye'], lay['mouth_corner']
+    nose_x, nose_y = lay['nose']
+    rx, ry = lay['head_radii']
+    points = [
+        (-ear_tip[0], ear_tip[1]), ear_tip,
+        (-eye[0], eye[1]), eye,
+        (nose_x, nose_y - lay['nose_height'] / 6),   # centroid of the nose triangle
+        (-corner[0], corner[1]), corner,
+        (zero, HEAD_CENTRE_Y + ry),
+        (-rx, zero + HEAD_CENTRE_Y), (rx, zero + HEAD_CENTRE_Y),
+    ]
+    return torch.stack([torch.stack([x, y], dim=-1) for x, y in points], dim=1)
+
+
+def pose_matrix(params):
+    # (N, 2, 2) scale * rotation and (N, 2) shift in normalised image coordinates.
+    c, s = torch.cos(params['rotation']), torch.sin(params['rotation'])
+    scale = params['scale']
+    rot = torch.stack([torch.stack([c, -s], -1), torch.stack([s, c], -1)], dim=-2)
+    return scale[:, None, None] * rot, 2 * params['translation']
+
+
+def keypoints_from_params(params, size):
+    """Exact keypoints of the faces ``params`` describe, for ``size`` x ``size`` images.
+
+    Returns:
+        (N, NUM_KEYPOINTS, 3): x, y in pixels (pixel centres at 0 .. size - 1)
+        and visibility 1 when the point lies on the canvas ([0, size - 1] in
+        both coordinates), else 0.
+    """
+    q = object_keypoints(params['shape'])
+    mirror = params['mirror']
+    mirrored = torch.stack([-q[..., 0], q[..., 1]], dim=-1)[:, MIRROR_PERMUTATION.to(q.device)]
+    q = torch.where(mirror[:, None, None] > 0.5, mirrored, q)
+    matrix, shift = pose_matrix(params)
+    p = torch.einsum('nij,npj->npi', matrix, q) + shift[:, None]
+    xy = (p + 1) * size / 2 - 0.5
+    visible = ((xy >= 0) & (xy <= size - 1)).all(dim=-1, keepdim=True).to(xy.dtype)
+    return torch.cat([xy, visible], dim=-1)
+
+
+def canonical_keypoints(size, factors=None):
+    """(NUM_KEYPOINTS, 3) keypoints of the canonical face (see canonical_params)."""
+    return keypoints_from_params(canonical_params(1, factors), size)[0]
+
+
+def flip_keypoints(keypoints, size):
+    """Keypoints of horizontally flipped images: x -> size - 1 - x, then reordered
+    with MIRROR_PERMUTATION. keypoints: (N, P, 2 or 3) pixels; same shape back."""
+    flipped = keypoints.clone()
+    flipped[..., 0] = size - 1 - keypoints[..., 0]
+    return flipped[:, MIRROR_PERMUTATION.to(keypoints.device)]

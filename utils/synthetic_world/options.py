@@ -1,0 +1,43 @@
+"""The --synthetic_* flags, shared by the synthetic generator and the synthetic dataset mode."""
+from utils.argparse_tools import has_option
+from utils.synthetic_world.factors import MAX_DISTRACTORS, WorldFactors
+
+
+def add_world_options(parser):
+    """Add the --synthetic_* world flags to ``parser`` (once; later calls do nothing)."""
+    if has_option(parser, '--synthetic_rotation'):
+        return parser
+    d = WorldFactors()
+    group = parser.add_argument_group('synthetic world')
+    group.add_argument('--synthetic_rotation', type=float, default=d.rotation,
+                       help='largest |rotation| of synthetic faces in degrees (0 = upright)')
+    group.add_argument('--synthetic_scale', type=float, nargs=2, default=list(d.scale), metavar=('MIN', 'MAX'),
+                       help='size range of synthetic faces as a fraction of the canvas')
+    group.add_argument('--synthetic_translation', type=float, default=d.translation,
+                       help='largest shift of synthetic faces per axis, as a fraction of the canvas')
+    group.add_argument('--synthetic_no_mirror', action='store_true',
+                       help='never mirror synthetic faces (rendered or generated)')
+    group.add_argument('--synthetic_shape', type=float, default=d.shape,
+                       help='largest relative change of face part sizes and positions (0 = rigid)')
+    group.add_argument('--synthetic_no_appearance', action='store_true',
+                       help='give every synthetic face the canonical colours and texture')
+    group.add_argument('--synthetic_no_background', action='store_true',
+                       help='draw synthetic faces on a flat background (no gradient, noise or distractors)')
+    group.add_argument('--synthetic_distractors', type=int, default=d.distractors,
+                       help=f'number of distractor shapes in synthetic backgrounds (0-{MAX_DISTRACTORS})')
+    return parser
+
+
+def factors_from_options(opt):
+    """WorldFactors from parsed --synthetic_* options (validated; UserError if out of range)."""
+    d = WorldFactors()
+    return WorldFactors(
+        rotation=getattr(opt, 'synthetic_rotation', d.rotation),
+        scale=tuple(getattr(opt, 'synthetic_scale', d.scale)),
+        translation=getattr(opt, 'synthetic_translation', d.translation),
+        mirror=not getattr(opt, 'synthetic_no_mirror', False),
+        shape=getattr(opt, 'synthetic_shape', d.shape),
+        appearance=not getattr(opt, 'synthetic_no_appearance', False),
+        background=not getattr(opt, 'synthetic_no_background', False),
+        distractors=getattr(opt, 'synthetic_distractors', d.distractors),
+    ).validate()
