@@ -7,7 +7,15 @@ Sources:
 - SPair-71K keypoint pairs (``--spair_category``, ``--spair_split``) and the
   CUB ACSM validation split (``--cub_acsm``), written as PCK datasets;
 - the built-in synthetic world (``--synthetic --seed S``), a PCK dataset
-  whose keypoints are known exactly.
+  whose keypoints are known exactly;
+- a video file (``--path clip.mp4``: anything FFmpeg decodes), every frame
+  (or the first ``--max_images``) stored in order.
+
+``--synthetic_video OUT.mp4 --frames N --size S --seed SEED`` renders a
+video instead: one synthetic face moving smoothly (utils/synthetic_world/video.py),
+with its exact keypoints beside it in OUT.keypoints.pt, a float tensor
+(N, 10, 3): x, y in pixels of the S x S frames, then visibility (0/1), in
+the keypoint order of utils/synthetic_world/keypoints.py (KEYPOINT_NAMES).
 
 Images are made square with ``--pad`` and resized to every ``--size``.
 Unreadable images are skipped and counted. The ``length`` key is written
@@ -18,6 +26,8 @@ Examples:
   python prepare_data.py --spair_category cat --spair_split test --out data/spair_cats_test --size 256
   python prepare_data.py --cub_acsm --out data/cub_val --size 256
   python prepare_data.py --synthetic --seed 0 --out data/synthetic --size 64,128
+  python prepare_data.py --path clip.mp4 --out data/clip --size 256 --pad center
+  python prepare_data.py --synthetic_video data/face.mp4 --frames 240 --size 128 --seed 1
 """
 import argparse
 import multiprocessing
@@ -60,7 +70,7 @@ def build_parser():
                              'edge pixels, zero = pad with black, resize_small_side = shorter side to the '
                              'size keeping the aspect ratio, none = store as is')
     parser.add_argument('--path', type=str, default=None,
-                        help='folder of images (or video frames), or an LMDB with --input_is_lmdb; for '
+                        help='folder of images (or video frames), a video file, or an LMDB with --input_is_lmdb; for '
                              'SPair/CUB the extracted dataset folder (default: downloaded into --data_dir)')
     parser.add_argument('--input_is_lmdb', action='store_true',
                         help='--path is an LMDB of encoded images (e.g. LSUN); --pattern is ignored')
@@ -79,7 +89,12 @@ def build_parser():
                         help="build the CUB PCK dataset from ACSM's validation split and crops")
     parser.add_argument('--synthetic', action='store_true',
                         help='render the built-in synthetic world (a PCK dataset with exact keypoints)')
-    parser.add_argument('--seed', type=int, default=0, help='random seed of --synthetic')
+    parser.add_argument('--seed', type=int, default=0, help='random seed of --synthetic and --synthetic_video')
+    parser.add_argument('--synthetic_video', type=str, default=None, metavar='OUT.mp4',
+                        help='render a video of one synthetic face moving smoothly to this mp4, with its '
+                             'keypoints in OUT.keypoints.pt (one --size; --out is not used)')
+    parser.add_argument('--frames', type=int, default=120, help='frames of --synthetic_video')
+    parser.add_argument('--fps', type=float, default=30, help='frames per second of --synthetic_video')
     parser.add_argument('--data_dir', type=str, default='data',
                         help='where downloaded datasets (SPair, CUB, LSUN) are kept')
     parser.add_argument('--overwrite', action='store_true', help='replace a dataset already at --out')
@@ -310,6 +325,55 @@ def prepare_synthetic(out, sizes, num_images, seed, image_format, factors=None):
     return num_images
 
 
+def prepare_from_video(out, path, sizes, pad, image_format, max_images=None):
+    """Store the frames of the video ``path`` (at most ``max_images``) at every size.
+
+    Frames are decoded, made square and encoded one at a time (memory does
+    not grow with the video's length). Returns the number of frames stored.
+    """
+    from utils.video_io import VideoReader
+    count = 0
+    with VideoReader(path) as reader, LMDBWriter(out) as writer:
+        total = reader.frame_count if max_images is None else min(max_images, reader.frame_count or max_images)
+        for frame in tqdm(reader, total=total, desc='frames', unit='frame', file=sys.stderr):
+            if max_images is not None and count >= max_images:
+                break
+            for size in sizes:
+                writer.put(size, count, encode_image(make_square(frame, size, pad), image_format))
+            count += 1
+        writer.finish(count)
+    return count
+
+
+def keypoints_path_for(video_path):
+    """'clips/face.mp4' -> 'clips/face.keypoints.pt' (where --synthetic_video puts the keypoints)."""
+    return os.path.splitext(video_path)[0] + '.keypoints.pt'
+
+
+def prepare_synthetic_video(path, frames, size, seed, fps, factors=None):
+    """Render the synthetic video ``seed`` to ``path`` (H.264 mp4) and its keypoints beside it.
+
+    Both files are written under temporary names and renamed when complete;
+    the keypoints first, so a video under its final name always has them.
+    Returns the keypoints path.
+    """
+    from utils.atomic_io import atomic_write
+    from utils.synthetic_world.video import iter_synthetic_video
+    from utils.video_io import VideoWriter
+    if frames < 1:
+        raise UserError(f'--frames must be at least 1 (got {frames})')
+    keypoints = []
+    with VideoWriter(path, fps) as writer:
+        with tqdm(total=frames, desc='frames', unit='frame', file=sys.stderr) as bar:
+            for images, points in iter_synthetic_video(frames, size, seed, factors):
+                writer.write(images)
+                keypoints.append(points)
+                bar.update(len(images))
+        keypoints_path = keypoints_path_for(path)
+        atomic_write(keypoints_path, lambda f: torch.save(torch.cat(keypoints).float(), f))
+    return keypoints_path
+
+
 # ----------------------------------------------------------------------------- main
 
 def _pad_for(args):
@@ -380,6 +444,16 @@ def main(argv=None):
         raise UserError(f"choose one input: {' and '.join(chosen)} were both given")
     pad = _pad_for(args)
     sizes = parse_sizes(args.size, pad or 'center')
+    if args.synthetic_video is not None:
+        if chosen or args.path is not None:
+            raise UserError('--synthetic_video renders a video on its own; drop the other inputs')
+        if len(sizes) != 1:
+            raise UserError(f'--synthetic_video takes one --size (got {args.size})')
+        from utils.synthetic_world import factors_from_options
+        keypoints = prepare_synthetic_video(args.synthetic_video, args.frames, sizes[0], args.seed, args.fps,
+                                            factors_from_options(args))
+        print(f'wrote {args.frames} frames to {args.synthetic_video} and their keypoints to {keypoints}')
+        return 0
     output = OutputFolder(args.out, args.overwrite)
 
     if args.synthetic:
@@ -389,6 +463,12 @@ def main(argv=None):
         factors = factors_from_options(args)
         with output as out:
             count = prepare_synthetic(out, sizes, num_images, args.seed, args.format, factors)
+    elif args.path is not None and os.path.isfile(args.path) and not chosen:
+        from utils.video_io import VideoReader
+        VideoReader(args.path).close()  # refuses a file that is not a video before --out is touched
+        print(f"video '{args.path}'; resolutions: {', '.join(map(str, sizes))}")
+        with output as out:
+            count = prepare_from_video(out, args.path, sizes, pad, args.format, args.max_images)
     else:
         tasks, lmdb_path, pck_source = _collect_tasks(args, sizes)
         print(f"found {len(tasks)} images (first: {_describe(tasks[0][1])}); "

@@ -1,5 +1,12 @@
-"""Installs the GANgealing trainer: `pip install -e .` (add `[dev]` for the tests)."""
-from setuptools import find_packages, setup
+"""Installs what the GANgealing trainer needs: `pip install -e .` (add `[dev]` for the tests).
+
+The project runs from its checkout (`python train.py`, `python -m applications.NAME`,
+`torchrun ... train.py` from the repository root). Its packages have generic names
+(`models`, `datasets`, `utils`, ...), so none of them is installed into site-packages,
+where they would shadow (or be shadowed by) other packages of those names, such as
+Hugging Face's `datasets`.
+"""
+from setuptools import setup
 
 setup(
     name='gangealing-trainer',
@@ -7,9 +14,8 @@ setup(
     description='GAN-supervised dense visual alignment (GANgealing): training, '
                 'alignment of real images, edit propagation and PCK-Transfer evaluation',
     python_requires='>=3.9',
-    packages=find_packages(include=['applications*', 'datasets*', 'models*', 'ops*', 'utils*']),
-    py_modules=['train', 'prepare_data'],
-    package_data={'ops': ['cuda/*.cu', 'cuda/*.cpp', 'cuda/*.h', 'cuda/*.cuh']},
+    packages=[],
+    py_modules=[],
     install_requires=[
         # Tested with torch 2.14.1 / torchvision 0.29.1; older 2.x releases work too.
         'torch>=2.1',
@@ -24,6 +30,8 @@ setup(
         'filelock',
     ],
     extras_require={
-        'dev': ['pytest', 'scipy'],
+        # Video in and out (FFmpeg's libraries ship inside the PyAV wheel).
+        'video': ['av>=12'],
+        'dev': ['pytest', 'scipy', 'av>=12'],
     },
 )

@@ -27,7 +27,7 @@ from training.step import EMA_DECAY, accumulate, training_step
 from training.writer import ExperimentWriter
 from utils.checkpoint import checkpoint_name, load_checkpoint, save_checkpoint
 from utils.distributed import cleanup, gather_objects, is_main_process, seed_everything, setup_distributed
-from utils.errors import UserError, exit_on_user_error
+from utils.errors import UserError, WeightsMismatchError, exit_on_user_error
 from utils.options import parse_training_options
 from utils.pretrained import resolve_checkpoint
 from utils.progress import Progress
@@ -113,7 +113,7 @@ def start_up(stop):
             load_optimizer_state(ll_optim, ckpt['ll_optim'])
             t_sched.load_state_dict(ckpt['t_sched'])
             ll_sched.load_state_dict(ckpt['ll_sched'])
-        except (RuntimeError, ValueError, KeyError) as e:
+        except (RuntimeError, ValueError, KeyError, WeightsMismatchError) as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise UserError(f'{ckpt_path} was trained with another configuration ({first}); resume with its '
                             f'flags (--transform, --flow_size, --stn_channel_multiplier, --stn_max_channels, '

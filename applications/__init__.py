@@ -18,7 +18,7 @@ from PIL import Image
 from utils.argparse_tools import has_option
 from utils.atomic_io import atomic_write
 from utils.checkpoint import load_checkpoint
-from utils.errors import UserError
+from utils.errors import UserError, WeightsMismatchError
 from utils.image_io import tensor_to_uint8
 from utils.options import base_eval_argparse
 from utils.options.tiers import RELEASED_TRUNK_WIDTH, STN_ARCHITECTURE_DEFAULTS
@@ -59,7 +59,16 @@ def add_propagation_options(parser):
                             'label) or a black-and-white mask (white is the label)')
     group.add_argument('--save_individual_images', action='store_true',
                        help='also save every output image as its own PNG (default: grids only)')
+    add_blend_option(group)
     return parser
+
+
+def add_blend_option(group):
+    """``--blend_alg``: how a propagated label is composited onto images (ops.blend)."""
+    from ops.blend import BLEND_ALGORITHMS
+    group.add_argument('--blend_alg', type=str, default='alpha', choices=BLEND_ALGORITHMS,
+                       help='how the label is blended into the image: alpha compositing, or Laplacian '
+                            'blending (laplacian; laplacian_light keeps colours closer to the label)')
 
 
 def add_pck_options(parser):
@@ -80,6 +89,80 @@ def add_pck_options(parser):
                        help='if at least 2, also estimate standard deviations by resampling the '
                             'evaluated pairs this many times')
     return parser
+
+
+def add_video_label_options(group, resolution, label_required=False):
+    """Flags the video applications share, with the original tools' defaults."""
+    group.add_argument('--label_path', type=str, default=None, required=label_required,
+                       help='dense label in congealed space: an RGBA image (pixels with alpha > 0) or a '
+                            "black-and-white mask; a path naming 'cluster0' gives each cluster its own file")
+    group.add_argument('--resolution', type=int, default=resolution,
+                       help='the label is resampled to this many pixels per side before it is propagated; '
+                            'larger finds denser correspondences')
+    group.add_argument('--fps', type=float, default=60, help='frames per second of the saved videos')
+    group.add_argument('--objects', action='store_true',
+                       help="propagate the label's own RGB colours (an RGBA object) instead of a colour scale")
+    group.add_argument('--sigma', type=float, default=1.2, help='size (pixels) of the propagated points')
+    group.add_argument('--opacity', type=float, default=0.7, help='opacity of the propagated points, in [0, 1]')
+
+
+def add_mixed_reality_options(parser):
+    """Flags of ``applications.mixed_reality`` (the original script's names and defaults)."""
+    from datasets.video import SQUARE_PAD_MODES
+
+    group = parser.add_argument_group('mixed reality')
+    group.add_argument('--cluster', type=int, nargs='+', default=None,
+                       help='cluster(s) of a clustering model whose label is propagated (required for '
+                            'such models; several at once, e.g. --cluster 0 2)')
+    add_video_label_options(group, resolution=128, label_required=True)
+    group.add_argument('--average_path', type=str, default=None,
+                       help="average congealed image to draw the label on (labeled_averages.png); a path "
+                            "naming 'cluster0' gives each cluster its own average")
+    group.add_argument('--save_frames', action='store_true',
+                       help='also save every output frame as a PNG (frames/, congealing_frames/)')
+    group.add_argument('--overlay_congealed', action='store_true',
+                       help='draw the label over the congealed video (congealed.mp4)')
+    group.add_argument('--save_correspondences', action='store_true',
+                       help='save where every label point lands in every frame (dense_correspondences.pt)')
+    group.add_argument('--pad', type=str, default=None, choices=SQUARE_PAD_MODES,
+                       help='how non-square video frames (or images of a folder) become square: center '
+                            'crops (the default), border/zero pad (as prepare_data.py --pad)')
+    add_blend_option(group)
+    return parser
+
+
+def add_vis_correspondence_options(parser):
+    """Flags of ``applications.vis_correspondence`` (the original script's names and defaults)."""
+    group = parser.add_argument_group('correspondence videos')
+    group.add_argument('--cluster', type=int, default=None,
+                       help='cluster (head) to show with a clustering model (required for such models)')
+    group.add_argument('--length', type=int, default=240,
+                       help='frames of each congealing (and propagation) animation; more is smoother')
+    group.add_argument('--flip_length', type=int, default=40,
+                       help='frames of the mirroring animation of --stage_flip')
+    group.add_argument('--vis_in_stages', action='store_true',
+                       help="animate each stage of the transformer in turn instead of the composed warp")
+    group.add_argument('--stage_flip', action='store_true',
+                       help='animate the mirroring of flipped images as a stage of its own, first')
+    group.add_argument('--n_mean', type=int, default=-1,
+                       help='images averaged into the average-image animation (smoothly_average.mp4); '
+                            '-1: none')
+    group.add_argument('--dset_indices', type=int, nargs='+', default=[0, 1, 2, 3],
+                       help='dataset indices of the images shown')
+    add_video_label_options(group, resolution=256)
+    group.add_argument('--splat_batch', type=int, default=100,
+                       help='frames splatted at once (bounds the memory of the propagation video)')
+    return parser
+
+
+def mixed_reality_argparse():
+    """Evaluation parser with the mixed-reality flags (finish with parse_eval_options)."""
+    return add_mixed_reality_options(base_eval_argparse())
+
+
+def vis_correspondence_argparse():
+    """Evaluation parser with the correspondence-video flags (finish with parse_eval_options)."""
+    return add_vis_correspondence_options(base_eval_argparse())
 
 
 def propagation_argparse():
@@ -194,7 +277,11 @@ def load_stn(args, device):
     t_ema = get_stn(config['transform'], flow_size=config['flow_size'], supersize=args.real_size,
                     channel_multiplier=config['stn_channel_multiplier'], num_heads=config['num_heads'],
                     **extra)
-    t_ema.load_state_dict(ckpt['t_ema'])
+    try:
+        t_ema.load_state_dict(ckpt['t_ema'])
+    except WeightsMismatchError as e:
+        raise UserError(f'{path}: {e}; pass the configuration it was trained with (--transform, --flow_size, '
+                        f'--stn_channel_multiplier, --num_heads), or leave them out to take the checkpoint\'s') from None
     return t_ema.to(device).eval().requires_grad_(False)
 
 

@@ -17,31 +17,29 @@ Outputs (in --out):
 
 The label lives in congealed space. Each of its pixels is sent through the
 inverse warp (a lookup in the transformer's sampling grid) to where it sits in
-the image, and splatted there with a Gaussian (--sigma) blended at --opacity.
+the image, and splatted there with a Gaussian (--sigma) blended at --opacity
+(--blend_alg: alpha or Laplacian blending). Without --objects the label is
+coloured along a colour scale (turbo; a clustering model's --cluster picks
+that cluster's scale).
 Every file is written to a temporary name and renamed when complete.
 """
 import os
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader, Subset
 
-from applications import (build_dataset, cluster_policy, determine_flips, load_stn, propagation_argparse,
-                          report_option_problems, save_grid, save_png, stn_kwargs)
+from applications import build_dataset, load_stn, propagation_argparse, report_option_problems, save_grid, save_png
+from applications.propagation import Label, congeal, load_label, propagate, splat_label
 from models.gangealing import CongealedMean
-from ops.splat import splat_points
+from utils.colour_scales import scale_for_cluster
 from utils.distributed import all_gather_tensor, cleanup, is_main_process, rank_share, setup_distributed
 from utils.errors import UserError, exit_on_user_error
 from utils.image_io import tensor_to_uint8
 from utils.options import parse_eval_options
 
 GRID_LIMIT = 100  # images shown in each grid; individual files have no limit
-
-# The 'plasma' colour map at 0, 1/4, 1/2, 3/4 and 1, interpolated linearly in between.
-PLASMA_ANCHORS = ((13, 8, 135), (126, 3, 168), (204, 71, 120), (248, 149, 64), (240, 249, 33))
-
 
 def option_problems(opt):
     """Readable problems with the propagation options (empty when fine)."""
@@ -57,99 +55,6 @@ def option_problems(opt):
     if opt.dset_indices is not None and min(opt.dset_indices) < 0:
         problems.append('--dset_indices must not be negative')
     return problems
-
-
-def colour_map(count, device):
-    """``count`` colours along the plasma map, (count, 3) in [-1, 1]."""
-    anchors = torch.tensor(PLASMA_ANCHORS, dtype=torch.float32, device=device) / 127.5 - 1
-    position = torch.linspace(0, len(PLASMA_ANCHORS) - 1, count, device=device)
-    low = position.floor().long().clamp(max=len(PLASMA_ANCHORS) - 2)
-    frac = (position - low).unsqueeze(1)
-    return anchors[low] * (1 - frac) + anchors[low + 1] * frac
-
-
-def load_label(path, resolution, objects, device):
-    """Read a congealed-space label and list its pixels.
-
-    Args:
-        path: RGBA image (label = alpha > 0) or an image without alpha
-            (label = pixels brighter than mid-grey).
-        resolution: the label is resampled (bilinearly) to this size first.
-        objects: use the label's own RGB colours; otherwise the pixels are
-            coloured along the plasma map in raster order.
-        device: where the tensors go.
-    Returns:
-        points (P, 2) pixel x, y at ``resolution``; colours (P, 3) in [-1, 1];
-        alpha (P, 1) in [0, 1].
-    Raises:
-        UserError: unreadable file or an empty label.
-    """
-    if not os.path.isfile(path):
-        raise UserError(f"label '{path}' does not exist; check --label_path")
-    try:
-        with Image.open(path) as image:
-            has_alpha = image.mode in ('RGBA', 'LA', 'PA') or 'transparency' in image.info
-            rgba = np.asarray(image.convert('RGBA'), dtype=np.float32) / 255.0
-    except OSError as e:
-        raise UserError(f"label '{path}' could not be read as an image ({e})") from None
-    label = torch.from_numpy(rgba).permute(2, 0, 1).unsqueeze(0).to(device)  # (1, 4, H, W)
-    if not has_alpha:  # a plain mask: brightness decides membership
-        label[:, 3] = (label[:, :3].mean(dim=1) > 0.5).float()
-    if label.shape[-2:] != (resolution, resolution):
-        label = F.interpolate(label, size=(resolution, resolution), mode='bilinear', align_corners=False)
-    rows, cols = torch.where(label[0, 3] > 0)
-    if rows.numel() == 0:
-        raise UserError(f"label '{path}' is empty (no pixel has alpha > 0, or the mask is all black)")
-    points = torch.stack([cols, rows], dim=-1).float()
-    alpha = label[0, 3, rows, cols].unsqueeze(1).clamp(0, 1)
-    if objects:
-        colours = label[0, :3, rows, cols].t() * 2 - 1
-    else:
-        colours = colour_map(points.size(0), device)
-        alpha = torch.ones_like(alpha)
-    return points, colours, alpha
-
-
-def label_pixels_to_template(points, resolution):
-    """Label pixels at ``resolution`` -> normalised template positions (align_corners=False)."""
-    return (2 * points + 1) / resolution - 1
-
-
-def label_pixels_to_size(points, resolution, size):
-    """Label pixels at ``resolution`` -> pixel coordinates of a ``size`` image of the template."""
-    return (points + 0.5) * (size / resolution) - 0.5
-
-
-@torch.no_grad()
-def congeal(t, opt, images):
-    """Flip decision and alignment of a batch.
-
-    Returns (inputs mirrored where chosen, mirrored (N,) bool, warp policy,
-    congealed (N, 3, R, R) with R = --output_resolution).
-    """
-    policy = cluster_policy(opt, images.size(0), images.device)
-    inputs, mirrored = determine_flips(t, images, flip_inference=not opt.no_flip_inference,
-                                       warp_policy=policy, **stn_kwargs(opt))
-    congealed = t(inputs, output_resolution=opt.output_resolution, warp_policy=policy, **stn_kwargs(opt))
-    return inputs, mirrored, policy, congealed
-
-
-@torch.no_grad()
-def propagate(t, opt, images, inputs, mirrored, policy, label):
-    """Splat the label onto ``images`` (N, 3, S, S) through the inverse warps.
-
-    ``label`` is (template points (P, 2) normalised, colours (P, 3), alpha (P, 1)).
-    """
-    template, colours, alpha = label
-    n, size = images.size(0), images.size(-1)
-    template = template.unsqueeze(0).expand(n, -1, -1)
-    points = t.uncongeal_points(inputs, template, normalize_input_points=False, unnormalize_output_points=True,
-                                warp_policy=policy, **stn_kwargs(opt))
-    # Points found in a mirrored input belong at the mirrored x of the original image.
-    points = points.clone()
-    points[..., 0] = torch.where(mirrored.view(n, 1), size - 1 - points[..., 0], points[..., 0])
-    return splat_points(images, points, sigma=opt.sigma, opacity=opt.opacity, colors=colours.unsqueeze(0),
-                        alpha_channel=alpha.unsqueeze(0))
 
 
 def make_loader(dataset, indices, opt):
@@ -222,7 +127,7 @@ def process_selection(t, opt, dataset, device, label):
         inputs, mirrored, policy, congealed = congeal(t, opt, images)
         outputs = {'input_images': images, 'congealed_images': congealed}
         if label is not None:
-            outputs['propagated'] = propagate(t, opt, images, inputs, mirrored, policy, label)
+            outputs['propagated'] = propagate(t, opt, images, inputs, mirrored, policy, label, opt.blend_alg)
         for kind, batch in outputs.items():
             grids.add(kind, batch_positions, batch)
             write_individual(opt, kind, batch_positions, batch)
@@ -236,7 +141,7 @@ def process_selection(t, opt, dataset, device, label):
             save_grid(gathered, os.path.join(opt.out, f'{kind}_grid.png'))
 
 
-def annotate_average(opt, label_points, label_colours, label_alpha, device):
+def annotate_average(opt, label, device):
     """Draw the label on the average congealed image; saves average_annotated_grid.png."""
     if not os.path.isfile(opt.average_path):
         raise UserError(f"average image '{opt.average_path}' does not exist; check --average_path")
@@ -247,9 +152,8 @@ def annotate_average(opt, label_points, label_colours, label_alpha, device):
     except OSError as e:
         raise UserError(f"average image '{opt.average_path}' could not be read ({e})") from None
     average = torch.from_numpy(average).permute(2, 0, 1).unsqueeze(0).to(device) / 127.5 - 1
-    points = label_pixels_to_size(label_points, opt.resolution, size).unsqueeze(0)
-    annotated = splat_points(average, points, sigma=opt.sigma, opacity=opt.opacity,
-                             colors=label_colours.unsqueeze(0), alpha_channel=label_alpha.unsqueeze(0))
+    annotated = splat_label(average, label.pixels_at(size).unsqueeze(0), label.colours, label.alpha, opt,
+                            opt.blend_alg)
     save_grid(annotated, os.path.join(opt.out, 'average_annotated_grid.png'))
     write_individual(opt, 'average_annotated', [0], annotated)
 
@@ -270,14 +174,14 @@ def main(argv=None):
                             f'(0 to {opt.num_heads - 1})')
         label = None
         if opt.label_path is not None:
-            points, colours, alpha = load_label(opt.label_path, opt.resolution, opt.objects, device)
-            label = (label_pixels_to_template(points, opt.resolution), colours, alpha)
+            scale = scale_for_cluster(opt.cluster if opt.num_heads > 1 else None)
+            label = Label(*load_label(opt.label_path, opt.resolution, opt.objects, device, scale), opt.resolution)
         os.makedirs(opt.out, exist_ok=True)
         if opt.n_mean > 0:
             _, opt.average_path = average_congealed(t, opt, dataset, device)
         process_selection(t, opt, dataset, device, label)
         if label is not None and opt.average_path is not None and is_main_process():
-            annotate_average(opt, points, colours, alpha, device)
+            annotate_average(opt, label, device)
         if is_main_process():
             print(f'All output images are in {opt.out}')
     finally:

@@ -14,7 +14,7 @@ import torch
 
 from datasets.keypoint_pairs import PCKSource
 from utils.download import download_file, ensure_dataset_folder
-from utils.errors import UserError
+from utils.errors import DatasetError, UserError
 
 CUB_URL = 'https://data.caltech.edu/records/65de6-vp158/files/CUB_200_2011.tgz'
 CUB_FOLDER = 'CUB_200_2011'
@@ -104,8 +104,8 @@ def load_cub_acsm_split(cub_root, mat_path, size):
     """
     parts_path = os.path.join(cub_root, 'parts', 'part_locs.txt')
     if not os.path.isfile(parts_path):
-        raise UserError(f"'{cub_root}' is not an extracted CUB_200_2011 folder (no parts/part_locs.txt); "
-                        f"point --path at it or leave --path out to download it")
+        raise DatasetError(f"'{cub_root}' is not an extracted CUB_200_2011 folder (no parts/part_locs.txt); "
+                           f"give the CUB_200_2011 folder itself, or no folder to download it")
     parts = load_cub_parts(parts_path)
     rel_paths, ids, boxes = _read_acsm_split(mat_path)
     files, crop_boxes, keypoints = [], [], []

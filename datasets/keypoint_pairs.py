@@ -21,7 +21,7 @@ import torch
 
 from datasets.lmdb_dataset import MultiResolutionDataset, is_lmdb_folder, list_sizes, reader_env
 from utils.checkpoint import load_checkpoint, save_checkpoint
-from utils.errors import UserError
+from utils.errors import DatasetError, UserError
 
 KEYPOINTS_FILE = 'keypoints.pt'
 PAIRS_FILE = 'pairs.pt'
@@ -168,8 +168,8 @@ class PCKDataset(torch.utils.data.Dataset):
         self.size = int(size)
         keypoints_path = os.path.join(path, KEYPOINTS_FILE)
         if not os.path.isfile(keypoints_path):
-            raise UserError(f"'{path}' has no {KEYPOINTS_FILE}, so it is not a PCK dataset; prepare it "
-                            f"with prepare_data.py --spair_category / --cub_acsm / --synthetic")
+            raise DatasetError(f"'{path}' has no {KEYPOINTS_FILE}, so it is not a PCK dataset; prepare one "
+                               f"with prepare_data.py (SPair-71K, CUB or the synthetic world)")
         stored = _load_tensor(keypoints_path, 'keypoints').float()
         if stored.dim() != 3 or stored.size(-1) != 3 or stored.size(0) != len(self.images):
             raise UserError(f"'{keypoints_path}' has shape {tuple(stored.shape)}, expected "

@@ -11,7 +11,7 @@ import lmdb
 import torch
 from torch.utils.data import Dataset
 
-from utils.errors import UserError
+from utils.errors import DatasetError, UserError
 from utils.image_io import array_to_tensor, decode_image_bytes, encode_image
 
 LENGTH_KEY = b'length'
@@ -199,23 +199,23 @@ class MultiResolutionDataset(Dataset):
         self.resolution = int(resolution)
         self.transform = transform
         if not os.path.exists(path):
-            raise UserError(f"dataset '{path}' does not exist; create it with prepare_data.py "
-                            f"or check --real_data_path")
+            raise DatasetError(f"dataset '{path}' does not exist; create it with prepare_data.py "
+                               f"or check the path")
         if not is_lmdb_folder(path):
-            raise UserError(f"'{path}' is not an LMDB dataset (no data.mdb inside); "
+            raise DatasetError(f"'{path}' is not an LMDB dataset (no data.mdb inside); "
                             f"create it with prepare_data.py")
         with reader_env(path, refresh=True).begin(write=False) as txn:
             raw_length = txn.get(LENGTH_KEY)
             if raw_length is None:
-                raise UserError(f"dataset '{path}' is incomplete (its preparation was interrupted); "
+                raise DatasetError(f"dataset '{path}' is incomplete (its preparation was interrupted); "
                                 f"run prepare_data.py again")
             self.length = int(raw_length.decode('utf-8'))
             if self.length > 0 and txn.get(image_key(self.resolution, 0)) is None:
                 sizes = list_sizes(txn)
-                raise UserError(
+                raise DatasetError(
                     f"dataset '{path}' has no images at resolution {self.resolution}; sizes present: "
-                    f"{', '.join(map(str, sizes)) or 'none'}. Use one of those (e.g. --real_size) "
-                    f"or prepare it with --size {self.resolution}")
+                    f"{', '.join(map(str, sizes)) or 'none'}. Use one of those, or prepare the dataset "
+                    f"again with prepare_data.py at resolution {self.resolution}")
 
     def __len__(self):
         return self.length

@@ -16,7 +16,7 @@ import torch
 from datasets.keypoint_pairs import PCKSource
 from datasets.transforms import pad_geometry
 from utils.download import ensure_dataset_folder
-from utils.errors import UserError
+from utils.errors import DatasetError, UserError
 
 SPAIR_URL = 'http://cvlab.postech.ac.kr/research/SPair-71k/data/SPair-71k.tar.gz'
 SPAIR_FOLDER = 'SPair-71k'
@@ -76,8 +76,8 @@ def load_spair_split(root, category, split, size):
         raise UserError(f"unknown SPair split '{split}'; choose from {', '.join(SPAIR_SPLITS)}")
     pair_dir = os.path.join(root, 'PairAnnotation', split)
     if not os.path.isdir(pair_dir):
-        raise UserError(f"'{root}' is not an extracted SPair-71k folder (no PairAnnotation/{split}); "
-                        f"point --path at the SPair-71k folder or leave --path out to download it")
+        raise DatasetError(f"'{root}' is not an extracted SPair-71k folder (no PairAnnotation/{split}); "
+                           f"give the SPair-71k folder itself, or no folder to download it")
     pair_files = sorted(glob.glob(os.path.join(glob.escape(pair_dir), f'*:{category}.json')))
     image_annotations = sorted(glob.glob(os.path.join(glob.escape(root), 'ImageAnnotation', category, '*.json')))
     if not pair_files or not image_annotations:

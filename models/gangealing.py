@@ -40,7 +40,7 @@ def sample_pairs(generator, ll, psi, batch, flow_size, z=None, freeze_ll=False):
         x, w_plus = generator([z], return_latents=True)
     with torch.set_grad_enabled(torch.is_grad_enabled() and not freeze_ll):
         target_latents = ll(w_plus[:, 0], psi)
-        # Noise is re-randomised between the two generator calls (DESIGN section 1).
+        # Noise is re-randomised between the two generator calls, as in the original method.
         y, _ = generator([target_latents], input_is_latent=True)
         y = resize_for_stn(y, flow_size)
     return x, y

@@ -52,7 +52,7 @@ def fit_pca_directions(samples, ndirs, chunk_size=65536):
         raise ValueError(f'expected (M >= 2, dim) samples, got {tuple(samples.shape)}')
     count, dim = samples.shape
     if not 1 <= ndirs <= dim:
-        raise UserError(f'--ndirs must be between 1 and the latent width {dim}, got {ndirs}')
+        raise UserError(f'ndirs must be between 1 and the latent width {dim}, got {ndirs}')
     chunks = samples.split(chunk_size)
     # Two passes (mean, then centred scatter) in float64 keep the covariance accurate.
     mean = sum(chunk.double().sum(0) for chunk in chunks) / count
@@ -111,12 +111,12 @@ class DirectionInterpolator(nn.Module):
     def __init__(self, ndirs, inject_index, n_latent, dim_latent=512, num_heads=1):
         super().__init__()
         if not 1 <= ndirs <= dim_latent:
-            raise UserError(f'--ndirs must be between 1 and the latent width {dim_latent}, got {ndirs}')
+            raise UserError(f'ndirs must be between 1 and the latent width {dim_latent}, got {ndirs}')
         if not 0 <= inject_index <= n_latent:
-            raise UserError(f'--inject must be between 0 and the number of W+ entries {n_latent}, '
+            raise UserError(f'inject_index must be between 0 and the number of W+ entries {n_latent}, '
                             f'got {inject_index}')
         if num_heads < 1:
-            raise UserError(f'--num_heads must be at least 1, got {num_heads}')
+            raise UserError(f'num_heads must be at least 1, got {num_heads}')
         self.ndirs, self.inject_index, self.n_latent = ndirs, inject_index, n_latent
         self.dim_latent, self.num_heads = dim_latent, num_heads
         self.register_buffer('directions', torch.eye(ndirs, dim_latent))

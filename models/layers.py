@@ -2,7 +2,7 @@
 the spatial transformers.
 
 Parameter and buffer names follow the layout of the official checkpoints (see
-compat/official_checkpoint_schema.json): blur kernels are persistent buffers
+tests/data/official_checkpoint_schema.json): blur kernels are persistent buffers
 called ``kernel``, equalised layers keep their raw ``weight``/``bias`` and
 apply the He scale at run time, and ``ConvLayer`` is an ``nn.Sequential`` so
 its children are addressed by index (``conv2.0.kernel``, ``conv2.1.weight``).

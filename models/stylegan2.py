@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from models.layers import ConstantInput, EqualLinear, PixelNorm, StyledConv, ToRGB
-from utils.errors import UserError
+from utils.errors import UserError, WeightsMismatchError
 
 __all__ = ['Generator', 'channel_table', 'generator_config_from_state_dict',
            'check_generator_state', 'convert_ada_state_dict']
@@ -88,10 +88,9 @@ def check_generator_state(generator, state_dict):
     same_widths = (found['channel_multiplier'] is None or built['channel_multiplier'] is None
                    or found['channel_multiplier'] == built['channel_multiplier'])
     if not same_widths or any(found[k] != built[k] for k in ('size', 'style_dim', 'n_mlp')):
-        raise UserError(
+        raise WeightsMismatchError(
             f'the generator weights are for a StyleGAN2 with {_describe(found)}, but the model '
-            f'was built with {_describe(built)}; set --gen_size, --dim_latent, --n_mlp and '
-            '--gen_channel_multiplier to match the checkpoint')
+            f'was built with {_describe(built)}')
 
 
 class Generator(nn.Module):

@@ -1,4 +1,4 @@
-"""Gaussian splatting entry points: raw accumulation and alpha-blended overlays.
+"""Gaussian splatting entry points: raw accumulation and blended overlays.
 
 Splatting is a soft scatter: each point deposits its value onto the pixels
 around it with Gaussian weights, which handles sub-pixel positions and fills
@@ -6,6 +6,9 @@ the small gaps left when a dense label is pushed through a warp. The work is
 done by the vectorised native implementation (ops.splat_native), which runs
 on the CPU and, unchanged, on CUDA tensors.
 """
+import torch
+
+from ops.blend import blend
 from ops.splat_native import gaussian_splat_native
 
 
@@ -25,14 +28,16 @@ def gaussian_splat(points, values, sigma, height, width, normalize_footprint=Fal
     return gaussian_splat_native(points, values, sigma, height, width, normalize_footprint)
 
 
-def splat_points(images, points, sigma, opacity, colors, alpha_channel=None, eps=1e-8):
-    """Overlay coloured points on images by Gaussian splatting and alpha blending.
+def splat_points(images, points, sigma, opacity, colors, alpha_channel=None, blend_alg='alpha', eps=1e-8):
+    """Overlay coloured points on images by Gaussian splatting and blending.
 
     The overlay colour at a pixel is the weight-averaged colour of the points
     reaching it; its coverage is the sum of weight * alpha divided by
     max(1, sum of weights), so a densely covered pixel becomes fully covered
-    and an isolated point fades out with distance. The result is
-    ``coverage * opacity * colour + (1 - coverage * opacity) * image``.
+    and an isolated point fades out with distance. With ``blend_alg='alpha'``
+    the result is ``coverage * opacity * colour + (1 - coverage * opacity) * image``;
+    the Laplacian algorithms (ops.blend) mix the overlay (the image itself
+    where no point reaches) with the same mask band by band.
 
     Args:
         images: (N, C, H, W) images in [-1, 1].
@@ -43,6 +48,7 @@ def splat_points(images, points, sigma, opacity, colors, alpha_channel=None, eps
         colors: (N, P, C) or (1, P, C) point colours in [-1, 1].
         alpha_channel: optional (N, P, 1) or (1, P, 1) per-point alpha in [0, 1]
             (default: 1 for every point).
+        blend_alg: 'alpha', 'laplacian' or 'laplacian_light' (ops.blend.BLEND_ALGORITHMS).
     Returns:
         (N, C, H, W) blended images, same dtype as ``images``.
     """
@@ -63,5 +69,9 @@ def splat_points(images, points, sigma, opacity, colors, alpha_channel=None, eps
     accumulated, weights = gaussian_splat(points, carried, sigma, height, width)
     colour = accumulated[:, :channels] / (weights + eps)
     coverage = accumulated[:, channels:] / weights.clamp_min(1.0)
-    blend = (coverage * opacity).clamp(0, 1)
-    return blend * colour + (1 - blend) * images
+    mask = (coverage * opacity).clamp(0, 1)
+    if blend_alg == 'alpha':
+        return mask * colour + (1 - mask) * images
+    # Band-wise blending sees the overlay's surroundings: there it is the image itself.
+    overlay = torch.where(weights > eps, colour, images)
+    return blend(images, overlay, mask, blend_alg)

@@ -2,7 +2,6 @@
 import contextlib
 import glob
 import io
-import json
 import os
 import subprocess
 import sys
@@ -14,9 +13,6 @@ import torch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAUNCHER_VARIABLES = ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'MASTER_ADDR', 'MASTER_PORT')
-# The original checkpoints' key names and shapes, kept beside the checkout (CI has them);
-# GANGEALING_COMPAT_DIR points elsewhere, e.g. from a second working tree.
-COMPAT_DIR = os.environ.get('GANGEALING_COMPAT_DIR') or os.path.join(os.path.dirname(REPO), 'shared', 'compat')
 
 # Small enough for a CPU test: a few tenths of a second per iteration.
 TINY_SYNTHETIC = ['--generator', 'synthetic', '--device', 'cpu', '--gen_size', '32', '--real_size', '32',
@@ -31,18 +27,6 @@ TINY_STYLEGAN2 = ['--generator', 'stylegan2', '--device', 'cpu', '--gen_size', '
                   '--inject', '2', '--loss_fn', 'l2', '--dataset_mode', 'lmdb', '--stn_channel_multiplier',
                   '0.125', '--stn_max_channels', '16', '--batch', '2', '--n_pca', '200', '--n_mean', '4',
                   '--n_sample', '4', '--vis_batch_size', '4']
-
-
-@pytest.fixture(scope='session')
-def official_modules():
-    """{module description: {key: shape}} of the official checkpoint schema. A missing
-    file fails every test that needs it, with one message saying where it belongs."""
-    path = os.path.join(COMPAT_DIR, 'official_checkpoint_schema.json')
-    if not os.path.isfile(path):
-        pytest.fail(f'{path} is missing: the official checkpoint schema belongs in shared/compat beside '
-                    f'the checkout (or set GANGEALING_COMPAT_DIR to its folder)', pytrace=False)
-    with open(path) as f:
-        return json.load(f)['modules']
 
 
 @pytest.fixture(scope='session')

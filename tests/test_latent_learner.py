@@ -6,7 +6,7 @@ from models.latent_learner import (DirectionInterpolator, PCAResult, fit_pca_dir
                                    pca_W)
 from utils.errors import UserError
 
-# Official GANgealing `ll` state-dict shapes (compat/official_checkpoint_schema.json).
+# Official GANgealing `ll` state-dict shapes (tests/data/official_checkpoint_schema.json).
 OFFICIAL_LL_SHAPES = [
     (dict(ndirs=1, inject_index=5, n_latent=14, num_heads=1),
      {'coefficients': (1, 1), 'directions': (1, 512), 'lat_mean': (1, 512)}),
@@ -85,9 +85,9 @@ def test_gradients_reach_the_coefficients():
 
 
 def test_bad_options_raise_user_errors():
-    with pytest.raises(UserError, match='--ndirs'):
+    with pytest.raises(UserError, match='ndirs must be between 1'):
         DirectionInterpolator(0, 3, 7, 6)
-    with pytest.raises(UserError, match='--inject'):
+    with pytest.raises(UserError, match='inject_index must be between 0'):
         DirectionInterpolator(1, 8, 7, 6)
 
 

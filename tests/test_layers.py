@@ -8,6 +8,9 @@ import torch.nn.functional as F
 from models.layers import (Blur, ConstantInput, ConvLayer, Downsample, EqualConv2d, EqualLinear,
                            ModulatedConv2d, NoiseInjection, PixelNorm, ResBlock, StyledConv,
                            ToRGB, Upsample, make_kernel)
+from tests.official_schema import official_modules
+
+
 
 @pytest.fixture(autouse=True)
 def seed():
@@ -92,8 +95,9 @@ def test_conv_layer_children_follow_official_names():
     assert list(ConvLayer(8, 4, 3, activate=False).state_dict()) == ['0.weight', '0.bias']
 
 
-def test_res_block_matches_official_schema_and_formula(official_modules):
-    stn = next(v for k, v in official_modules.items() if k.startswith('t_ema') and 'num_heads=1' in k
+def test_res_block_matches_official_schema_and_formula():
+    modules = official_modules()
+    stn = next(v for k, v in modules.items() if k.startswith('t_ema') and 'num_heads=1' in k
                and 'flow' in k)
     prefix = 'stns.0.convs.1.'
     official = {k[len(prefix):]: v for k, v in stn.items() if k.startswith(prefix)}

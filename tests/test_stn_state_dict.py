@@ -9,11 +9,13 @@ from utils.errors import UserError
 from models import get_stn
 from models.spatial_transformers import describe_stn_config, infer_stn_config
 from models.spatial_transformers import stn_from_state_dict
+from tests.official_schema import official_modules
 
 SMALL = dict(channel_multiplier=0.125, max_channels=32)
 
 
-def official_stn_schemas(modules):
+def official_stn_schemas():
+    modules = official_modules()
     return {name: keys for name, keys in modules.items() if name.startswith('t_ema ')}
 
 
@@ -26,8 +28,8 @@ def parse_configuration(name):
                 num_heads=int(fields['num_heads']))
 
 
-def test_state_dicts_match_the_official_t_ema_schema(official_modules):
-    schemas = official_stn_schemas(official_modules)
+def test_state_dicts_match_the_official_t_ema_schema():
+    schemas = official_stn_schemas()
     assert len(schemas) == 3
     for name, expected in schemas.items():
         config = parse_configuration(name)

@@ -9,7 +9,9 @@ import torch
 from models.generators import GENERATORS
 from models.stylegan2 import (Generator, channel_table, convert_ada_state_dict,
                               generator_config_from_state_dict)
-from utils.errors import UserError
+from tests.official_schema import official_schema
+from training.state import load_generator_weights
+from utils.errors import UserError, WeightsMismatchError
 
 STYLE_DIM = 16
 
@@ -64,8 +66,8 @@ def test_channel_table():
 
 
 @pytest.mark.parametrize('size', [256, 128])
-def test_state_dict_matches_official_schema(size, official_modules):
-    schema = official_modules[f'g_ema size={size} style_dim=512 n_mlp=8 channel_multiplier=2']
+def test_state_dict_matches_official_schema(size):
+    schema = official_schema(f'g_ema size={size} style_dim=512 n_mlp=8 channel_multiplier=2')
     with torch.device('meta'):
         G = Generator(size, 512, 8, channel_multiplier=2)
     ours = {k: list(v.shape) for k, v in G.state_dict().items()}
@@ -73,8 +75,8 @@ def test_state_dict_matches_official_schema(size, official_modules):
     assert G.n_latent == 2 * (size.bit_length() - 1) - 2
 
 
-def test_official_schema_loads_strictly_and_is_recognised(official_modules):
-    schema = official_modules['g_ema size=256 style_dim=512 n_mlp=8 channel_multiplier=2']
+def test_official_schema_loads_strictly_and_is_recognised():
+    schema = official_schema('g_ema size=256 style_dim=512 n_mlp=8 channel_multiplier=2')
     with torch.device('meta'):
         state = {k: torch.empty(v) for k, v in schema.items()}
         G = Generator(256, 512, 8)
@@ -117,12 +119,15 @@ def test_mismatched_configuration_names_both(built, saved, named):
         with torch.device('meta'):
             return Generator(cfg.pop('size'), cfg.pop('style_dim'), cfg.pop('n_mlp'), **cfg)
     G, other = make(built), make(saved)
-    with pytest.raises(UserError) as info:
+    with pytest.raises(WeightsMismatchError) as info:
         G.load_state_dict(other.state_dict())
     message = str(info.value)
     assert all(part in message for part in named), message
-    assert '--gen_size' in message
+    assert '--' not in message  # the model speaks of its settings; flags are the trainer's to name
     assert 'Missing key' not in message and 'Unexpected key' not in message
+    with pytest.raises(UserError) as info:  # the trainer adds which flags set them
+        load_generator_weights(G, {'g_ema': other.state_dict()}, 'saved.pt')
+    assert str(info.value).startswith('saved.pt: ') and '--gen_size' in str(info.value)
 
 
 def test_non_generator_weights_give_readable_error(g8):

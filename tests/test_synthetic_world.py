@@ -1,4 +1,4 @@
-"""The synthetic world renderer (utils/synthetic_world.py) and its dataset mode."""
+"""The synthetic world renderer (utils/synthetic_world/) and its dataset mode."""
 import argparse
 import math
 import os

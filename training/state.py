@@ -5,7 +5,7 @@ import random
 import numpy as np
 import torch
 
-from utils.errors import UserError
+from utils.errors import UserError, WeightsMismatchError
 
 # Version 1: the original GANgealing keys plus 'iteration', 'rng_state', 'format_version'
 #   (RNG states as NumPy arrays and tuples: loading them needs NumPy on the allow-list).
@@ -115,6 +115,9 @@ def load_generator_weights(generator, ckpt, path):
     state = generator_state_dict(ckpt, path)
     try:
         generator.load_state_dict(state)
+    except WeightsMismatchError as e:
+        raise UserError(f'{path}: {e}; set --gen_size, --dim_latent, --n_mlp and --gen_channel_multiplier '
+                        f'to match it') from None
     except UserError as e:
         raise UserError(f'{path}: {e}') from None
     except RuntimeError as e:

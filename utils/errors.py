@@ -10,6 +10,18 @@ class UserError(Exception):
     """
 
 
+class WeightsMismatchError(UserError):
+    """Saved weights that do not fit the model they are loaded into (another size, width or layout).
+
+    The message speaks of the model's settings; code that owns command-line
+    flags adds which flags set them.
+    """
+
+
+class DatasetError(UserError):
+    """A dataset that is missing, incomplete, or lacks what was asked of it."""
+
+
 def exit_on_user_error(main):
     """Decorate an entry point so a UserError prints ``error: ...`` and exits 1."""
     @functools.wraps(main)

@@ -10,7 +10,7 @@ import re
 
 import torch
 
-from utils.errors import UserError
+from utils.errors import WeightsMismatchError
 
 # Keys older official checkpoints may carry that no current model uses.
 _OBSOLETE_SUFFIXES = ('warp_head.rebias',)
@@ -116,12 +116,10 @@ def prepare_state_dict(model, state_dict, strict=True):
             if keys:
                 more = f' and {len(keys) - 3} more' if len(keys) > 3 else ''
                 problems.append(f"{label}: {', '.join(keys[:3])}{more}")
-        raise UserError(
+        raise WeightsMismatchError(
             f'the spatial transformer weights do not fit this model: they come from a '
             f'transformer with {describe_stn_config(infer_stn_config(state_dict))}, but this '
-            f'model has {describe_stn_config(model.config)} ({"; ".join(problems)}). Build the '
-            f'model with the configuration the weights were trained with (--transform, '
-            f'--flow_size, --stn_channel_multiplier, --num_heads)')
+            f'model has {describe_stn_config(model.config)} ({"; ".join(problems)})')
     completed = {key: value for key, value in own.items() if key in fixed}
     completed.update({key: incoming[key] for key in learned})
     return completed

@@ -1,0 +1,245 @@
+"""Propagate a label drawn once on the congealed template to every frame of a video.
+
+    python -m applications.mixed_reality --ckpt cat --real_data_path my_cat.mp4 --real_size 256 \\
+        --label_path assets/objects/cat/cat_cartoon.png --objects --blend_alg laplacian_light
+    torchrun --nproc_per_node=8 -m applications.mixed_reality ...
+
+Each frame is aligned on its own (no temporal smoothing): frames are decoded
+and processed in batches of --batch and the output is encoded as it comes,
+so memory stays flat in the video's length. --real_data_path is a video file
+(anything FFmpeg decodes; non-square frames are centre-cropped, or padded
+with --pad border|zero), a folder of frames or an LMDB.
+
+Outputs, in --out/video_<input name>[_<clusters>]/:
+- propagated.mp4: the video with the label splatted onto every frame;
+- congealed.mp4: the congealed (aligned) video, with the label drawn over it
+  with --overlay_congealed (one tile per cluster with several --cluster);
+- frames/, congealing_frames/ (--save_frames): the same frames as PNGs,
+  named by frame number (000000.png, ...);
+- labeled_averages.png (--average_path): the label drawn on the average;
+- dense_correspondences.pt (--save_correspondences): a dict with
+  'points' float (T, P, 2): x, y pixels in the square --real_size frames of
+  where each label point lands in each of the T frames; 'template_points'
+  (P, 2): the label pixels at --resolution; 'colours' (P, 3) in [-1, 1];
+  'alpha' (P, 1); 'cluster' long (P,): the cluster each point belongs to
+  (-1 for a unimodal model); 'mirrored' bool (T, K): whether frame t was
+  mirrored for the k-th chosen cluster; 'real_size', 'resolution'.
+Videos are H.264 mp4 at --fps, written under a temporary name and renamed
+when complete; nothing that looks finished is left behind by a failed run.
+"""
+import contextlib
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from applications import (determine_flips, load_stn, make_grid_array, mixed_reality_argparse,
+                          report_option_problems, save_grid, save_png, stn_kwargs)
+from applications.frames import gather_step, open_frames, shared_batches
+from applications.propagation import cluster_label_path, load_labels, splat_label, uncongeal_template_points
+from utils.atomic_io import atomic_write
+from utils.distributed import cleanup, is_main_process, setup_distributed
+from utils.errors import UserError, exit_on_user_error
+from utils.options import parse_eval_options
+from utils.video_io import VideoWriter, check_writable_folder
+
+
+def option_problems(opt):
+    """Readable problems with the mixed-reality options (empty when fine)."""
+    problems = []
+    if not opt.sigma > 0:
+        problems.append(f'--sigma must be greater than 0 (got {opt.sigma})')
+    if not 0 <= opt.opacity <= 1:
+        problems.append(f'--opacity must be in [0, 1] (got {opt.opacity})')
+    if opt.resolution < 1:
+        problems.append(f'--resolution must be at least 1 (got {opt.resolution})')
+    if not opt.fps > 0:
+        problems.append(f'--fps must be positive (got {opt.fps})')
+    if opt.batch < 1:
+        problems.append(f'--batch must be at least 1 (got {opt.batch})')
+    return problems
+
+
+def chosen_clusters(opt):
+    """[None] for a unimodal model, else the validated --cluster list."""
+    if opt.num_heads <= 1:
+        if opt.cluster not in (None, [0]):
+            raise UserError(f'--cluster {" ".join(map(str, opt.cluster))}: this model has a single cluster '
+                            f'(drop --cluster)')
+        return [None]
+    if not opt.cluster:
+        raise UserError(f'this model has {opt.num_heads} clusters: choose one or more with --cluster '
+                        f'(0 to {opt.num_heads - 1})')
+    bad = [c for c in opt.cluster if not 0 <= c < opt.num_heads]
+    if bad:
+        raise UserError(f'--cluster {bad[0]} is out of range: this model has {opt.num_heads} clusters '
+                        f'(0 to {opt.num_heads - 1})')
+    return list(dict.fromkeys(opt.cluster))
+
+
+def output_folder(opt, name, clusters):
+    suffix = '' if clusters == [None] else '_' + ''.join(str(c) for c in clusters)
+    return os.path.join(opt.out, f'video_{name}{suffix}')
+
+
+def frames_uint8(images):
+    """(N, 3, H, W) in [-1, 1] -> uint8 (N, H, W, 3) tensor on the same device."""
+    return ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1)
+
+
+def tile_clusters(congealed):
+    """(N, K, 3, R, R) -> uint8 (N, H', W', 3): K tiles per frame (the frame itself for K = 1)."""
+    if congealed.size(1) == 1:
+        return frames_uint8(congealed[:, 0])
+    nrow = max(1, int(len(congealed[0]) ** 0.5))
+    return torch.stack([torch.from_numpy(make_grid_array(c, nrow=nrow)) for c in congealed]).to(congealed.device)
+
+
+@torch.no_grad()
+def process_batch(t, opt, images, clusters, labels):
+    """Propagate every chosen cluster's label onto a batch of frames.
+
+    Returns a dict: 'propagated' uint8 (N, S, S, 3), 'congealed' uint8
+    (N, H', W', 3), 'points' (N, P, 2) pixels, 'mirrored' (N, K) bool.
+    """
+    n = images.size(0)
+    resolution = opt.output_resolution
+    points, congealed, mirrored = [], [], []
+    for cluster, label in zip(clusters, labels):
+        policy = 'cartesian' if cluster is None else torch.full((n,), cluster, dtype=torch.long,
+                                                                 device=images.device)
+        inputs, flips = determine_flips(t, images, flip_inference=not opt.no_flip_inference,
+                                        warp_policy=policy, **stn_kwargs(opt))
+        found, aligned = uncongeal_template_points(t, opt, inputs, flips, policy, label.template_points(),
+                                                   output_resolution=resolution)
+        if opt.overlay_congealed:
+            aligned = splat_label(aligned, label.pixels_at(resolution).unsqueeze(0).expand(n, -1, -1),
+                                  label.colours, label.alpha, opt, opt.blend_alg)
+        points.append(found)
+        congealed.append(aligned)
+        mirrored.append(flips)
+    points = torch.cat(points, dim=1)
+    colours = torch.cat([label.colours for label in labels])
+    alpha = torch.cat([label.alpha for label in labels])
+    propagated = splat_label(images, points, colours, alpha, opt, opt.blend_alg)
+    return {'propagated': frames_uint8(propagated), 'congealed': tile_clusters(torch.stack(congealed, 1)),
+            'points': points.float(), 'mirrored': torch.stack(mirrored, 1)}
+
+
+def empty_outputs(opt, clusters, labels, device):
+    """The outputs of a process with no batch left (zero frames, the right shapes)."""
+    size, resolution = opt.real_size, opt.output_resolution
+    probe = torch.zeros(1, len(clusters), 3, resolution, resolution, device=device)
+    tile = tile_clusters(probe).shape[1:]
+    return {'propagated': torch.zeros(0, size, size, 3, dtype=torch.uint8, device=device),
+            'congealed': torch.zeros(0, *tile, dtype=torch.uint8, device=device),
+            'points': torch.zeros(0, sum(len(label) for label in labels), 2, device=device),
+            'mirrored': torch.zeros(0, len(clusters), dtype=torch.bool, device=device)}
+
+
+def save_labeled_averages(opt, clusters, labels, folder, device):
+    """Draw each cluster's label on its average image; saves labeled_averages.png."""
+    drawn = []
+    for cluster, label in zip(clusters, labels):
+        path = opt.average_path if cluster is None else cluster_label_path(opt.average_path, cluster)
+        if not os.path.isfile(path):
+            raise UserError(f"average image '{path}' does not exist; check --average_path")
+        try:
+            with Image.open(path) as image:
+                size = opt.resolution
+                average = np.asarray(image.convert('RGB').resize((size, size), Image.LANCZOS), dtype=np.float32)
+        except OSError as e:
+            raise UserError(f"average image '{path}' could not be read ({e})") from None
+        average = torch.from_numpy(average).permute(2, 0, 1).unsqueeze(0).to(device) / 127.5 - 1
+        drawn.append(splat_label(average, label.points.unsqueeze(0), label.colours, label.alpha, opt, opt.blend_alg))
+    drawn = torch.cat(drawn)
+    save_grid(drawn, os.path.join(folder, 'labeled_averages.png'), nrow=max(1, int(len(drawn) ** 0.5)))
+
+
+def save_correspondences(path, opt, clusters, labels, points, mirrored):
+    record = {
+        'points': torch.cat(points).cpu(), 'mirrored': torch.cat(mirrored).cpu(),
+        'template_points': torch.cat([label.points for label in labels]).cpu(),
+        'colours': torch.cat([label.colours for label in labels]).cpu(),
+        'alpha': torch.cat([label.alpha for label in labels]).cpu(),
+        'cluster': torch.cat([torch.full((len(label),), -1 if c is None else c, dtype=torch.long)
+                              for c, label in zip(clusters, labels)]),
+        'real_size': int(opt.real_size), 'resolution': int(opt.resolution),
+    }
+    atomic_write(path, lambda f: torch.save(record, f))
+
+
+@torch.no_grad()
+def run(t, opt, source, clusters, labels, folder, device):
+    """Stream the frames through the transformer and write the outputs. Returns the frame count."""
+    main = is_main_process()
+    steps = shared_batches(source, opt.batch)
+    correspondences, mirrored = [], []
+    count, started = 0, time.perf_counter()
+    bar = tqdm(total=source.frame_count, unit='frame', desc='frames', file=sys.stderr, disable=not main)
+    with contextlib.ExitStack() as stack:
+        writers = {}
+        if main:
+            for kind, name in (('propagated', 'propagated.mp4'), ('congealed', 'congealed.mp4')):
+                writers[kind] = stack.enter_context(VideoWriter(os.path.join(folder, name), opt.fps))
+        while True:
+            item = next(steps)
+            if item is None:
+                outputs = empty_outputs(opt, clusters, labels, device)
+            else:
+                outputs = process_batch(t, opt, item[1].to(device), clusters, labels)
+            outputs, total = gather_step(outputs)
+            if total == 0:
+                break
+            if main:
+                for kind, writer in writers.items():
+                    frames = outputs[kind].cpu().numpy()
+                    writer.write(frames)
+                    if opt.save_frames:
+                        sub = 'frames' if kind == 'propagated' else 'congealing_frames'
+                        for offset, frame in enumerate(frames):
+                            save_png(frame, os.path.join(folder, sub, f'{count + offset:06d}.png'))
+                if opt.save_correspondences:
+                    correspondences.append(outputs['points'].cpu())
+                    mirrored.append(outputs['mirrored'].cpu())
+            count += total
+            bar.update(total)
+    bar.close()
+    if main and opt.save_correspondences:
+        save_correspondences(os.path.join(folder, 'dense_correspondences.pt'), opt, clusters, labels,
+                             correspondences, mirrored)
+    seconds = time.perf_counter() - started
+    if main:
+        print(f'{count} frames in {seconds:.1f} s ({count / max(seconds, 1e-9):.2f} frames/s); outputs in {folder}')
+    return count
+
+
+@exit_on_user_error
+def main(argv=None):
+    parser = mixed_reality_argparse()
+    opt = parse_eval_options(parser, argv)
+    report_option_problems(parser, option_problems(opt))
+    if opt.output_resolution is None:
+        opt.output_resolution = opt.real_size
+    device, _, _ = setup_distributed(opt.device)
+    try:
+        source = open_frames(opt)
+        t = load_stn(opt, device)
+        clusters = chosen_clusters(opt)
+        labels = load_labels(opt, clusters, device)
+        folder = output_folder(opt, source.name, clusters)
+        if is_main_process():
+            check_writable_folder(folder)
+            if opt.average_path is not None:
+                save_labeled_averages(opt, clusters, labels, folder, device)
+        run(t, opt, source, clusters, labels, folder, device)
+    finally:
+        cleanup()
+
+
+if __name__ == '__main__':
+    main()
