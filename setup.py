@@ -1,4 +1,5 @@
-"""Installs what the GANgealing trainer needs: `pip install -e .` (add `[dev]` for the tests).
+"""Installs what the GANgealing trainer needs: `pip install -e .` (add `[dev]` for the tests,
+`[studio]` for the edit studio's web page, `[video]` for video in and out).
 
 The project runs from its checkout (`python train.py`, `python -m applications.NAME`,
 `torchrun ... train.py` from the repository root). Its packages have generic names
@@ -32,6 +33,9 @@ setup(
     extras_require={
         # Video in and out (FFmpeg's libraries ship inside the PyAV wheel).
         'video': ['av>=12'],
-        'dev': ['pytest', 'scipy', 'av>=12'],
+        # The edit studio's web page (python -m applications.edit_studio).
+        'studio': ['starlette', 'uvicorn'],
+        # The tests; httpx is the studio's test client, selenium drives Chromium.
+        'dev': ['pytest', 'scipy', 'av>=12', 'starlette', 'uvicorn', 'httpx', 'selenium'],
     },
 )

@@ -31,7 +31,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Subset
 
 from applications import build_dataset, load_stn, propagation_argparse, report_option_problems, save_grid, save_png
-from applications.propagation import Label, congeal, load_label, propagate, splat_label
+from applications.propagation import Label, congeal, load_label, option_problems, propagate, splat_label
 from models.gangealing import CongealedMean
 from utils.colour_scales import scale_for_cluster
 from utils.distributed import all_gather_tensor, cleanup, is_main_process, rank_share, setup_distributed
@@ -40,21 +40,6 @@ from utils.image_io import tensor_to_uint8
 from utils.options import parse_eval_options
 
 GRID_LIMIT = 100  # images shown in each grid; individual files have no limit
-
-def option_problems(opt):
-    """Readable problems with the propagation options (empty when fine)."""
-    problems = []
-    if not opt.sigma > 0:
-        problems.append(f'--sigma must be greater than 0 (got {opt.sigma})')
-    if not 0 <= opt.opacity <= 1:
-        problems.append(f'--opacity must be in [0, 1] (got {opt.opacity})')
-    if opt.resolution < 1:
-        problems.append(f'--resolution must be at least 1 (got {opt.resolution})')
-    if opt.n_mean == 0 or opt.n_mean < -1:
-        problems.append(f'--n_mean must be a positive number of images, or -1 for none (got {opt.n_mean})')
-    if opt.dset_indices is not None and min(opt.dset_indices) < 0:
-        problems.append('--dset_indices must not be negative')
-    return problems
 
 
 def make_loader(dataset, indices, opt):

@@ -22,6 +22,7 @@ from applications import cluster_policy, determine_flips, stn_kwargs
 from ops.splat import splat_points
 from utils.colour_scales import scale_colours, scale_for_cluster
 from utils.errors import UserError
+from utils.image_io import image_has_alpha
 
 
 class Label:
@@ -43,38 +44,49 @@ class Label:
         return self.points.size(0)
 
 
-def load_label(path, resolution, objects, device, scale='turbo'):
-    """Read a congealed-space label and list its pixels.
+def option_problems(opt):
+    """Readable problems with the propagation options (empty when fine)."""
+    problems = []
+    if not opt.sigma > 0:
+        problems.append(f'--sigma must be greater than 0 (got {opt.sigma})')
+    if not 0 <= opt.opacity <= 1:
+        problems.append(f'--opacity must be in [0, 1] (got {opt.opacity})')
+    if opt.resolution < 1:
+        problems.append(f'--resolution must be at least 1 (got {opt.resolution})')
+    if opt.n_mean == 0 or opt.n_mean < -1:
+        problems.append(f'--n_mean must be a positive number of images, or -1 for none (got {opt.n_mean})')
+    if opt.dset_indices is not None and min(opt.dset_indices) < 0:
+        problems.append('--dset_indices must not be negative')
+    return problems
+
+
+def label_from_rgba(rgba, has_alpha, resolution, objects, device, scale='turbo', name='label'):
+    """List the pixels of a congealed-space label given as an RGBA array.
 
     Args:
-        path: RGBA image (label = alpha > 0) or an image without alpha
-            (label = pixels brighter than mid-grey).
+        rgba: float (H, W, 4) numpy array in [0, 1].
+        has_alpha: alpha decides membership (alpha > 0); when False, pixels
+            brighter than mid-grey belong to the label.
         resolution: the label is resampled (bilinearly) to this size first.
         objects: use the label's own RGB colours (and alpha); otherwise the
             pixels are coloured along colour scale ``scale`` in raster order.
         device: where the tensors go.
+        name: how the error message calls the label.
     Returns:
         points (P, 2) pixel x, y at ``resolution``; colours (P, 3) in [-1, 1];
         alpha (P, 1) in [0, 1].
     Raises:
-        UserError: missing or unreadable file, or an empty label.
+        UserError: an empty label.
     """
-    if not os.path.isfile(path):
-        raise UserError(f"label '{path}' does not exist; check --label_path")
-    try:
-        with Image.open(path) as image:
-            has_alpha = image.mode in ('RGBA', 'LA', 'PA') or 'transparency' in image.info
-            rgba = np.asarray(image.convert('RGBA'), dtype=np.float32) / 255.0
-    except (OSError, ValueError, SyntaxError) as e:
-        raise UserError(f"label '{path}' could not be read as an image ({e})") from None
-    label = torch.from_numpy(rgba).permute(2, 0, 1).unsqueeze(0).to(device)  # (1, 4, H, W)
+    label = torch.from_numpy(np.ascontiguousarray(rgba, dtype=np.float32)).permute(2, 0, 1)
+    label = label.unsqueeze(0).to(device)  # (1, 4, H, W)
     if not has_alpha:  # a plain mask: brightness decides membership
         label[:, 3] = (label[:, :3].mean(dim=1) > 0.5).float()
     if label.shape[-2:] != (resolution, resolution):
         label = F.interpolate(label, size=(resolution, resolution), mode='bilinear', align_corners=False)
     rows, cols = torch.where(label[0, 3] > 0)
     if rows.numel() == 0:
-        raise UserError(f"label '{path}' is empty (no pixel has alpha > 0, or the mask is all black)")
+        raise UserError(f'{name} is empty (no pixel has alpha > 0, or the mask is all black)')
     points = torch.stack([cols, rows], dim=-1).float()
     alpha = label[0, 3, rows, cols].unsqueeze(1).clamp(0, 1)
     if objects:
@@ -83,6 +95,25 @@ def load_label(path, resolution, objects, device, scale='turbo'):
         colours = scale_colours(scale, points.size(0), device)
         alpha = torch.ones_like(alpha)
     return points, colours, alpha
+
+
+def load_label(path, resolution, objects, device, scale='turbo'):
+    """Read a congealed-space label file and list its pixels (see ``label_from_rgba``).
+
+    ``path`` is an RGBA image (label = alpha > 0) or an image without alpha
+    (label = pixels brighter than mid-grey).
+    Raises:
+        UserError: missing or unreadable file, or an empty label.
+    """
+    if not os.path.isfile(path):
+        raise UserError(f"label '{path}' does not exist; check --label_path")
+    try:
+        with Image.open(path) as image:
+            has_alpha = image_has_alpha(image)
+            rgba = np.asarray(image.convert('RGBA'), dtype=np.float32) / 255.0
+    except (OSError, ValueError, SyntaxError) as e:
+        raise UserError(f"label '{path}' could not be read as an image ({e})") from None
+    return label_from_rgba(rgba, has_alpha, resolution, objects, device, scale=scale, name=f"label '{path}'")
 
 
 def cluster_label_path(path, cluster):

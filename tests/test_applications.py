@@ -17,7 +17,8 @@ import torch
 from PIL import Image
 
 from applications import determine_flips, load_stn, pck_argparse, propagation_argparse, stn_architecture
-from applications.propagate_to_images import load_label, main as propagate_main
+from applications.propagate_to_images import main as propagate_main
+from applications.propagation import load_label
 from datasets.lmdb_dataset import write_lmdb_dataset
 from datasets.keypoint_pairs import write_pck_files
 from models import get_stn

@@ -37,13 +37,15 @@ def decode_image_bytes(data):
 
 
 def encode_image(array, image_format='png', quality=100):
-    """uint8 (H, W, 3) array -> encoded bytes in ``image_format`` ('png' or 'jpeg')."""
+    """uint8 (H, W, 3) RGB array -> encoded bytes in ``image_format`` ('png' or 'jpeg');
+    a (H, W, 4) RGBA array keeps its alpha (png only)."""
     if image_format not in IMAGE_FORMATS:
         raise ValueError(f"image format must be one of {IMAGE_FORMATS}, got '{image_format}'")
     array = np.ascontiguousarray(array, dtype=np.uint8)
     buffer = BytesIO()
     kwargs = {'quality': quality} if image_format == 'jpeg' else {}
-    Image.fromarray(array, 'RGB').save(buffer, format=image_format.upper(), **kwargs)
+    mode = 'RGBA' if array.ndim == 3 and array.shape[2] == 4 else 'RGB'
+    Image.fromarray(array, mode).save(buffer, format=image_format.upper(), **kwargs)
     return buffer.getvalue()
 
 
@@ -80,3 +82,55 @@ def resize_array(array, width, height):
         return array
     image = Image.fromarray(np.ascontiguousarray(array), 'RGB')
     return np.asarray(image.resize((int(width), int(height)), Image.LANCZOS), dtype=np.uint8)
+
+
+def image_has_alpha(image):
+    """Whether a PIL image carries transparency (an alpha band or a transparent colour)."""
+    return image.mode in ('RGBA', 'LA', 'PA') or 'transparency' in image.info
+
+
+class UntrustedImageError(ValueError):
+    """Bytes from outside (an upload) that are not an acceptable image; the message says why."""
+
+
+UPLOAD_FORMATS = ('PNG', 'JPEG', 'WEBP', 'BMP', 'GIF')
+
+
+def decode_untrusted_image(data, max_side, formats=UPLOAD_FORMATS):
+    """Decode image bytes that came from outside, refusing what could harm the process.
+
+    The header is read first: the format must be one of ``formats`` and both
+    sides at most ``max_side`` pixels, checked before any pixel is decoded (so
+    a small file that expands to a huge image is refused cheaply); then the
+    pixels are decoded and a truncated or corrupt file is refused.
+
+    Args:
+        data: the encoded bytes.
+        max_side: largest width or height accepted.
+        formats: accepted PIL format names.
+    Returns:
+        (rgba uint8 (H, W, 4) array, has_alpha): has_alpha is False for images
+        without transparency (their alpha is 255 everywhere).
+    Raises:
+        UntrustedImageError: empty data, not an image, another format, too
+            large, or undecodable pixels.
+    """
+    if not data:
+        raise UntrustedImageError('the file is empty')
+    try:
+        with Image.open(BytesIO(data), formats=list(formats)) as image:
+            width, height = image.size
+            if width < 1 or height < 1 or max(width, height) > max_side:
+                raise UntrustedImageError(f'the image is {width} x {height} pixels; at most {max_side} '
+                                          f'pixels per side are accepted')
+            image.load()
+            has_alpha = image_has_alpha(image)
+            return np.array(image.convert('RGBA'), dtype=np.uint8), has_alpha
+    except UntrustedImageError:
+        raise
+    except Image.DecompressionBombError:
+        raise UntrustedImageError('the image is too large to decode safely') from None
+    except (OSError, ValueError, SyntaxError, EOFError) as e:
+        accepted = ', '.join(formats)
+        raise UntrustedImageError(f'not a readable image ({accepted} accepted): {e}') from None
+
