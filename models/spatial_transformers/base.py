@@ -85,7 +85,8 @@ class STNBase(nn.Module):
             stage is a flow, else (rows, 2, 3) matrices; with
             ``return_congealed_img`` (warp, images (rows, 3, R, R)).
         """
-        for key in ('return_warp', 'return_flow', 'unfold', 'return_intermediates'):
+        for key in ('return_warp', 'return_flow', 'unfold', 'return_intermediates', 'return_out_of_bounds',
+                    'return_sim'):
             if forward_kwargs.pop(key, False):
                 raise UserError(f'compute_warp does not take {key}')
         if self.is_flow:
