@@ -85,7 +85,8 @@ def test_template_is_the_cached_average_of_congealed_images(world, tmp_path):
     difference = np.abs(template - shifted_average(world['images'], 6))
     assert difference.max() <= 6 and difference.mean() < 0.5
     status = client.get('/api/status').json()
-    assert status == {'cluster': 0, 'state': 'ready', 'done': 6, 'total': 6, 'error': None}
+    # The template's six alignments are kept (the default --keep_warps covers them).
+    assert status == {'cluster': 0, 'state': 'ready', 'done': 6, 'total': 6, 'error': None, 'kept': 6, 'keep': 6}
 
     # Cached beside the LMDB data; a new studio reads the file instead of recomputing.
     path = engine.average_cache_path(0)
@@ -330,7 +331,8 @@ def test_command_line_refuses_bad_input_with_one_line(world, tmp_path, capsys):
 def test_alignment_is_kept_between_previews_of_the_same_images(world, tmp_path, monkeypatch):
     import applications.studio.engine as engine_module
 
-    engine, client = studio(world, tmp_path, '--resolution', SIZE)
+    # No kept warps: images are aligned on demand and their alignments cached between previews.
+    engine, client = studio(world, tmp_path, '--resolution', SIZE, '--keep_warps', 0)
     aligned, passes = [], []
     real_align, real_forward = engine_module.align, engine.t.forward
     monkeypatch.setattr(engine_module, 'align',
