@@ -3,60 +3,103 @@
     python train.py --exp-name demo                      # synthetic world, CPU, minutes
     torchrun --nproc_per_node=8 train.py --exp-name cats --ckpt cat --load_G_only ...
 
+    torchrun --nproc_per_node=8 --max-restarts=3 train.py --exp-name cats ... --resume
+
 The same program runs in one process and under torchrun (DDP: NCCL on CUDA,
-gloo on CPU); only rank 0 writes files and logs.
+gloo on CPU); only rank 0 writes files and logs. ``--resume`` continues from
+the experiment's newest checkpoint. SIGTERM or SIGINT stops every rank within
+seconds: once training has started, the current iteration's checkpoint is
+written first; the exit status is 128 + the signal number.
 """
 import os
-import signal
+from types import SimpleNamespace
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from models.perceptual import PERCEPTUAL_LOSSES
 from training.building import build_models, build_optimizers, initialise_target, load_optimizer_state
+from training.checks import ASYNC_CHECK_EVERY, agree, nonfinite_flags
 from training.report import TrainingVisuals, evaluate_alignment
 from training.state import (CHECKPOINT_FORMAT_VERSION, checkpoint_iteration, get_rng_state, load_generator_weights,
                             set_rng_state)
 from training.step import EMA_DECAY, accumulate, training_step
 from training.writer import ExperimentWriter
-from utils.checkpoint import load_checkpoint, save_checkpoint
-from utils.distributed import (all_reduce_mean, cleanup, is_main_process, reduce_loss_dict, seed_everything,
-                               setup_distributed)
+from utils.checkpoint import checkpoint_name, load_checkpoint, save_checkpoint
+from utils.distributed import cleanup, gather_objects, is_main_process, seed_everything, setup_distributed
 from utils.errors import UserError, WeightsMismatchError, exit_on_user_error
 from utils.options import parse_training_options
 from utils.pretrained import resolve_checkpoint
+from utils.progress import Progress
 from utils.schedules import anneal_psi, zero_lr_iterations
+from utils.stop_signals import Interrupted, StopRequested
 
-
-class StopRequested:
-    """Turns SIGTERM/SIGINT into a flag checked once per iteration (checkpoint, then exit)."""
-
-    def __init__(self):
-        self.signal = None
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, self._handle)
-
-    def _handle(self, signum, frame):
-        self.signal = signum
+LOSS_NAMES = ('reconstruction', 'total_variation', 'flow_identity')
 
 
 @exit_on_user_error
 def main():
+    with StopRequested() as stop:
+        try:
+            train(stop)
+        except Interrupted as e:
+            if is_main_process():
+                print(f'\nStopped by signal {e.signum} {e.detail}'.rstrip(), flush=True)
+            cleanup()
+            raise SystemExit(128 + e.signum) from None
+
+
+def train(stop):
+    """Parse the options and run training; ``stop`` is the active StopRequested."""
+    with stop.interruptible():  # start-up: nothing to save yet
+        try:
+            opt, state = start_up(stop)
+        except Interrupted as e:
+            e.detail = 'during start-up, before training; nothing was saved'
+            raise
+    run_iterations(opt, state, stop)
+
+    exp_dir = state.exp_dir
+    try:
+        with stop.interruptible():
+            evaluate_alignment(opt, state.t_ema, state.writer, state.device, exp_dir)
+    except Interrupted as e:
+        e.detail = f'during the final evaluation; the final checkpoint is {state.last_good}'
+        raise
+    if state.writer is not None:
+        state.writer.close()
+    if is_main_process():
+        print(f'Done. Checkpoints: {state.ckpt_dir} (newest: {os.path.basename(state.last_good or "none")}); '
+              f'image grids: {exp_dir}/*.png'
+              + (f'; PCK-Transfer: {os.path.join(exp_dir, "pck.json")}'
+                 if os.path.exists(os.path.join(exp_dir, 'pck.json')) else ''), flush=True)
+    cleanup()
+
+
+class TrainingState(SimpleNamespace):
+    """What start-up builds and the loop uses (models, optimisers, writers, paths)."""
+
+
+def start_up(stop):
+    """Options, process group, models, optimisers, the starting checkpoint and the first visuals."""
     opt = parse_training_options()
-    device, rank, world_size = setup_distributed(opt.device)
+    device, _, world_size = setup_distributed(opt.device)
     exp_dir = os.path.join(opt.results, opt.exp_name)
     ckpt_dir = os.path.join(exp_dir, 'checkpoints')
     if is_main_process():
         os.makedirs(ckpt_dir, exist_ok=True)
+        print(f'Experiment folder: {exp_dir} (options, image grids, pck.json; checkpoints in {ckpt_dir})\n'
+              f'Follow it with: tensorboard --logdir {exp_dir}', flush=True)
     seed_everything(opt.seed)
+    # First, so a wrong --real_data_path is refused before the long initialisation.
+    visuals = TrainingVisuals(opt, None, device)
 
     generator, stn, t_ema, ll = build_models(opt, device)
     loss_fn = PERCEPTUAL_LOSSES.get(opt.loss_fn).build(opt).to(device)
     t_optim, ll_optim, t_sched, ll_sched = build_optimizers(opt, stn, ll)
 
     # Start: a full GANgealing checkpoint resumes; a generator-only one starts fresh.
-    start_iter = 0
+    start_iter, last_good = 0, None
     ckpt_path = resolve_checkpoint(opt.ckpt) if opt.ckpt else None
     ckpt = load_checkpoint(ckpt_path, map_location='cpu') if ckpt_path else None
     if ckpt is not None:
@@ -76,10 +119,10 @@ def main():
                             f'flags (--transform, --flow_size, --stn_channel_multiplier, --stn_max_channels, '
                             f'--num_heads, --ndirs, --inject), or pass --load_G_only to start afresh from its '
                             f'generator') from None
-        start_iter = checkpoint_iteration(ckpt, ckpt_path)
-        set_rng_state(ckpt.get('rng_state'), opt.seed, start_iter)
+        start_iter, last_good = checkpoint_iteration(ckpt, ckpt_path), ckpt_path
+        set_rng_state(ckpt, opt.seed, start_iter)
         if is_main_process():
-            print(f'Resuming from {ckpt_path} at iteration {start_iter}')
+            print(f'Resuming from {ckpt_path} at iteration {start_iter}', flush=True)
     else:
         initialise_target(opt, generator, ll, loss_fn, device)
     del ckpt
@@ -96,90 +139,115 @@ def main():
     if opt.freeze_ll:
         ll_module.requires_grad_(False)
 
-    writer = ExperimentWriter(exp_dir) if is_main_process() else None
+    # A resumed run hides the events its predecessor logged after the checkpoint.
+    writer = ExperimentWriter(exp_dir, purge_step=start_iter + 1 if start_iter else None) \
+        if is_main_process() else None
     # Its own generator: the training stream's RNG state (restored on resume) stays untouched.
     vis_z = torch.randn(opt.n_sample, generator.style_dim,
                         generator=torch.Generator().manual_seed(opt.seed)).to(device)
-    checkpoint_iters = set(zero_lr_iterations(opt.anneal_psi, opt.period, opt.iter, opt.tm))
-
-    def save(iteration, name=None):
-        if not is_main_process():
-            return
-        state = {'g_ema': generator.state_dict(), 't': stn_module.state_dict(), 't_ema': t_ema.state_dict(),
-                 't_optim': t_optim.state_dict(), 't_sched': t_sched.state_dict(), 'll': ll_module.state_dict(),
-                 'll_optim': ll_optim.state_dict(), 'll_sched': ll_sched.state_dict(), 'args': opt,
-                 'iteration': iteration, 'rng_state': get_rng_state(), 'format_version': CHECKPOINT_FORMAT_VERSION}
-        save_checkpoint(state, os.path.join(ckpt_dir, f'{name or f"{iteration:07d}"}.pt'))
-
-    visuals = TrainingVisuals(opt, writer, device)
-
-    def visualise(iteration, psi):
-        visuals.log(generator, t_ema, ll_module, loss_fn, vis_z, psi, iteration)
-
-    stop = StopRequested()
-    psi = anneal_psi(start_iter, opt.anneal_psi, opt.anneal_fn)
+    visuals.writer = writer
+    state = TrainingState(device=device, exp_dir=exp_dir, ckpt_dir=ckpt_dir, generator=generator, stn=stn,
+                          stn_module=stn_module, t_ema=t_ema, ll=ll, ll_module=ll_module, loss_fn=loss_fn,
+                          t_optim=t_optim, ll_optim=ll_optim, t_sched=t_sched, ll_sched=ll_sched,
+                          writer=writer, vis_z=vis_z, visuals=visuals, start_iter=start_iter,
+                          last_good=last_good)
     if start_iter == 0:
-        visualise(0, psi)
-    pbar = range(start_iter + 1, opt.iter + 1)
-    if is_main_process():
-        pbar = tqdm(pbar, initial=start_iter, total=opt.iter, dynamic_ncols=True, smoothing=0.1)
-    stn.train()
-    last_good = None
-    for i in pbar:
+        visuals.log(generator, t_ema, ll_module, loss_fn, vis_z, anneal_psi(0, opt.anneal_psi, opt.anneal_fn), 0)
+    return opt, state
+
+
+def save(opt, state, iteration, rng_states):
+    """Write the checkpoint of ``iteration`` (main process only); ``rng_states``: every rank's."""
+    if not is_main_process():
+        return
+    s = state
+    path = os.path.join(s.ckpt_dir, checkpoint_name(iteration))
+    content = {'g_ema': s.generator.state_dict(), 't': s.stn_module.state_dict(), 't_ema': s.t_ema.state_dict(),
+               't_optim': s.t_optim.state_dict(), 't_sched': s.t_sched.state_dict(),
+               'll': s.ll_module.state_dict(), 'll_optim': s.ll_optim.state_dict(),
+               'll_sched': s.ll_sched.state_dict(), 'args': opt, 'iteration': iteration,
+               'rng_state': rng_states[0], 'format_version': CHECKPOINT_FORMAT_VERSION}
+    if len(rng_states) > 1:
+        content['rank_rng_states'] = rng_states
+    try:
+        save_checkpoint(content, path)
+    except OSError as e:
+        raise UserError(f'cannot write the checkpoint {path}: {e.strerror or e}; training stopped at iteration '
+                        f'{iteration}. The previous checkpoint ({s.last_good or "none yet"}) is intact: free '
+                        f'space (or choose another --results) and continue with --resume') from None
+    s.last_good = path
+
+
+def run_iterations(opt, s, stop):
+    """Iterations ``s.start_iter + 1 .. opt.iter``: step, check, log, save, show."""
+    checkpoint_iters = set(zero_lr_iterations(opt.anneal_psi, opt.period, opt.iter, opt.tm))
+    check_every = 1 if s.device.type == 'cpu' else ASYNC_CHECK_EVERY
+    progress = Progress(s.start_iter, opt.iter, enabled=is_main_process())
+    health = torch.zeros(3, device=s.device)
+    last_check = s.start_iter
+    s.stn.train()
+    for i in range(s.start_iter + 1, opt.iter + 1):
         psi = anneal_psi(i, opt.anneal_psi, opt.anneal_fn)
-        terms = training_step(opt, generator, stn, ll, loss_fn, psi)
-        loss = terms.total
-        parts = {'reconstruction': terms.perceptual, 'total_variation': terms.total_variation,
-                 'flow_identity': terms.flow_identity}
-
-        # A non-finite loss on any rank stops every rank, keeping the last good checkpoint.
-        if all_reduce_mean(torch.isfinite(loss.detach()).float()).item() < 1:
-            raise UserError(f'the loss became non-finite at iteration {i}; nothing was saved for this '
-                            f'iteration. The last good checkpoint is {last_good or "(none yet)"}. Try a lower '
-                            f'--stn_lr / --ll_lr or resume from that checkpoint.')
-
-        t_optim.zero_grad(set_to_none=True)
-        ll_optim.zero_grad(set_to_none=True)
-        loss.backward()
-        t_optim.step()
+        terms = training_step(opt, s.generator, s.stn, s.ll, s.loss_fn, psi)
+        s.t_optim.zero_grad(set_to_none=True)
+        s.ll_optim.zero_grad(set_to_none=True)
+        terms.total.backward()
+        s.t_optim.step()
         if not opt.freeze_ll:
-            ll_optim.step()
+            s.ll_optim.step()
         if i > opt.anneal_psi:  # the learning-rate schedule starts once psi has reached 0
             epoch = (i - opt.anneal_psi) / opt.period
-            t_sched.step(epoch)
-            ll_sched.step(epoch)
-        accumulate(t_ema, stn_module, EMA_DECAY)
+            s.t_sched.step(epoch)
+            s.ll_sched.step(epoch)
+        accumulate(s.t_ema, s.stn_module, EMA_DECAY)
+        health = torch.maximum(health, nonfinite_flags(terms.total, (s.stn_module, s.ll_module)))
 
-        reduced = reduce_loss_dict(parts)
-        if is_main_process():
-            values = {k: v.item() for k, v in reduced.items()}
-            pbar.set_description(f"rec {values['reconstruction']:.4f} tv {values['total_variation']:.5f} "
-                                 f"id {values['flow_identity']:.4f} psi {psi:.3f}")
-            if i % opt.log_every == 0 or i in checkpoint_iters:
-                for name, value in values.items():
-                    writer.scalar(f'Loss/{name}', value, i)
-                writer.scalar('Progress/psi', psi, i)
-                writer.scalar('Progress/STN_LearningRate', t_sched.get_last_lr()[0], i)
-                writer.scalar('Progress/LL_LearningRate', ll_sched.get_last_lr()[0], i)
-                writer.scalar('Progress/iterations_per_second', pbar.format_dict.get('rate') or 0.0, i)
-        if i % opt.ckpt_every == 0 or i in checkpoint_iters or i == opt.iter:
-            save(i)
-            last_good = os.path.join(ckpt_dir, f'{i:07d}.pt')
-        if i % opt.vis_every == 0 or i == opt.iter:
-            visualise(i, psi)
-        if stop.signal is not None:
-            save(i)
-            if is_main_process():
-                print(f'\nStopped by signal {stop.signal} at iteration {i}; checkpoint saved in {ckpt_dir}')
-            cleanup()
-            raise SystemExit(128 + stop.signal)
-
-    if is_main_process():
-        pbar.close()
-    evaluate_alignment(opt, t_ema, writer, device, exp_dir)
-    if writer is not None:
-        writer.close()
-    cleanup()
+        due_save = i % opt.ckpt_every == 0 or i in checkpoint_iters or i == opt.iter
+        due_vis = i % opt.vis_every == 0 or i == opt.iter
+        due_log = i % opt.log_every == 0 or i in checkpoint_iters
+        if not (due_save or due_vis or due_log or i % check_every == 0):
+            progress.update(i)
+            continue
+        # Every rank reaches this point at the same iterations: one collective decides for all.
+        losses = torch.stack([terms.perceptual, terms.total_variation, terms.flow_identity]).detach()
+        bad, signal_number, values = agree(health, stop.signal or 0, losses)
+        if any(bad):
+            what = ', '.join(name for name, flag in zip(('the loss', 'the gradients', 'the weights'), bad) if flag)
+            when = f'iteration {i}' if last_check == i - 1 else f'iterations {last_check + 1}-{i}'
+            raise UserError(f'{what} became non-finite at {when}; nothing was saved for it. The last good '
+                            f'checkpoint is {s.last_good or "(none yet)"}. Try a lower --stn_lr / --ll_lr or '
+                            f'resume from that checkpoint.')
+        last_check = i
+        values = dict(zip(LOSS_NAMES, values))
+        progress.update(i, f"rec {values['reconstruction']:.4f} tv {values['total_variation']:.5f} "
+                           f"id {values['flow_identity']:.4f} psi {psi:.3f}")
+        if is_main_process() and due_log:
+            for name, value in values.items():
+                s.writer.scalar(f'Loss/{name}', value, i)
+            s.writer.scalar('Progress/psi', psi, i)
+            s.writer.scalar('Progress/STN_LearningRate', s.t_sched.get_last_lr()[0], i)
+            s.writer.scalar('Progress/LL_LearningRate', s.ll_sched.get_last_lr()[0], i)
+            s.writer.scalar('Progress/iterations_per_second', progress.rate, i)
+        if not (due_save or due_vis or signal_number):
+            continue
+        rng_states = gather_objects(get_rng_state())  # collective: at the same iterations on every rank
+        if due_save or signal_number:
+            save(opt, s, i, rng_states)
+        if signal_number:
+            progress.close()
+            raise Interrupted(signal_number, f'at iteration {i}; checkpoint saved in {s.ckpt_dir}')
+        if not due_vis:
+            continue
+        try:
+            with stop.interruptible():
+                s.visuals.log(s.generator, s.t_ema, s.ll_module, s.loss_fn, s.vis_z, psi, i)
+        except Interrupted as e:
+            if not due_save:
+                save(opt, s, i, rng_states)
+            progress.close()
+            e.detail = f'at iteration {i} (during the visuals); checkpoint saved in {s.ckpt_dir}'
+            raise
+    progress.close()
 
 
 if __name__ == '__main__':

@@ -7,7 +7,9 @@ clustering models; computed once and cached), lets you paint a mask or
 place an RGBA object on it, propagates it onto a chosen set of images with
 the functions ``applications.propagate_to_images`` uses, and exports the
 propagated images at full resolution as a zip (into --out). The label saved
-from the page is the ``--label_path`` file the command line takes.
+from the page is the ``--label_path`` file the command line takes. The warps
+of the first min(--n_mean, --keep_warps) images are kept, so their previews
+run no network pass (only the splat).
 
 Needs the optional web dependencies: pip install -e '.[studio]'.
 It binds to 127.0.0.1 unless --host says otherwise: it has no authentication.

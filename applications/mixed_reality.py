@@ -37,10 +37,10 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from applications import (determine_flips, load_stn, make_grid_array, mixed_reality_argparse,
-                          report_option_problems, save_grid, save_png, stn_kwargs)
+from applications import (load_stn, make_grid_array, mixed_reality_argparse,
+                          report_option_problems, save_grid, save_png)
 from applications.frames import gather_step, open_frames, shared_batches
-from applications.propagation import cluster_label_path, load_labels, splat_label, uncongeal_template_points
+from applications.propagation import align, cluster_label_path, load_labels, points_through_warp, splat_label
 from utils.atomic_io import atomic_write
 from utils.distributed import cleanup, is_main_process, setup_distributed
 from utils.errors import UserError, exit_on_user_error
@@ -110,12 +110,10 @@ def process_batch(t, opt, images, clusters, labels):
     resolution = opt.output_resolution
     points, congealed, mirrored = [], [], []
     for cluster, label in zip(clusters, labels):
-        policy = 'cartesian' if cluster is None else torch.full((n,), cluster, dtype=torch.long,
-                                                                 device=images.device)
-        inputs, flips = determine_flips(t, images, flip_inference=not opt.no_flip_inference,
-                                        warp_policy=policy, **stn_kwargs(opt))
-        found, aligned = uncongeal_template_points(t, opt, inputs, flips, policy, label.template_points(),
-                                                   output_resolution=resolution)
+        alignment = align(t, opt, images, cluster=cluster, output_resolution=resolution)
+        flips, aligned = alignment.mirrored, alignment.congealed
+        found = points_through_warp(t, alignment.warp, flips, label.template_points(), images.size(-1),
+                                    output_resolution=resolution)
         if opt.overlay_congealed:
             aligned = splat_label(aligned, label.pixels_at(resolution).unsqueeze(0).expand(n, -1, -1),
                                   label.colours, label.alpha, opt, opt.blend_alg)

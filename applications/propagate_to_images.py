@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, Subset
 
 from applications import (build_dataset, check_cluster, filter_by_flow_scores, flow_score_problems, load_stn,
                           propagation_argparse, report_option_problems, save_grid, save_png)
-from applications.propagation import Label, congeal, load_label, option_problems, propagate, splat_label
+from applications.propagation import Label, align, load_label, option_problems, propagate_aligned, splat_label
 from models.gangealing import CongealedMean
 from utils.colour_scales import scale_for_cluster
 from utils.distributed import all_gather_tensor, cleanup, is_main_process, rank_share, setup_distributed
@@ -57,7 +57,7 @@ def average_congealed(t, opt, dataset, device, classifier=None):
     count = min(opt.n_mean, len(dataset))
     mean = CongealedMean(1, 3, opt.output_resolution, device)
     for images in make_loader(dataset, rank_share(list(range(count))), opt):
-        mean.add(congeal(t, opt, images.to(device), classifier=classifier)[3])
+        mean.add(align(t, opt, images.to(device), classifier=classifier).congealed)
     average = mean.result()[0][0]
     path = os.path.join(opt.out, 'average.png')
     if is_main_process():
@@ -110,10 +110,10 @@ def process_selection(t, opt, dataset, device, label, classifier=None):
         batch_positions = positions[done:done + images.size(0)]
         done += images.size(0)
         images = images.to(device)
-        inputs, mirrored, policy, congealed = congeal(t, opt, images, classifier=classifier)
-        outputs = {'input_images': images, 'congealed_images': congealed}
+        alignment = align(t, opt, images, classifier=classifier)
+        outputs = {'input_images': images, 'congealed_images': alignment.congealed}
         if label is not None:
-            outputs['propagated'] = propagate(t, opt, images, inputs, mirrored, policy, label, opt.blend_alg)
+            outputs['propagated'] = propagate_aligned(t, opt, images, alignment, label, opt.blend_alg)
         for kind, batch in outputs.items():
             grids.add(kind, batch_positions, batch)
             write_individual(opt, kind, batch_positions, batch)

@@ -12,13 +12,14 @@ its colour: the label's own with ``--objects``, otherwise a colour scale
 """
 import os
 import re
+from typing import NamedTuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from applications import cluster_policy, decide_heads, determine_flips, stn_kwargs
+from applications import cluster_policy, decide_heads, stn_kwargs
 from ops.splat import splat_points
 from utils.colour_scales import scale_colours, scale_for_cluster
 from utils.errors import UserError
@@ -147,25 +148,62 @@ def label_pixels_to_size(points, resolution, size):
     return (points + 0.5) * (size / resolution) - 0.5
 
 
-@torch.no_grad()
-def congeal(t, opt, images, cluster=None, classifier=None):
-    """Head and flip decision and alignment of a batch.
+class Alignment(NamedTuple):
+    """A batch's flip decision and alignment, enough to propagate any label without the network.
 
-    ``cluster`` picks the head of a clustering model (default ``--cluster``);
-    with a cluster ``classifier`` the classifier decides the mirror (and,
-    without a cluster, the head) of each image (see ``decide_heads``).
-    Returns (inputs mirrored where chosen, mirrored (N,) bool, warp policy,
-    congealed (N, 3, R, R) with R = --output_resolution).
+    inputs: (N, 3, S, S) images as the transformer saw them (mirrored where
+    ``mirrored`` (N,) bool says); policy: the warp policy; congealed:
+    (N, 3, R, R) aligned images; warp: the transformer's warp of ``inputs``
+    (``t.compute_warp``: a flow-size grid, or similarity matrices).
     """
+    inputs: torch.Tensor
+    mirrored: torch.Tensor
+    policy: object
+    congealed: torch.Tensor
+    warp: torch.Tensor
+
+
+@torch.no_grad()
+def align(t, opt, images, cluster=None, output_resolution=None, classifier=None):
+    """Flip decision, alignment and warp of a batch, from as few network passes as the maths allows.
+
+    With flip inference the transformer sees each image and its mirror (two
+    passes); the kept side's grid is the warp, and the congealed images are
+    sampled through it. Otherwise one pass gives both. The results equal
+    ``determine_flips`` followed by separate congealing and point-mapping passes.
+
+    Args:
+        images: (N, 3, S, S) in [-1, 1].
+        cluster: head of a clustering model (default ``--cluster``).
+        output_resolution: side R of the congealed images (default --output_resolution).
+        classifier: a clustering model's cluster classifier; it then decides
+            each image's mirror (and, without a cluster, its head; see
+            ``applications.decide_heads``).
+    Returns:
+        an Alignment.
+    """
+    resolution = output_resolution or opt.output_resolution
+    kwargs = stn_kwargs(opt)
+    policy = _policy(opt, images, cluster) if classifier is None else None
     if classifier is not None:
         chosen = cluster if cluster is not None else getattr(opt, 'cluster', None)
         inputs, mirrored, _, policy = decide_heads(opt, t, classifier, images, chosen)
+        warp, congealed = t.compute_warp(inputs, output_resolution=resolution, return_congealed_img=True,
+                                         warp_policy=policy, **kwargs)
+    elif not opt.no_flip_inference and t.is_flow:
+        _, grid, inputs, keep = t.forward_with_flip(images, return_warp=True, return_inputs=True,
+                                                    return_flip_indices=True, warp_policy=policy, **kwargs)
+        # forward_with_flip expresses a kept mirror's grid for the unmirrored image (x negated);
+        # negating back (exact) gives the grid of the input the transformer saw.
+        warp = torch.where(keep, grid * grid.new_tensor([-1.0, 1.0]), grid)
+        congealed = t.warp_images(inputs, warp, resolution, opt.padding_mode)
+        mirrored = keep.reshape(-1).bool()
     else:
-        policy = _policy(opt, images, cluster)
-        inputs, mirrored = determine_flips(t, images, flip_inference=not opt.no_flip_inference,
-                                           warp_policy=policy, **stn_kwargs(opt))
-    congealed = t(inputs, output_resolution=opt.output_resolution, warp_policy=policy, **stn_kwargs(opt))
-    return inputs, mirrored, policy, congealed
+        inputs = images
+        mirrored = torch.zeros(images.size(0), dtype=torch.bool, device=images.device)
+        warp, congealed = t.compute_warp(inputs, output_resolution=resolution, return_congealed_img=True,
+                                         warp_policy=policy, **kwargs)
+    return Alignment(inputs, mirrored, policy, congealed, warp)
 
 
 def _policy(opt, images, cluster):
@@ -174,27 +212,44 @@ def _policy(opt, images, cluster):
     return torch.full((images.size(0),), int(cluster), dtype=torch.long, device=images.device)
 
 
+def points_through_warp(t, warp, mirrored, template, size, output_resolution=None):
+    """Where normalised template points (P, 2) land in each image, through kept warps (no network pass).
+
+    Args:
+        warp: an Alignment's warp (rows N).
+        mirrored: (N,) bool, images the transformer saw mirrored.
+        size: side S of the images.
+        output_resolution: the grid is read at this resolution (default
+            flow_size), as ``t.uncongeal_points``.
+    Returns:
+        (N, P, 2) pixels of the *original* (unmirrored) images.
+    """
+    n = warp.size(0)
+    points = t.uncongeal_points_with_warp(warp, template.unsqueeze(0).expand(n, -1, -1), size,
+                                          output_resolution=output_resolution)
+    # Points found in a mirrored input belong at the mirrored x of the original image.
+    points = points.clone()
+    points[..., 0] = torch.where(mirrored.view(n, 1), size - 1 - points[..., 0], points[..., 0])
+    return points
+
+
 @torch.no_grad()
 def uncongeal_template_points(t, opt, inputs, mirrored, policy, template, output_resolution=None):
-    """Where normalised template points (P, 2) land in each image.
+    """Where normalised template points (P, 2) land in each image (one network pass).
 
     Args:
         inputs: (N, 3, S, S) images as the transformer saw them (mirrored where
             ``mirrored`` says).
-        output_resolution: also return the congealed images at this size.
+        output_resolution: also return the congealed images at this size (the
+            grid is then read at it too).
     Returns:
         points (N, P, 2) pixels of the *original* (unmirrored) images, and the
         congealed images (N, 3, R, R) when ``output_resolution`` is given.
     """
-    n, size = inputs.size(0), inputs.size(-1)
-    template = template.unsqueeze(0).expand(n, -1, -1)
-    result = t.uncongeal_points(inputs, template, normalize_input_points=False, unnormalize_output_points=True,
-                                warp_policy=policy, output_resolution=output_resolution,
-                                return_congealed_img=output_resolution is not None, **stn_kwargs(opt))
-    points, congealed = result if output_resolution is not None else (result, None)
-    # Points found in a mirrored input belong at the mirrored x of the original image.
-    points = points.clone()
-    points[..., 0] = torch.where(mirrored.view(n, 1), size - 1 - points[..., 0], points[..., 0])
+    result = t.compute_warp(inputs, output_resolution=output_resolution, warp_policy=policy,
+                            return_congealed_img=output_resolution is not None, **stn_kwargs(opt))
+    warp, congealed = result if output_resolution is not None else (result, None)
+    points = points_through_warp(t, warp, mirrored, template, inputs.size(-1), output_resolution)
     return (points, congealed) if output_resolution is not None else points
 
 
@@ -206,6 +261,13 @@ def splat_label(images, points, colours, alpha, opt, blend_alg='alpha'):
 
 @torch.no_grad()
 def propagate(t, opt, images, inputs, mirrored, policy, label, blend_alg='alpha'):
-    """Splat ``label`` (a Label) onto ``images`` (N, 3, S, S) through the inverse warps."""
+    """Splat ``label`` (a Label) onto ``images`` (N, 3, S, S) through the inverse warps (one network pass)."""
     points = uncongeal_template_points(t, opt, inputs, mirrored, policy, label.template_points())
+    return splat_label(images, points, label.colours, label.alpha, opt, blend_alg)
+
+
+@torch.no_grad()
+def propagate_aligned(t, opt, images, alignment, label, blend_alg='alpha'):
+    """``propagate`` through an Alignment's kept warp: only the splat runs, not the network."""
+    points = points_through_warp(t, alignment.warp, alignment.mirrored, label.template_points(), images.size(-1))
     return splat_label(images, points, label.colours, label.alpha, opt, blend_alg)

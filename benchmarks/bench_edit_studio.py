@@ -9,8 +9,18 @@ then flow, flow_size 128, channel multiplier 0.5: the cost does not depend on
 the weights), then times ``StudioEngine.preview`` for each number of images: on images
 not seen before (flip decision, congealing, propagation, PNG encoding), and
 again on the same images with another label (the alignment is kept, so only
-the propagation runs). Medians over --reps random selections, after one
-warm-up. Prints a markdown table.
+the warps are kept, so only the splat runs). Medians over --reps random
+selections, after one warm-up. A second studio averages the first N images
+into its template (--n_mean N), which keeps their warps, and times previews
+of those N images with a new label each time (nothing cached between
+previews but the kept warps): splat only, and checked pixel for pixel against
+the first studio aligning them on demand. Prints a markdown table.
+
+The same run also times the computation alone (no PNG encoding) both ways
+on the same images: the four-pass path (flip decision, a congealing pass,
+then a point-mapping pass in ``propagate``; that pass again for a new label)
+and the kept-warp path (``align`` then ``propagate_aligned``), so the speed-up
+is measured under the same machine load.
 """
 import argparse
 import os
@@ -20,6 +30,8 @@ import time
 import numpy as np
 import torch
 
+from applications import determine_flips, stn_kwargs
+from applications.propagation import align, propagate, propagate_aligned
 from applications.studio.launch import build_engine
 from datasets.lmdb_dataset import write_lmdb_dataset
 from models import get_stn
@@ -73,6 +85,61 @@ def timed(function, request, device):
     return time.perf_counter() - start
 
 
+def compare_paths(engine, indices, device):
+    """Seconds (old new images, new new images, old new label, new new label) of the computation alone."""
+    opt = engine.request_options()
+    t = engine.t
+    with engine.model_lock:
+        label = engine._label_tensors(opt)
+        images = torch.stack([engine.dataset[i] for i in indices]).to(device)
+
+        def old_align():
+            inputs, mirrored = determine_flips(t, images, flip_inference=not opt.no_flip_inference,
+                                               warp_policy='cartesian', **stn_kwargs(opt))
+            t(inputs, output_resolution=opt.output_resolution, warp_policy='cartesian', **stn_kwargs(opt))
+            return inputs, mirrored
+
+        def old_label(state):
+            return propagate(t, opt, images, state[0], state[1], 'cartesian', label, opt.blend_alg)
+
+        def new_label(alignment):
+            return propagate_aligned(t, opt, images, alignment, label, opt.blend_alg)
+
+        with torch.no_grad():
+            state = old_align()
+            alignment = align(t, opt, images)
+            seconds = (timed(lambda _: old_label(old_align()), None, device),
+                       timed(lambda _: new_label(align(t, opt, images)), None, device),
+                       timed(lambda _: old_label(state), None, device),
+                       timed(lambda _: new_label(alignment), None, device))
+            same = torch.equal(old_label(state), new_label(alignment))
+    return seconds, same
+
+
+def studio_for(ckpt, data, args, device, folder, *extra):
+    _, engine = build_engine(['--ckpt', ckpt, '--real_data_path', data, '--real_size', str(args.size),
+                              '--resolution', str(args.resolution), '--device', device,
+                              '--out', os.path.join(folder, 'out'), *extra], verbose=False)
+    engine.set_label(encode_image(disc_label(args.size, args.coverage)))
+    return engine
+
+
+def averaged_row(engine, on_demand, count, reps, device):
+    """(template seconds, median preview seconds, KiB per kept warp, identical pixels) for previews
+    of the ``count`` images ``engine`` averaged into its template."""
+    start = time.perf_counter()
+    engine.wait_for_average(0)
+    template_seconds = time.perf_counter() - start
+    request = {'selection': {'mode': 'first', 'count': count}}
+    seconds = []
+    for rep in range(reps + 1):  # the first is a warm-up
+        engine._congeal_cache.clear()  # only the kept warps remain between previews
+        seconds.append(timed(engine.preview, dict(request, sigma=1.0 + rep / 10), device))
+    same = engine.preview(request)['items'] == on_demand.preview(request)['items']
+    kib = engine.kept_warp_bytes() / max(1, engine.kept_warps()) / 1024
+    return template_seconds, float(np.median(seconds[1:])), kib, same
+
+
 def main(argv=None):
     args = parse_args(argv)
     devices = args.devices or (['cpu'] + (['cuda'] if torch.cuda.is_available() else []))
@@ -80,27 +147,49 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as folder:
         data, ckpt = make_inputs(folder, args.size, max(args.counts) * (args.reps + 1))
         for device in devices:
-            _, engine = build_engine(['--ckpt', ckpt, '--real_data_path', data, '--real_size', str(args.size),
-                                      '--resolution', str(args.resolution), '--device', device, '--n_mean', '4',
-                                      '--out', os.path.join(folder, 'out')], verbose=False)
-            engine.set_label(encode_image(disc_label(args.size, args.coverage)))
+            # No kept warps here: these rows measure images aligned on demand.
+            engine = studio_for(ckpt, data, args, device, folder, '--n_mean', '4', '--keep_warps', '0')
             points = int((engine.label[..., 3] > 0).sum() * (args.resolution / args.size) ** 2)
             for count in args.counts:
                 engine.wait_for_average(0)
                 engine.preview({'selection': {'mode': 'first', 'count': 1}})  # warm-up
-                cold, warm = [], []
+                cold, warm, compared = [], [], []
                 for rep in range(args.reps):
                     # A new selection (alignment computed), then a new label on it (alignment kept).
                     request = {'selection': {'mode': 'random', 'count': count, 'seed': rep + 1}}
                     engine._congeal_cache.clear()
                     cold.append(timed(engine.preview, request, device))
                     warm.append(timed(engine.preview, dict(request, sigma=1.0), device))
-                rows.append((device, count, args.size, points, float(np.median(cold)), float(np.median(warm))))
+                    compared.append(compare_paths(engine, engine.resolve_selection(request['selection']), device))
+                medians = [float(np.median([c[0][k] for c in compared])) for k in range(4)]
+                same = all(c[1] for c in compared)
+                averaged = studio_for(ckpt, data, args, device, folder, '--n_mean', str(count))
+                engine._congeal_cache.clear()
+                kept = averaged_row(averaged, engine, count, args.reps, device)
+                rows.append((device, count, args.size, points, float(np.median(cold)), float(np.median(warm)),
+                             medians, same, kept))
     print(f'torch threads: {torch.get_num_threads()}')
-    print('| device | images | size | label points | new images: s / preview | same images, new label: s |')
+    print('| device | images | size | label points | new images: s / preview | same images, new label: s '
+          '| images already averaged into the template: s / preview |')
+    print('|---|---|---|---|---|---|---|')
+    for device, count, size, points, cold, warm, _, _, kept in rows:
+        print(f'| {device} | {count} | {size} | ~{points} | {cold:.2f} | {warm:.2f} | {kept[1]:.2f} |')
+    print()
+    print('Images already averaged into the template (studio with --n_mean N, warps kept):')
+    print()
+    print('| device | images | template: s | preview: s | kept warp: KiB / image | same pixels as aligning on demand |')
     print('|---|---|---|---|---|---|')
-    for device, count, size, points, cold, warm in rows:
-        print(f'| {device} | {count} | {size} | ~{points} | {cold:.2f} | {warm:.2f} |')
+    for device, count, _, _, _, _, _, _, (template, preview, kib, same) in rows:
+        print(f'| {device} | {count} | {template:.1f} | {preview:.2f} | {kib:.1f} | {"yes" if same else "NO"} |')
+    print()
+    print('Computation alone, four-pass path vs kept-warp path, same images in the same run (s):')
+    print()
+    print('| device | images | new images: before | after | speed-up | new label: before | after | speed-up '
+          '| identical pixels |')
+    print('|---|---|---|---|---|---|---|---|---|')
+    for device, count, _, _, _, _, (old_cold, new_cold, old_warm, new_warm), same, _ in rows:
+        print(f'| {device} | {count} | {old_cold:.2f} | {new_cold:.2f} | {old_cold / new_cold:.1f}x | '
+              f'{old_warm:.3f} | {new_warm:.3f} | {old_warm / new_warm:.0f}x | {"yes" if same else "NO"} |')
 
 
 if __name__ == '__main__':

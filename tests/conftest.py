@@ -3,7 +3,6 @@ import contextlib
 import glob
 import io
 import os
-import signal
 import subprocess
 import sys
 import traceback
@@ -19,7 +18,9 @@ LAUNCHER_VARIABLES = ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'MASTER_ADDR', 'MASTER
 TINY_SYNTHETIC = ['--generator', 'synthetic', '--device', 'cpu', '--gen_size', '32', '--real_size', '32',
                   '--flow_size', '16', '--stn_channel_multiplier', '0.125', '--stn_max_channels', '16',
                   '--batch', '2', '--n_pca', '200', '--n_mean', '8', '--n_sample', '4', '--vis_batch_size', '8',
-                  '--synthetic_eval_images', '8', '--synthetic_num_images', '16', '--kmeans_candidates', '16']
+                  '--synthetic_eval_images', '8', '--synthetic_num_images', '16']
+# Added to TINY_SYNTHETIC when clustering (--num_heads > 1; a single head refuses it).
+TINY_KMEANS = ['--kmeans_candidates', '16']
 # A random-weight StyleGAN2 (no --ckpt): 16 x 16 images, 6 W+ entries.
 TINY_STYLEGAN2 = ['--generator', 'stylegan2', '--device', 'cpu', '--gen_size', '16', '--real_size', '16',
                   '--flow_size', '16', '--dim_latent', '32', '--n_mlp', '2', '--gen_channel_multiplier', '1',
@@ -31,7 +32,7 @@ TINY_STYLEGAN2 = ['--generator', 'stylegan2', '--device', 'cpu', '--gen_size', '
 @pytest.fixture(scope='session')
 def tiny_configs():
     """Command-line flags of the tiny synthetic and StyleGAN2 configurations (fresh lists)."""
-    return SimpleNamespace(synthetic=list(TINY_SYNTHETIC), stylegan2=list(TINY_STYLEGAN2))
+    return SimpleNamespace(synthetic=list(TINY_SYNTHETIC), stylegan2=list(TINY_STYLEGAN2), kmeans=list(TINY_KMEANS))
 
 
 def _subprocess_env(extra):
@@ -71,14 +72,13 @@ def train_in_process():
     """``run(argv)`` -> (exit code, stdout, stderr) of ``train.main()`` in this process.
 
     An uncaught exception gives status 1 with its traceback in stderr, as in a
-    real process. One torch thread while it runs; sys.argv, the SIGINT/SIGTERM handlers (the
-    trainer installs its own) and the thread count are restored afterwards.
+    real process. One torch thread while it runs; sys.argv and the thread count are
+    restored afterwards (the trainer restores the SIGINT/SIGTERM handlers it installs).
     """
     import train
 
     def run(argv):
         saved_argv, threads = sys.argv, torch.get_num_threads()
-        handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
         removed = {name: os.environ.pop(name) for name in LAUNCHER_VARIABLES if name in os.environ}
         out, err = io.StringIO(), io.StringIO()
         sys.argv = ['train.py', *map(str, argv)]
@@ -95,8 +95,6 @@ def train_in_process():
         finally:
             sys.argv = saved_argv
             torch.set_num_threads(threads)
-            for sig, handler in handlers.items():
-                signal.signal(sig, handler)
             os.environ.update(removed)
         return SimpleNamespace(code=code, stdout=out.getvalue(), stderr=err.getvalue())
     return run
@@ -104,15 +102,18 @@ def train_in_process():
 
 @pytest.fixture(scope='session')
 def read_events():
-    """``read(exp_dir)`` -> the experiment's only TensorBoard event file, read back:
+    """``read(exp_dir, single=True)`` -> the experiment's only TensorBoard event file (with
+    ``single=False``: all of them, as TensorBoard shows the folder), read back:
     ``.tags`` (the accumulator's tag lists), ``.scalars(tag)`` -> {step: value},
     ``.image_steps(tag)`` -> [step, ...]."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    def read(exp_dir):
+    def read(exp_dir, single=True):
         files = glob.glob(os.path.join(str(exp_dir), 'events.out.tfevents.*'))
-        assert len(files) == 1, f'expected one event file in {exp_dir}, found {files}'
-        events = EventAccumulator(files[0], size_guidance={'scalars': 0, 'images': 0})
+        if single:
+            assert len(files) == 1, f'expected one event file in {exp_dir}, found {files}'
+        # A folder is read as TensorBoard shows it: several runs' files in order, purges applied.
+        events = EventAccumulator(files[0] if single else str(exp_dir), size_guidance={'scalars': 0, 'images': 0})
         events.Reload()
         return SimpleNamespace(
             tags=events.Tags(),

@@ -18,7 +18,8 @@ from PIL import Image
 
 from applications import determine_flips, load_stn, pck_argparse, propagation_argparse, stn_architecture
 from applications.propagate_to_images import main as propagate_main
-from applications.propagation import load_label
+from applications.propagation import (Label, align, load_label, points_through_warp, propagate, propagate_aligned,
+                                      uncongeal_template_points)
 from datasets.lmdb_dataset import write_lmdb_dataset
 from datasets.keypoint_pairs import write_pck_files
 from models import get_stn
@@ -270,6 +271,39 @@ def test_determine_flips(world):
     assert mirrored.tolist() == (roughness[1] < roughness[0]).tolist()
     assert mirrored[0] != mirrored[1]
     torch.testing.assert_close(inputs[0], inputs[1])
+
+
+@pytest.mark.parametrize('flip_inference', [True, False])
+def test_align_reuses_the_flip_passes_with_identical_results(world, flip_inference):
+    t = make_stn().eval()
+    torch.manual_seed(0)
+    with torch.no_grad():  # a flow that depends on the image, so an image and its mirror differ
+        t.stns[1].warp_head.flow_out[-1].weight.normal_(0, 0.5)
+    images = torch.from_numpy(world['images'][:4]).permute(0, 3, 1, 2).float() / 127.5 - 1
+    images[1] = images[0].flip(2)
+    opt = argparse.Namespace(padding_mode='reflection', iters=1, no_flip_inference=not flip_inference,
+                             output_resolution=24, num_heads=1, cluster=None, sigma=1.3, opacity=0.75)
+    template = torch.rand(30, 2) * 1.8 - 0.9
+    label = Label(torch.rand(30, 2) * 15, torch.rand(30, 3) * 2 - 1, torch.rand(30, 1), 16)
+    alignment = align(t, opt, images)
+    # The separate passes it replaces: flip decision, congealing, then the point map.
+    inputs, mirrored = determine_flips(t, images, flip_inference=flip_inference, padding_mode='reflection')
+    assert mirrored[0] != mirrored[1] if flip_inference else not mirrored.any()
+    assert torch.equal(alignment.inputs, inputs) and torch.equal(alignment.mirrored, mirrored)
+    assert torch.equal(alignment.congealed, t(inputs, output_resolution=24, padding_mode='reflection'))
+    found = t.uncongeal_points(inputs, template.expand(4, -1, -1), padding_mode='reflection')
+    found[..., 0] = torch.where(mirrored.view(4, 1), SIZE - 1 - found[..., 0], found[..., 0])
+    assert torch.equal(points_through_warp(t, alignment.warp, alignment.mirrored, template, SIZE), found)
+    assert torch.equal(uncongeal_template_points(t, opt, inputs, mirrored, 'cartesian', template), found)
+    assert torch.equal(propagate_aligned(t, opt, images, alignment, label),
+                       propagate(t, opt, images, inputs, mirrored, 'cartesian', label))
+    # mixed_reality reads the grid at the output resolution.
+    found_24, congealed_24 = uncongeal_template_points(t, opt, inputs, mirrored, 'cartesian', template,
+                                                       output_resolution=24)
+    assert torch.equal(congealed_24, alignment.congealed)
+    assert torch.equal(points_through_warp(t, alignment.warp, mirrored, template, SIZE, output_resolution=24),
+                       found_24)
+    assert not torch.equal(found_24, found)
 
 
 def test_load_label_variants(tmp_path):

@@ -14,7 +14,6 @@ import zipfile
 
 import numpy as np
 import pytest
-import torch
 
 pytest.importorskip('starlette', reason='the studio extra is not installed (pip install -e .[studio])')
 pytest.importorskip('httpx', reason='the test client needs httpx (pip install -e .[dev])')
@@ -86,7 +85,8 @@ def test_template_is_the_cached_average_of_congealed_images(world, tmp_path):
     difference = np.abs(template - shifted_average(world['images'], 6))
     assert difference.max() <= 6 and difference.mean() < 0.5
     status = client.get('/api/status').json()
-    assert status == {'cluster': 0, 'state': 'ready', 'done': 6, 'total': 6, 'error': None}
+    # The template's six alignments are kept (the default --keep_warps covers them).
+    assert status == {'cluster': 0, 'state': 'ready', 'done': 6, 'total': 6, 'error': None, 'kept': 6, 'keep': 6}
 
     # Cached beside the LMDB data; a new studio reads the file instead of recomputing.
     path = engine.average_cache_path(0)
@@ -331,20 +331,130 @@ def test_command_line_refuses_bad_input_with_one_line(world, tmp_path, capsys):
 def test_alignment_is_kept_between_previews_of_the_same_images(world, tmp_path, monkeypatch):
     import applications.studio.engine as engine_module
 
-    engine, client = studio(world, tmp_path, '--resolution', SIZE)
-    aligned = []
-    real_congeal = engine_module.congeal
-    monkeypatch.setattr(engine_module, 'congeal',
-                        lambda t, opt, images: aligned.append(images.size(0)) or real_congeal(t, opt, images))
+    # No kept warps: images are aligned on demand and their alignments cached between previews.
+    engine, client = studio(world, tmp_path, '--resolution', SIZE, '--keep_warps', 0)
+    aligned, passes = [], []
+    real_align, real_forward = engine_module.align, engine.t.forward
+    monkeypatch.setattr(engine_module, 'align',
+                        lambda t, opt, images: aligned.append(images.size(0)) or real_align(t, opt, images))
+    # Every network pass goes through forward (forward_with_flip and compute_warp call it).
+    monkeypatch.setattr(engine.t, 'forward', lambda *a, **k: passes.append(a[0].size(0)) or real_forward(*a, **k))
     client.post('/api/label', content=png_bytes(square_label()))
     request = {'selection': {'mode': 'indices', 'indices': [0, 1, 2]}, 'objects': True}
+    wait_for_template(client)
+    passes.clear()
     first = post_json(client, '/api/preview', request).json()
+    assert passes == [3, 3]  # new images: the image and its mirror, nothing more
     client.post('/api/label', content=png_bytes(square_label((0, 255, 0, 255))))
     second = post_json(client, '/api/preview', request).json()
-    assert aligned == [3]  # the second preview reused the alignment...
+    assert aligned == [3] and passes == [3, 3]  # the second preview reused the warps: no network pass...
     for a, b in zip(first['items'], second['items']):
         assert a['congealed'] == b['congealed'] and a['propagated'] != b['propagated']  # ...with the new label
         green_before = decode_data_url(a['propagated'])[12:16, 14:18, 1]
         assert (decode_data_url(b['propagated'])[12:16, 14:18, 1] > green_before).all()
     post_json(client, '/api/preview', dict(request, selection={'mode': 'indices', 'indices': [2, 3]}))
     assert aligned == [3, 1]  # only the new image is aligned
+
+
+def count_passes(monkeypatch, engine):
+    """A list that receives the batch size of every transformer forward pass of ``engine``."""
+    passes = []
+    real_forward = engine.t.forward
+    # Every network pass goes through forward (forward_with_flip and compute_warp call it).
+    monkeypatch.setattr(engine.t, 'forward', lambda *a, **k: passes.append(a[0].size(0)) or real_forward(*a, **k))
+    return passes
+
+
+def warp_bytes_per_image(engine):
+    """A kept warp: the (flow_size, flow_size, 2) float32 grid plus the one-byte flip flag."""
+    flow_size = engine.t.stn_in_size
+    return flow_size * flow_size * 2 * 4 + 1
+
+
+def test_previews_of_the_template_images_run_no_network_pass(world, tmp_path, monkeypatch):
+    engine, client = studio(world, tmp_path / 'out', '--n_mean', 6, '--resolution', SIZE)
+    if os.path.exists(engine.average_cache_path(0)):
+        os.remove(engine.average_cache_path(0))  # the template is computed here, not read
+    passes = count_passes(monkeypatch, engine)
+    client.post('/api/label', content=png_bytes(square_label()))
+    wait_for_template(client)
+    assert passes and sum(passes) == 2 * 6  # the template: each image and its mirror, once
+    assert engine.kept_warps() == 6 and engine.kept_warp_bytes() == 6 * warp_bytes_per_image(engine)
+    passes.clear()
+    requests = [{'selection': {'mode': 'first', 'count': 6}, 'objects': True, 'sigma': 0.5, 'opacity': 1.0},
+                {'selection': {'mode': 'indices', 'indices': [5, 0, 3]}, 'objects': True, 'sigma': 0.7}]
+    results = [post_json(client, '/api/preview', request).json() for request in requests]
+    assert passes == []  # splat only, from the moment the template is ready
+
+    # The same pixels as aligning on demand (no kept warps).
+    _, fresh = studio(world, tmp_path / 'fresh', '--n_mean', 6, '--resolution', SIZE, '--keep_warps', 0)
+    fresh.post('/api/label', content=png_bytes(square_label()))
+    for request, result in zip(requests, results):
+        expected = post_json(fresh, '/api/preview', request).json()
+        assert [item['index'] for item in result['items']] == [item['index'] for item in expected['items']]
+        for got, want in zip(result['items'], expected['items']):
+            assert got['propagated'] == want['propagated'] and got['congealed'] == want['congealed']
+    # The square lands 4 pixels right of where it was drawn.
+    assert (decode_data_url(results[0]['items'][0]['propagated'])[12:16, 14:18] == (255, 0, 0)).all()
+
+    # Images the template did not average are aligned on demand, and not kept.
+    post_json(client, '/api/preview', {'selection': {'mode': 'indices', 'indices': [6, 7, 1]}})
+    assert passes == [2, 2] and engine.kept_warps() == 6
+
+
+def test_kept_warps_respect_the_cap(world, tmp_path, monkeypatch):
+    engine, client = studio(world, tmp_path / 'out', '--n_mean', 6, '--keep_warps', 3, '--resolution', SIZE)
+    if os.path.exists(engine.average_cache_path(0)):
+        os.remove(engine.average_cache_path(0))
+    passes = count_passes(monkeypatch, engine)
+    client.post('/api/label', content=png_bytes(square_label()))
+    wait_for_template(client)
+    status = client.get('/api/status').json()
+    assert (status['done'], status['kept'], status['keep']) == (6, 3, 3)
+    assert engine.kept_warps() == 3 and engine.kept_warp_bytes() == 3 * warp_bytes_per_image(engine)
+    passes.clear()
+    post_json(client, '/api/preview', {'selection': {'mode': 'first', 'count': 3}})
+    assert passes == []
+    post_json(client, '/api/preview', {'selection': {'mode': 'indices', 'indices': [4, 5]}})
+    assert passes == [2, 2]  # past the cap: aligned on demand
+    assert engine.kept_warps() == 3 and engine.kept_warp_bytes() == 3 * warp_bytes_per_image(engine)
+    with pytest.raises(SystemExit) as info:
+        build_engine(studio_argv(world, tmp_path / 'bad', '--keep_warps', -1), verbose=False)
+    assert info.value.code == 2
+
+
+def test_a_template_from_a_file_is_followed_by_background_alignment(world, tmp_path, monkeypatch):
+    import threading
+
+    average = tmp_path / 'average.png'
+    average.write_bytes(png_bytes(np.full((SIZE, SIZE, 3), 90, dtype=np.uint8)))
+    engine, client = studio(world, tmp_path / 'out', '--n_mean', 6, '--average_path', average,
+                            '--resolution', SIZE)
+    passes = count_passes(monkeypatch, engine)
+    reached, release = threading.Event(), threading.Event()
+
+    def hold_after_first_batch(cluster):
+        if not reached.is_set():
+            reached.set()
+            assert release.wait(60)
+
+    monkeypatch.setattr(engine, '_background_step', hold_after_first_batch)
+    client.post('/api/label', content=png_bytes(square_label()))
+    assert (wait_for_template(client) == 90).all()
+    assert reached.wait(60)
+    assert engine.kept_warps() == 4  # one background batch (--batch 4), then held
+    passes.clear()
+    # The background job is held, yet a preview of an image it has not reached runs: it aligns it itself.
+    post_json(client, '/api/preview', {'selection': {'mode': 'indices', 'indices': [5, 2]}})
+    assert passes == [1, 1] and engine.kept_warps() == 5
+    release.set()
+    deadline = time.monotonic() + 60
+    while client.get('/api/status').json()['kept'] < 6:
+        assert time.monotonic() < deadline, 'the background alignment took too long'
+        time.sleep(0.05)
+    status = client.get('/api/status').json()
+    assert (status['state'], status['kept'], status['keep']) == ('ready', 6, 6)
+    assert passes == [1, 1, 1, 1]  # the background aligned only image 4, the one nobody had aligned
+    passes.clear()
+    post_json(client, '/api/preview', {'selection': {'mode': 'first', 'count': 6}})
+    assert passes == []

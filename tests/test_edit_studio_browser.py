@@ -134,6 +134,11 @@ def test_a_stroke_drawn_in_the_browser_propagates_where_the_warp_sends_it(driver
     from selenium.webdriver.common.by import By
 
     open_page(driver, server)
+    # The page says how many images have their alignment kept (the template's, all of them here).
+    keep = server['engine'].keep_count()
+    assert keep > 0
+    wait_until(driver, 'return document.body.dataset.keptWarps', str(keep))
+    assert driver.find_element(By.ID, 'warps').text == f'{keep} images aligned: their previews are fast'
     driver.execute_script("const s = document.getElementById('brush-size'); s.value = '2';"
                           "s.dispatchEvent(new Event('input'));")
     count = driver.find_element(By.ID, 'count')

@@ -10,7 +10,7 @@ from utils.errors import UserError
 from models import get_stn
 from models.spatial_transformers import ComposedSTN, MipmapWarp, SpatialTransformer
 from models.spatial_transformers.geometry import (
-    identity_grid, invert_affine, normalize_points, resize_grid, similarity_matrices,
+    apply_affine, identity_grid, invert_affine, normalize_points, resize_grid, similarity_matrices,
     unnormalize_points)
 from models.spatial_transformers.sampling import bilinear_sample
 
@@ -166,6 +166,49 @@ def test_known_similarity_is_undone_and_points_map_back(transforms):
             mapped_out = unnormalize_points(mapped_out, 32, 32)  # normalised template positions
     assert (mapped_in - image_points).norm(dim=-1).max() < 1.0
     assert (mapped_out - template_pixels).norm(dim=-1).max() < 1.0
+
+
+@pytest.mark.parametrize('transforms, num_heads', [
+    ('similarity', 1), ('flow', 1), (['similarity', 'flow'], 1), (['similarity', 'similarity'], 1),
+    (['similarity', 'flow'], 3)])
+def test_kept_warp_maps_points_and_images_exactly_like_a_network_pass(transforms, num_heads):
+    stn = small_stn(transforms, num_heads=num_heads).eval()
+    randomize_heads(stn, flow_scale=0.1, similarity_scale=0.2)
+    images = blobs(3, 32)
+    points = torch.rand(3, 20, 2) * 1.8 - 0.9
+    pixels = torch.rand(3, 20, 2) * 15
+    policy = torch.tensor([2, 0, 1]) if num_heads > 1 else 'cartesian'
+    iters = 2 if not stn.is_flow else 1
+    kwargs = dict(warp_policy=policy, iters=iters, padding_mode='reflection')
+    with torch.no_grad():
+        # The reference: what uncongeal_points computed before it was split (grid or matrix read directly).
+        grid_fs, last = stn(images, return_warp=True, return_flow=True, **kwargs)[1:]
+        congealed_24, grid_24 = stn(images, output_resolution=24, return_warp=True, **kwargs)
+        single_similarity = isinstance(stn, SpatialTransformer) and not stn.is_flow
+
+        def reference(grid, pts):
+            moved = apply_affine(last, pts) if single_similarity else F.grid_sample(
+                grid.permute(0, 3, 1, 2), pts.unsqueeze(2), align_corners=False,
+                padding_mode='border').squeeze(3).permute(0, 2, 1)
+            return unnormalize_points(moved, 32, 32)
+
+        # The warp kept from a pass at another output resolution serves every resolution.
+        warp, congealed = stn.compute_warp(images, output_resolution=24, return_congealed_img=True, **kwargs)
+        assert torch.equal(congealed, congealed_24)
+        assert torch.equal(stn.warp_grid(warp, 24), grid_24) and torch.equal(stn.warp_grid(warp), grid_fs)
+        assert torch.equal(stn.warp_images(images, warp, 24, 'reflection'), congealed_24)
+        assert torch.equal(stn.uncongeal_points_with_warp(warp, points, 32), reference(grid_fs, points))
+        assert torch.equal(stn.uncongeal_points_with_warp(warp, points, 32, output_resolution=24),
+                           reference(grid_24, points))
+        assert torch.equal(stn.uncongeal_points(images, points, **kwargs), reference(grid_fs, points))
+        found, aligned = stn.uncongeal_points(images, points, output_resolution=24, return_congealed_img=True,
+                                              **kwargs)
+        assert torch.equal(found, reference(grid_24, points)) and torch.equal(aligned, congealed_24)
+        # Pixel templates: the flow_size grid, or an image-sized template for a single similarity.
+        template_size = 32 if single_similarity else 16
+        assert torch.equal(stn.uncongeal_points_with_warp(warp, pixels, 32, normalize_input_points=True),
+                           reference(grid_fs, normalize_points(pixels, 32, template_size)))
+    assert (reference(grid_fs, points) - unnormalize_points(points, 32, 32)).abs().max() > 0.5  # warps move
 
 
 def test_chained_similarity_stages_compose_their_warps():

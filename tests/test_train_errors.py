@@ -1,4 +1,5 @@
 """train.py on bad input: readable one-line errors, the right exit status, nothing half-written."""
+import errno
 import os
 import socket
 
@@ -76,7 +77,7 @@ def test_generator_of_another_size_is_refused_readably(tmp_path, train_in_proces
 
 @pytest.mark.parametrize('changed_flags, phrase', [
     (['--stn_max_channels', '32'], 'spatial transformer'),
-    (['--num_heads', '2'], 'spatial transformer'),
+    (['--num_heads', '2', '--kmeans_candidates', '16'], 'spatial transformer'),
     (['--ndirs', '2'], '--ndirs'),
 ], ids=['stn_width', 'num_heads', 'ndirs'])
 def test_resuming_with_another_architecture_is_refused_readably(changed_flags, phrase, gangealing_checkpoint,
@@ -133,3 +134,82 @@ def test_offline_perceptual_weights_give_one_clear_error(tmp_path, train_process
     assert len(lines) == 1 and 'vgg16' in lines[0] and '--perceptual_weights' in lines[0], proc.stderr[-3000:]
     assert not os.listdir(tmp_path / 'x' / 'checkpoints')
     assert not list((tmp_path / 'torch_home').rglob('*.pth'))  # no partial file passing for the weights
+
+
+def test_full_disk_keeps_the_previous_checkpoint_and_stops(tmp_path, train_in_process, tiny_configs, monkeypatch):
+    real_save, calls = torch.save, []
+
+    def save_until_the_disk_fills(obj, f, *args, **kwargs):
+        calls.append(1)
+        if len(calls) >= 2:  # the second checkpoint: some bytes, then no space left
+            f.write(b'\x00' * 1000)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_save(obj, f, *args, **kwargs)
+    monkeypatch.setattr(torch, 'save', save_until_the_disk_fills)
+    result = train_in_process(tiny_configs.synthetic + ['--exp-name', 'full', '--results', str(tmp_path),
+                                                        '--iter', '6', '--ckpt_every', '2'])
+    good = str(tmp_path / 'full' / 'checkpoints' / '0000002.pt')
+    _assert_one_clear_error(result, '0000004.pt', 'No space left on device', f'previous checkpoint ({good}) is intact',
+                            '--resume')
+    monkeypatch.undo()
+    assert os.listdir(tmp_path / 'full' / 'checkpoints') == ['0000002.pt']  # no temporary file either
+    assert load_checkpoint(good)['iteration'] == 2
+
+
+def test_unwritable_options_file_is_one_clear_error(tmp_path, train_in_process, tiny_configs, monkeypatch):
+    import utils.options.persistence as persistence
+
+    def no_space(path, text):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(persistence, 'write_text_atomically', no_space)
+    result = train_in_process(tiny_configs.synthetic + ['--exp-name', 'opts', '--results', str(tmp_path)])
+    _assert_one_clear_error(result, 'cannot save the options', 'No space left on device')
+    assert not (tmp_path / 'opts' / 'checkpoints').exists()  # it stopped before training
+
+
+@pytest.mark.parametrize('corrupt, named', [('gradients', 'the gradients'), ('weights', 'the weights')])
+def test_non_finite_gradients_or_weights_stop_naming_the_last_good_checkpoint(corrupt, named, tmp_path,
+                                                                              train_in_process, tiny_configs,
+                                                                              monkeypatch):
+    real_step, calls = train.training_step, []
+
+    def step(opt, generator, stn, ll, loss_fn, psi):
+        calls.append(1)
+        terms = real_step(opt, generator, stn, ll, loss_fn, psi)
+        if len(calls) == 3:
+            parameter = next(getattr(stn, 'module', stn).parameters())
+            if corrupt == 'gradients':  # a finite loss whose backward pass overflows
+                parameter.register_hook(lambda grad: grad * float('inf'))
+            else:  # a finite loss and gradients, a weight already broken
+                with torch.no_grad():
+                    parameter.view(-1)[0] = float('nan')
+        return terms
+    monkeypatch.setattr(train, 'training_step', step)
+    result = train_in_process(tiny_configs.synthetic + ['--exp-name', corrupt, '--results', str(tmp_path),
+                                                        '--iter', '10', '--ckpt_every', '2'])
+    good = str(tmp_path / corrupt / 'checkpoints' / '0000002.pt')
+    line = _assert_one_clear_error(result, f'{named}', 'non-finite at iteration 3', good)
+    if corrupt == 'weights':
+        assert 'the loss' not in line and 'the gradients' not in line
+    assert len(calls) == 3 and os.listdir(tmp_path / corrupt / 'checkpoints') == ['0000002.pt']
+
+
+@pytest.mark.parametrize('flags, phrase', [
+    (['--real_data_path', 'does/not/exist'], '--real_data_path was given but would not be used'),
+    (['--n_mlp', '4'], '--n_mlp was given but would not be used'),
+    (['--kmeans_candidates', '100'], '--kmeans_candidates was given but would not be used'),
+    (['--freeze_ll', '--ll_lr', '0.1'], '--ll_lr was given but would not be used'),
+], ids=['real_data_path', 'n_mlp', 'kmeans_candidates', 'll_lr'])
+def test_flags_the_configuration_would_ignore_are_refused(flags, phrase, tmp_path, train_in_process):
+    result = train_in_process(['--exp-name', 'x', '--results', str(tmp_path), *flags])
+    assert result.code == 2
+    message = result.stderr.strip().splitlines()[-1]
+    assert message.startswith('train.py: error:') and phrase in message, message
+    assert not (tmp_path / 'x').exists()
+
+
+def test_real_data_path_is_used_once_a_dataset_mode_reads_it(tmp_path, train_in_process):
+    missing = str(tmp_path / 'does' / 'not' / 'exist')
+    result = train_in_process(['--exp-name', 'x', '--results', str(tmp_path), '--real_data_path', missing,
+                               '--dataset_mode', 'image_folder', '--iter', '1', '--device', 'cpu'])
+    _assert_one_clear_error(result, missing)

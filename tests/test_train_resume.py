@@ -11,10 +11,12 @@ import torch
 from models.stylegan2 import Generator
 from training.building import load_optimizer_state
 from utils.checkpoint import load_checkpoint, save_checkpoint
+from utils.schedules import zero_lr_iterations
 
 pytestmark = pytest.mark.usefixtures('one_thread')
 
 NEW_KEYS = ('iteration', 'rng_state', 'format_version')
+END = 15  # iterations of the runs compared after a kill -9
 
 
 def _synthetic(tiny_configs, results, name, iterations, *extra):
@@ -176,3 +178,47 @@ def test_optimizer_state_resumes_with_this_runs_kernel_choice():
     assert group['foreach'] is True and group['lr'] == 0.1
     assert torch.equal(resumed.state[resumed_param]['exp_avg'], written.state[param]['exp_avg'])
     assert torch.equal(resumed.state[resumed_param]['exp_avg_sq'], written.state[param]['exp_avg_sq'])
+
+
+def test_resume_after_kill_9_continues_at_the_last_checkpoint_exactly(tmp_path, train_process, train_in_process,
+                                                                     tiny_configs, read_events):
+    """kill -9 after the learning-rate schedule has started; a fresh process with only --resume continues."""
+    # psi reaches 0 at iteration 2, so the schedule steps from iteration 3 on.
+    def flags(name, iterations):
+        return tiny_configs.synthetic + ['--exp-name', name, '--results', str(tmp_path), '--iter', str(iterations),
+                                         '--anneal_psi', '2', '--period', '4', '--log_every', '1',
+                                         '--ckpt_every', '3']
+    straight = train_in_process(flags('straight', END))
+    assert straight.code == 0, straight.stderr[-3000:]
+    stdout, stderr = tmp_path / 'stdout.txt', tmp_path / 'stderr.txt'
+    with open(stdout, 'w') as out, open(stderr, 'w') as err:
+        process = train_process.start(flags('killed', 1000), stdout=out, stderr=err)
+    first = tmp_path / 'killed' / 'checkpoints' / '0000003.pt'
+    try:
+        assert _wait_for(first.exists, 180, process), stderr.read_text()[-3000:]
+        process.kill()  # SIGKILL: no handler runs, whatever it was doing is cut short
+        process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    newest = max(int(name[:7]) for name in os.listdir(first.parent) if name.endswith('.pt') and name[0] != '.')
+    # Checkpoints fall every 3 iterations and where the learning rate reaches 0 (iterations 1, 5, 13).
+    saved_at = set(range(3, END + 1, 3)) | set(zero_lr_iterations(2, 4, END, 2))
+    assert newest in saved_at and newest < END, newest
+    # Only the experiment's name, --resume and the end: everything else comes from the checkpoint.
+    resumed = train_in_process(['--exp-name', 'killed', '--results', str(tmp_path), '--resume', '--iter', str(END),
+                                '--device', 'cpu'])
+    assert resumed.code == 0, resumed.stderr[-3000:]
+    assert f'Resuming from {_ckpt_path(tmp_path, "killed", newest)} at iteration {newest}' in resumed.stdout
+    expected, got = read_events(tmp_path / 'straight'), read_events(tmp_path / 'killed', single=False)
+    for tag in ('Loss/reconstruction', 'Loss/total_variation', 'Progress/STN_LearningRate'):
+        want, have = expected.scalars(tag), got.scalars(tag)
+        assert sorted(have) == list(range(1, END + 1)), tag  # the killed run's extra steps are purged
+        for i in range(1, END + 1):
+            assert have[i] == pytest.approx(want[i], rel=1e-6, abs=1e-9), (tag, i)
+    final = load_checkpoint(_ckpt_path(tmp_path, 'killed', END))
+    reference = load_checkpoint(_ckpt_path(tmp_path, 'straight', END))
+    for key in ('t', 't_ema', 'll'):
+        for name, value in reference[key].items():
+            torch.testing.assert_close(final[key][name], value, rtol=1e-5, atol=1e-6, msg=f'{key}.{name}')

@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader, Subset
 from datasets.modes import DATASET_MODES
 from models.gangealing import CongealedMean, congealed_mean, resize_for_stn, sample_pairs
 from models.losses import cluster_assignments
+from utils.atomic_io import atomic_write
 from utils.distributed import is_main_process, rank_share
 from utils.flow_vis import flow_to_rgb
 from utils.pck_metric import evaluate_pck_transfer, format_pck_table
@@ -50,6 +51,14 @@ class TrainingVisuals:
 
     @torch.no_grad()
     def log(self, generator, t_ema, ll, loss_fn, vis_z, psi, step):
+        """Log every grid at ``step``. The global RNG states are restored
+        afterwards, so visuals never change the training stream (a resumed run
+        continues exactly as an uninterrupted one, with or without visuals)."""
+        devices = [self.device] if self.device.type == 'cuda' else []
+        with torch.random.fork_rng(devices=devices):
+            self._log(generator, t_ema, ll, loss_fn, vis_z, psi, step)
+
+    def _log(self, generator, t_ema, ll, loss_fn, vis_z, psi, step):
         opt, writer = self.opt, self.writer
         self._log_generated(generator, t_ema, ll, loss_fn, vis_z, psi, step)
         if self.real_loader is None:
@@ -123,8 +132,7 @@ def evaluate_alignment(opt, t_ema, writer, device, exp_dir):
         for alpha in alphas:
             writer.scalar(f'PCK/transfer@{alpha}', result['pck'][alpha], opt.iter)
             writer.scalar(f'PCK/identity_baseline@{alpha}', result['baseline'][alpha], opt.iter)
-        with open(os.path.join(exp_dir, 'pck.json'), 'w') as f:
-            json.dump({'pairs': result['pairs'],
-                       'pck': {str(a): v for a, v in result['pck'].items()},
-                       'identity_baseline': {str(a): v for a, v in result['baseline'].items()}}, f, indent=2)
+        document = {'pairs': result['pairs'], 'pck': {str(a): v for a, v in result['pck'].items()},
+                    'identity_baseline': {str(a): v for a, v in result['baseline'].items()}}
+        atomic_write(os.path.join(exp_dir, 'pck.json'), lambda f: json.dump(document, f, indent=2), mode='w')
     return result

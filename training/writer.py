@@ -13,11 +13,13 @@ class ExperimentWriter:
     Only construct it on the main process.
     """
 
-    def __init__(self, exp_dir):
+    def __init__(self, exp_dir, purge_step=None):
+        """``purge_step``: a resumed run's first iteration; TensorBoard then hides
+        what an interrupted predecessor logged from that step on."""
         from torch.utils.tensorboard import SummaryWriter
         self.exp_dir = exp_dir
         os.makedirs(exp_dir, exist_ok=True)
-        self.tb = SummaryWriter(exp_dir)
+        self.tb = SummaryWriter(exp_dir, purge_step=purge_step)
 
     def scalar(self, tag, value, step):
         self.tb.add_scalar(tag, value, step)

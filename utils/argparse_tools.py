@@ -60,13 +60,18 @@ def preliminary_values(parser, argv, dests):
     The preliminary pass: required flags, unknown flags (of components not yet
     added) and -h/--help are not acted on. Defaults are the parser's current
     ones, so defaults changed by components applied so far count. Values are
-    the raw strings (component names are checked by the caller). A malformed
+    the raw strings (component names are checked by the caller); switches give booleans. A malformed
     selector (e.g. a flag without its value) is reported by ``parser.error``.
     """
     probe = _ProbeParser(prog=parser.prog, add_help=False, allow_abbrev=False)
     for dest in dests:
         action = find_action(parser, dest)
-        if action is not None:
+        if action is None:
+            continue
+        if action.nargs == 0:  # a switch such as --resume
+            probe.add_argument(*action.option_strings, dest=dest, action='store_true',
+                               default=parser.get_default(dest))
+        else:
             probe.add_argument(*action.option_strings, dest=dest, type=str,
                                default=parser.get_default(dest))
     try:

@@ -11,6 +11,7 @@ checkpoint from an untrusted source cannot run code.
 import argparse
 import os
 import pickle
+import re
 import zipfile
 
 import torch
@@ -18,13 +19,36 @@ import torch
 from utils.atomic_io import atomic_write
 from utils.errors import UserError
 
+# Training checkpoints are named by iteration; temporary files start with a dot.
+CHECKPOINT_NAME = re.compile(r'^(\d+)\.pt$')
+
+
+def checkpoint_name(iteration):
+    """The file name of the training checkpoint of ``iteration`` ('0001000.pt')."""
+    return f'{int(iteration):07d}.pt'
+
+
+def training_checkpoints(folder):
+    """[(iteration, path)] of the training checkpoints in ``folder``, newest first
+    (an empty list when the folder does not exist). Half-written files never
+    carry a checkpoint name: saves go to a hidden temporary file and are renamed."""
+    try:
+        names = os.listdir(folder)
+    except FileNotFoundError:
+        return []
+    found = [(int(m.group(1)), os.path.join(folder, name)) for name in names
+             for m in [CHECKPOINT_NAME.match(name)] if m]
+    return sorted(found, reverse=True)
+
 
 class CheckpointError(UserError):
     """A checkpoint could not be read: missing, truncated, corrupt or unsafe."""
 
 
 def _numpy_safe_globals():
-    """numpy classes needed to rebuild plain numpy arrays (RNG states, stats).
+    """numpy classes needed to rebuild plain numpy arrays: the RNG states of our
+    training checkpoints of format version 1 (later ones hold tensors only and
+    load with ``argparse.Namespace`` as the only extra class), and stats.
 
     Rebuilding an ndarray only allocates memory and fills it with bytes; any
     objects inside an object array go through the same restricted unpickler.

@@ -96,8 +96,23 @@ def setup_distributed(device_flag='auto'):
             raise UserError('this PyTorch build has no torch.distributed support; run one process '
                             'without torchrun')
         backend = 'nccl' if device.type == 'cuda' else 'gloo'
-        dist.init_process_group(backend=backend, init_method='env://', rank=rank, world_size=world_size)
+        dist.init_process_group(backend=backend, store=_attempt_store(rank, world_size), rank=rank,
+                                world_size=world_size)
     return device, get_rank(), get_world_size()
+
+
+def _attempt_store(rank, world_size):
+    """The launcher's key-value store, with the keys of this attempt only.
+
+    torchrun's static rendezvous (``--master_port``, ``--standalone``) keeps one
+    store across ``--max-restarts`` restarts, and the process group's keys
+    carry no attempt number: a restarted rank could read a dead rank's address
+    and fail to connect. Prefixing the keys with TORCHELASTIC_RESTART_COUNT
+    keeps every attempt to itself.
+    """
+    from torch.distributed.rendezvous import rendezvous
+    store, _, _ = next(rendezvous('env://', rank, world_size))
+    return dist.PrefixStore(f"attempt_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
 
 
 def get_rank():
@@ -177,6 +192,19 @@ def all_gather_tensor(tensor):
     pieces = [torch.empty_like(padded) for _ in range(world_size)]
     dist.all_gather(pieces, padded.contiguous())
     return torch.cat([piece[:count] for piece, count in zip(pieces, counts)], dim=0)
+
+
+def gather_objects(obj):
+    """Every rank's ``obj`` (a small picklable value), as a list in rank order, on every rank.
+
+    ``[obj]`` in one process. For occasional bookkeeping (e.g. RNG states at a
+    checkpoint), not for tensors on the training path.
+    """
+    if not _in_group():
+        return [obj]
+    gathered = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, obj)
+    return gathered
 
 
 def all_reduce_mean(tensor):

@@ -6,9 +6,17 @@ the command line would write. One lock serialises use of the model and the
 dataset; the template (average congealed image) of each cluster is computed
 once in a background thread, with progress readable meanwhile, and cached in
 a PNG file.
+
+The alignment of an image (its flip decision and warp, not its pixels) does
+not depend on the label, so the warps of the first min(--n_mean,
+--keep_warps) images of a cluster are kept for the whole session: the
+template's computation yields them; a template read from a file is followed
+by aligning those images in the background, a few per lock hold, previews
+first. A preview of kept images runs no network pass, only the splat.
 """
 import argparse
 import base64
+import contextlib
 import hashlib
 import json
 import os
@@ -24,7 +32,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 
 from applications import cluster_policy
-from applications.propagation import Label, congeal, label_from_rgba, option_problems, propagate, splat_label
+from applications.propagation import (Alignment, Label, align, label_from_rgba, option_problems,
+                                      propagate_aligned, splat_label)
 from models.gangealing import CongealedMean
 from utils.colour_scales import scale_for_cluster
 from utils.atomic_io import atomic_write
@@ -36,7 +45,8 @@ MAX_UPLOAD_BYTES = 8 * 1024 * 1024  # labels and objects are small PNGs; more is
 MAX_UPLOAD_SIDE = 4096  # pixels per side of an uploaded label or object
 MAX_PREVIEW_IMAGES = 64
 PREVIEW_SIDE = 256  # preview images larger than this are shrunk before they are sent
-CONGEAL_CACHE = 64  # images whose alignment is kept between previews
+CONGEAL_CACHE = 64  # images outside the kept warps whose alignment is kept between previews
+KEEP_BATCH = 4  # images aligned per lock hold in the background: a preview waits for one such batch at most
 SELECTION_MODES = ('first', 'random', 'indices')
 EXPORT_NAME = re.compile(r'^propagated-[0-9]{8}-[0-9]{6}-[0-9]{3}\.zip$')
 AVERAGES_FOLDER = 'congealed_averages'
@@ -90,7 +100,9 @@ class StudioEngine:
         self.state_lock = threading.Lock()  # the averages' progress records
         self.averages = {}
         self.label = None  # uint8 (H, W, 4) RGBA
-        self._congeal_cache = {}  # (index, cluster) -> (image, input, mirrored, congealed), oldest first
+        self._congeal_cache = {}  # (index, cluster) -> (image, input, mirrored, congealed, warp), oldest first
+        self._kept_warps = {}  # (index, cluster) -> (mirrored, warp): never evicted, at most keep_warps
+        self._foreground_waiting = 0  # requests waiting for model_lock; background work lets them go first
         if opt.label_path is not None:
             self.set_label(self._read_start_label(opt.label_path))
 
@@ -121,6 +133,7 @@ class StudioEngine:
             'max_upload_bytes': MAX_UPLOAD_BYTES,
             'indices': list(opt.dset_indices) if opt.dset_indices is not None else None,
             'has_label': self.label is not None,
+            'keep_warps': self.keep_count(),
             'command': ['python', '-m', 'applications.propagate_to_images', '--ckpt', str(opt.ckpt),
                         '--real_data_path', str(opt.real_data_path), '--real_size', str(opt.real_size),
                         '--dataset_mode', str(opt.dataset_mode), '--resolution', str(opt.resolution)],
@@ -162,6 +175,57 @@ class StudioEngine:
     def average_count(self):
         return min(int(self.opt.n_mean), len(self.dataset))
 
+    def keep_count(self):
+        """How many first images of a cluster get their warps kept: min(--n_mean, --keep_warps, dataset)."""
+        return min(self.average_count(), self.warp_cap())
+
+    def warp_cap(self):
+        """--keep_warps: the most warps kept, all clusters together."""
+        return max(0, int(self.opt.keep_warps))
+
+    def kept_warps(self, cluster=None):
+        """Number of kept warps (of ``cluster``, or of all clusters)."""
+        with self.state_lock:
+            return sum(1 for _, c in self._kept_warps if cluster is None or c == cluster)
+
+    def kept_warp_bytes(self):
+        """Memory held by the kept warps (flip flags included), in bytes."""
+        with self.state_lock:
+            entries = list(self._kept_warps.values())
+        return sum(w.numel() * w.element_size() + m.numel() * m.element_size() for m, w in entries)
+
+    @contextlib.contextmanager
+    def _model(self, background=False):
+        """Hold model_lock. Background work first waits until no request is waiting for it, so a
+        request waits for at most one background batch, never for the whole background job."""
+        if background:
+            while self._foreground_waiting:
+                time.sleep(0.01)
+            self.model_lock.acquire()
+        else:
+            with self.state_lock:
+                self._foreground_waiting += 1
+            try:
+                self.model_lock.acquire()
+            finally:
+                with self.state_lock:
+                    self._foreground_waiting -= 1
+        try:
+            yield
+        finally:
+            self.model_lock.release()
+
+    def _keep(self, cluster, indices, alignment):
+        """Keep the warps of those ``indices`` (rows of ``alignment``) among the first keep_count()
+        images, while the cap (--keep_warps, all clusters together) allows; needs model_lock."""
+        limit = self.keep_count()
+        with self.state_lock:
+            for k, index in enumerate(indices):
+                key = (index, cluster)
+                if index < limit and key not in self._kept_warps and len(self._kept_warps) < self.warp_cap():
+                    # Copies: a row view would keep the whole batch's tensor alive.
+                    self._kept_warps[key] = (alignment.mirrored[k].clone(), alignment.warp[k].clone())
+
     def average_cache_path(self, cluster):
         """Where the average of ``cluster`` is cached: beside an LMDB dataset (a folder no image
         listing reads), otherwise in the output folder; the name encodes what it depends on."""
@@ -176,9 +240,14 @@ class StudioEngine:
         return os.path.join(folder, f'average-{digest}-cluster{cluster}.png')
 
     def average_status(self, cluster):
-        """{'cluster', 'state': 'waiting'|'computing'|'ready'|'failed', 'done', 'total', 'error'}."""
+        """{'cluster', 'state': 'waiting'|'computing'|'ready'|'failed', 'done', 'total', 'error',
+        'kept', 'keep'}: the template's progress, and how many of the first 'keep' images of the
+        cluster have their warps kept (previews of them run no network pass)."""
         with self.state_lock:
             record = dict(self.averages.get(cluster) or {'state': 'waiting', 'done': 0, 'total': 0, 'error': None})
+            record['kept'] = sum(1 for _, c in self._kept_warps if c == cluster)
+            # What the cap still allows this cluster (other clusters' kept warps count against it).
+            record['keep'] = min(self.keep_count(), record['kept'] + self.warp_cap() - len(self._kept_warps))
         record.pop('image', None)
         record['cluster'] = cluster
         return record
@@ -229,6 +298,32 @@ class StudioEngine:
             return
         with self.state_lock:
             self.averages[cluster].update(state='ready', image=image, done=self.averages[cluster]['total'])
+        try:
+            self._keep_first_warps(cluster)
+        except Exception as e:  # previews still align on demand
+            print(f'edit studio: aligning the first images of cluster {cluster} failed: {e}', flush=True)
+
+    def _keep_first_warps(self, cluster):
+        """Align the first keep_count() images of ``cluster`` whose warps are not kept yet (after a
+        template read from a file; after a computed one nothing is left), a few per lock hold."""
+        opt = self.request_options(cluster=cluster)
+        count = self.keep_count()
+        batch = max(1, min(KEEP_BATCH, opt.batch or KEEP_BATCH))
+        start = 0
+        while start < count and len(self._kept_warps) < self.warp_cap():
+            with self._model(background=True):
+                todo = []
+                while start < count and len(todo) < batch:
+                    if (start, cluster) not in self._kept_warps:
+                        todo.append(start)
+                    start += 1
+                if todo:
+                    images = torch.stack([self.dataset[i] for i in todo]).to(self.device)
+                    self._keep(cluster, todo, align(self.t, opt, images))
+            self._background_step(cluster)
+
+    def _background_step(self, cluster):
+        """Called between background batches, outside the lock (a hook for tests)."""
 
     def _make_average(self, cluster):
         size = self.template_size
@@ -251,10 +346,15 @@ class StudioEngine:
                             num_workers=opt.num_workers, drop_last=False,
                             multiprocessing_context='spawn' if opt.num_workers > 0 else None)
         mean = CongealedMean(1, 3, opt.output_resolution, self.device)
-        with self.model_lock:
-            for images in loader:
-                mean.add(congeal(self.t, opt, images.to(self.device))[3])
-                self._progress(cluster, int(mean.counts.sum().item()))
+        done = 0
+        for images in loader:
+            with self._model(background=True):
+                alignment = align(self.t, opt, images.to(self.device))
+                mean.add(alignment.congealed)
+                # The template's alignments are the previews': keep their warps.
+                self._keep(cluster, list(range(done, done + images.size(0))), alignment)
+            done += images.size(0)
+            self._progress(cluster, done)
         # Stretched to the full range, as propagate_to_images saves average.png.
         image = tensor_to_uint8(mean.result()[0][0], value_range=None)
         atomic_write(path, lambda f: f.write(encode_image(image)))
@@ -278,7 +378,7 @@ class StudioEngine:
         the same way. Returns {'width', 'height', 'pixels'}. Raises RequestError.
         """
         rgba = self.decode_upload(data, 'label')
-        with self.model_lock:
+        with self._model():
             self.label = rgba
         return {'width': int(rgba.shape[1]), 'height': int(rgba.shape[0]),
                 'pixels': int((rgba[..., 3] > 0).sum())}
@@ -300,7 +400,7 @@ class StudioEngine:
 
     def label_png(self):
         """The current label as an RGBA PNG (what ``--label_path`` takes), or None."""
-        with self.model_lock:
+        with self._model():
             label = self.label
         return None if label is None else encode_image(label)
 
@@ -357,38 +457,58 @@ class StudioEngine:
                                f'takes any number')
         return indices
 
-    def _congealed(self, opt, indices):
-        """(images, inputs, mirrored, congealed) of ``indices`` for ``opt.cluster``; needs model_lock.
+    def _aligned(self, opt, indices):
+        """(images, Alignment) of ``indices`` for ``opt.cluster``; needs model_lock.
 
-        The flip decision and the alignment do not depend on the label, so they
-        are kept for the last CONGEAL_CACHE images: a new stroke on the same
-        images costs only the propagation.
+        The flip decision, the alignment and the warp do not depend on the
+        label, so they are kept for the last CONGEAL_CACHE images: a new label
+        on the same images costs only the splat (no network pass). Images
+        whose warps are kept (see ``_keep``) are rebuilt from them, also
+        without a network pass; the others are aligned and kept if they belong
+        to the first keep_count() images.
         """
-        missing = [i for i in indices if (i, opt.cluster) not in self._congeal_cache]
+        cluster = opt.cluster
+        missing = [i for i in indices if (i, cluster) not in self._congeal_cache]
+        with self.state_lock:
+            kept = [(i, self._kept_warps[(i, cluster)]) for i in missing if (i, cluster) in self._kept_warps]
+        if kept:
+            images = torch.stack([self.dataset[i] for i, _ in kept]).to(self.device)
+            mirrored = torch.stack([m for _, (m, _) in kept])
+            warp = torch.stack([w for _, (_, w) in kept])
+            # As align builds them: the mirrored image where the mirror was kept, sampled through the warp.
+            inputs = torch.where(mirrored.view(-1, 1, 1, 1), images.flip(3), images)
+            with torch.no_grad():
+                congealed = self.t.warp_images(inputs, warp, opt.output_resolution, opt.padding_mode)
+            for k, (index, _) in enumerate(kept):
+                self._congeal_cache[(index, cluster)] = (images[k], inputs[k], mirrored[k], congealed[k], warp[k])
+            missing = [i for i in missing if (i, cluster) not in self._congeal_cache]
         if missing:
             images = torch.stack([self.dataset[i] for i in missing]).to(self.device)
-            inputs, mirrored, _, congealed = congeal(self.t, opt, images)
+            alignment = align(self.t, opt, images)
+            self._keep(cluster, missing, alignment)
             for k, index in enumerate(missing):
-                self._congeal_cache[(index, opt.cluster)] = (images[k], inputs[k], mirrored[k], congealed[k])
+                self._congeal_cache[(index, opt.cluster)] = (images[k], alignment.inputs[k], alignment.mirrored[k],
+                                                             alignment.congealed[k], alignment.warp[k])
         parts = [self._congeal_cache[(i, opt.cluster)] for i in indices]
         for key in indices:  # most recently used last
             self._congeal_cache[(key, opt.cluster)] = self._congeal_cache.pop((key, opt.cluster))
         while len(self._congeal_cache) > max(CONGEAL_CACHE, len(indices)):
             self._congeal_cache.pop(next(iter(self._congeal_cache)))
-        return tuple(torch.stack(column) for column in zip(*parts))
+        images, inputs, mirrored, congealed, warp = (torch.stack(column) for column in zip(*parts))
+        policy = cluster_policy(opt, len(indices), self.device)
+        return images, Alignment(inputs, mirrored, policy, congealed, warp)
 
     def _propagate_batches(self, opt, indices, label, cache=True):
         """Yield (indices, images, congealed, propagated) in batches of ``opt.batch``; needs model_lock."""
         for start in range(0, len(indices), opt.batch):
             chunk = indices[start:start + opt.batch]
             if cache:
-                images, inputs, mirrored, congealed = self._congealed(opt, chunk)
-                policy = cluster_policy(opt, len(chunk), self.device)
+                images, alignment = self._aligned(opt, chunk)
             else:
                 images = torch.stack([self.dataset[i] for i in chunk]).to(self.device)
-                inputs, mirrored, policy, congealed = congeal(self.t, opt, images)
-            propagated = propagate(self.t, opt, images, inputs, mirrored, policy, label, opt.blend_alg)
-            yield chunk, images, congealed, propagated
+                alignment = align(self.t, opt, images)
+            propagated = propagate_aligned(self.t, opt, images, alignment, label, opt.blend_alg)
+            yield chunk, images, alignment.congealed, propagated
 
     def annotated_template(self, opt, label):
         """The template of ``opt.cluster`` with the label drawn on it, uint8 (R, R, 3)."""
@@ -410,7 +530,7 @@ class StudioEngine:
         indices = self.resolve_selection(request.get('selection'))
         start = time.perf_counter()
         items = []
-        with self.model_lock:
+        with self._model():
             label = self._label_tensors(opt)
             for chunk, images, congealed, propagated in self._propagate_batches(opt, indices, label):
                 originals = tensor_to_uint8(_shrink(images, PREVIEW_SIDE))
@@ -440,7 +560,7 @@ class StudioEngine:
         stamp = time.strftime('%Y%m%d-%H%M%S') + f'-{int(time.time() * 1000) % 1000:03d}'
         name = f'propagated-{stamp}.zip'
         width = max(5, len(str(len(self.dataset) - 1)))
-        with self.model_lock:
+        with self._model():
             label = self._label_tensors(opt)
             label_png = encode_image(self.label)
         annotated = encode_image(self.annotated_template(opt, label))
@@ -452,7 +572,7 @@ class StudioEngine:
                 for chunk, _, _, propagated in self._propagate_batches(opt, indices, label, cache=False):
                     for index, array in zip(chunk, tensor_to_uint8(propagated)):
                         archive.writestr(f'propagated/{index:0{width}d}.png', encode_image(array))
-        with self.model_lock:
+        with self._model():
             atomic_write(os.path.join(self.opt.out, name), write)
         return {'name': name, 'url': f'/api/download/{name}', 'count': len(indices),
                 'seconds': round(time.perf_counter() - start, 3)}

@@ -137,6 +137,12 @@ class SyntheticMode:
             parser.error(f'--synthetic_eval_images must be >= 2 (one pair), got {opt.synthetic_eval_images}')
 
     @staticmethod
+    def ignored_options(opt):
+        """--real_data_path: the images are rendered, not read."""
+        return {'real_data_path': '--dataset_mode synthetic renders its images; pass --dataset_mode lmdb '
+                                  '(a folder made by prepare_data.py) or image_folder to use your images'}
+
+    @staticmethod
     def build_images(opt, split):
         """SyntheticImages of --synthetic_num_images faces at --real_size for
         ``split`` ('train' or 'test'/'val')."""

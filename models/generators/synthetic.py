@@ -60,6 +60,12 @@ class SyntheticComponent:
             parser.error(f'--generator synthetic needs --dim_latent >= {NUM_FACTORS}, got {opt.dim_latent}')
 
     @staticmethod
+    def ignored_options(opt):
+        """The StyleGAN2 architecture flags (its mapping is fixed, its precision float32)."""
+        reason = 'the synthetic generator has a fixed renderer (only --gen_size and --dim_latent shape it)'
+        return {dest: reason for dest in ('n_mlp', 'gen_channel_multiplier', 'num_fp16_res')}
+
+    @staticmethod
     def build(opt):
         """A SyntheticGenerator of resolution opt.gen_size (its fixed weights are
         the same in every run; loading a g_ema state dict restores them too)."""

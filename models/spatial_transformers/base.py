@@ -2,11 +2,14 @@
 output packing, mirror selection by flow smoothness, point normalisation."""
 import torch
 from torch import nn
+import torch.nn.functional as F
 
 from utils.errors import UserError
 from models.spatial_transformers.batching import repeat_rows
 from models.spatial_transformers.geometry import (
-    convert_points, normalize_points, unnormalize_points)
+    convert_points, normalize_points, resize_grid, unnormalize_points)
+from models.spatial_transformers.point_maps import map_template_points
+from models.spatial_transformers.sampling import check_padding_mode
 from models.spatial_transformers.state_dicts import prepare_state_dict
 from models.spatial_transformers.warp_checks import flow_total_variation
 
@@ -55,6 +58,126 @@ class STNBase(nn.Module):
         """
         return super().load_state_dict(prepare_state_dict(self, state_dict, strict),
                                        strict=strict, assign=assign)
+
+    # ----- warps kept and reused without the network -----
+    #
+    # A transformer's warp of a batch is fully described by the last stage's
+    # own output: the sampling grid at flow_size of a flow stage (before any
+    # resizing to the output resolution), or the composed (2, 3) matrix of a
+    # similarity stage. Every output resolution's grid, the congealed images
+    # and the template-to-image point map follow from it exactly, so callers
+    # can run the network once and keep that tensor.
+
+    def _last_head(self):
+        """The warp head of the last stage (its sampler warps the images)."""
+        raise NotImplementedError
+
+    def compute_warp(self, img, output_resolution=None, iters=1, return_congealed_img=False,
+                     **forward_kwargs):
+        """Run the network once and return the batch's warp (see ``warp_grid``).
+
+        Args:
+            img: (N, 3, S, S) images; arguments as ``forward``.
+            return_congealed_img: also return the warped images at
+                ``output_resolution`` (default flow_size), equal to ``forward``'s.
+        Returns:
+            warp: (rows, flow_size, flow_size, 2) sampling grid when the last
+            stage is a flow, else (rows, 2, 3) matrices; with
+            ``return_congealed_img`` (warp, images (rows, 3, R, R)).
+        """
+        for key in ('return_warp', 'return_flow', 'unfold', 'return_intermediates', 'return_out_of_bounds',
+                    'return_sim'):
+            if forward_kwargs.pop(key, False):
+                raise UserError(f'compute_warp does not take {key}')
+        if self.is_flow:
+            # The grid at flow_size; other resolutions are resized from it.
+            congealed, warp = self.forward(img, return_warp=True, iters=iters, **forward_kwargs)
+            resolution = output_resolution or self.stn_in_size
+            if return_congealed_img and resolution != self.stn_in_size:
+                sampled = forward_kwargs.get('input_img_for_sampling')
+                congealed = self.warp_images(img if sampled is None else sampled, warp, resolution,
+                                             forward_kwargs.get('padding_mode', 'border'))
+        else:
+            congealed, warp = self.forward(img, output_resolution=output_resolution, return_flow=True,
+                                           iters=iters, **forward_kwargs)
+        return (warp, congealed) if return_congealed_img else warp
+
+    def warp_grid(self, warp, output_resolution=None):
+        """The sampling grid (rows, R, R, 2) of a ``compute_warp`` warp at R
+        (default flow_size), as ``forward`` builds it."""
+        resolution = output_resolution or self.stn_in_size
+        if warp.dim() == 3:  # similarity matrices
+            return F.affine_grid(warp, (warp.shape[0], 1, resolution, resolution), align_corners=False)
+        return resize_grid(warp, resolution)
+
+    def warp_images(self, source, warp, output_resolution=None, padding_mode='border'):
+        """Sample ``source`` (N or rows, C, H, W) through a ``compute_warp`` warp
+        -> (rows, C, R, R), as ``forward`` does, without running the network."""
+        grid = self.warp_grid(warp, output_resolution)
+        source = repeat_rows(source, grid.shape[0], 'source images')
+        return self._last_head().warper(source, grid, check_padding_mode(padding_mode))
+
+    def _points_warp(self, warp, output_resolution):
+        """What template points are mapped through: a grid, or matrices in closed form."""
+        return self.warp_grid(warp, output_resolution)
+
+    def _uncongeal_template_size(self, image_size):
+        """Pixel size of the template ``normalize_input_points`` refers to."""
+        return self.stn_in_size
+
+    def uncongeal_points_with_warp(self, warp, points_congealed, source_size, output_resolution=None,
+                                   unnormalize_output_points=True, normalize_input_points=False,
+                                   image_size=None):
+        """``uncongeal_points`` through a warp kept from ``compute_warp`` (no network pass).
+
+        Args:
+            warp: the batch's warp from ``compute_warp`` (or ``forward``'s
+                flow-size grid of a flow model, its matrices of a similarity one).
+            points_congealed: (N or rows, P, 2) template points (as
+                ``uncongeal_points``).
+            source_size: side of the sampled image (pixels the output is in).
+            output_resolution: resolution of the grid the points are read in
+                (as ``uncongeal_points``; default flow_size).
+            image_size: side of the regression input when it differs from
+                ``source_size`` (similarity pixel templates are sized by it).
+        Returns:
+            (rows, P, 2) as ``uncongeal_points``: equal to it for the same images.
+        """
+        points = repeat_rows(points_congealed, warp.shape[0], 'points').to(warp.dtype)
+        if normalize_input_points:
+            template_size = self._uncongeal_template_size(source_size if image_size is None else image_size)
+            points = normalize_points(points, source_size, template_size)
+        points = map_template_points(self._points_warp(warp, output_resolution), points)
+        if unnormalize_output_points:
+            points = unnormalize_points(points, source_size, source_size)
+        return points
+
+    def uncongeal_points(self, imgB, points_congealed, output_resolution=None, iters=1,
+                         unnormalize_output_points=True, normalize_input_points=False,
+                         return_congealed_img=False, **forward_kwargs):
+        """Map template points into images by sampling the warp at them.
+
+        Args:
+            imgB: (N, 3, S, S) images.
+            points_congealed: (N or rows, P, 2) normalised template positions,
+                or with ``normalize_input_points`` pixels (of the flow_size
+                grid; of an S-sized template for a single similarity stage).
+            output_resolution: the grid is read at this resolution (default
+                flow_size); also the size of the congealed images.
+        Returns:
+            (rows, P, 2) pixels of the sampled image (normalised without
+            ``unnormalize_output_points``), and the congealed images with
+            ``return_congealed_img``.
+        """
+        sampled = forward_kwargs.get('input_img_for_sampling')
+        source_size = (imgB if sampled is None else sampled).shape[-1]
+        result = self.compute_warp(imgB, output_resolution=output_resolution, iters=iters,
+                                   return_congealed_img=return_congealed_img, **forward_kwargs)
+        warp, congealed = result if return_congealed_img else (result, None)
+        points = self.uncongeal_points_with_warp(warp, points_congealed, source_size, output_resolution,
+                                                 unnormalize_output_points, normalize_input_points,
+                                                 image_size=imgB.shape[-1])
+        return (points, congealed) if return_congealed_img else points
 
     def transfer_points(self, imgA, imgB, pointsA, output_resolution=None, iters=1,
                         **forward_kwargs):

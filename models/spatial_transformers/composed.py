@@ -11,7 +11,7 @@ from models.spatial_transformers.base import STNBase, pack_outputs
 from models.spatial_transformers.batching import repeat_rows, resolve_warp_policy
 from models.spatial_transformers.geometry import (
     apply_affine, invert_affine, normalize_points, unnormalize_points)
-from models.spatial_transformers.point_maps import nearest_grid_pixels, sample_grid_at_points
+from models.spatial_transformers.point_maps import nearest_grid_pixels
 from models.spatial_transformers.sampling import check_padding_mode
 from models.spatial_transformers.transformer import SpatialTransformer
 from models.spatial_transformers.warp_checks import warp_exceeds_image_bounds
@@ -162,29 +162,5 @@ class ComposedSTN(STNBase):
             points = unnormalize_points(points, source_size, source_size)
         return (results[-1][0], results[-1][2], points) if return_full else points
 
-    def uncongeal_points(self, imgB, points_congealed, output_resolution=None, iters=1,
-                         unnormalize_output_points=True, normalize_input_points=False,
-                         return_congealed_img=False, **forward_kwargs):
-        """Map template points into images by sampling the composed warp at them.
-
-        Args:
-            imgB: (N, 3, S, S) images.
-            points_congealed: (N or rows, P, 2) normalised template positions,
-                or with ``normalize_input_points`` pixels of the flow_size grid.
-        Returns:
-            (rows, P, 2) pixels of the sampled image (normalised without
-            ``unnormalize_output_points``), and the congealed images with
-            ``return_congealed_img``.
-        """
-        sampled = forward_kwargs.get('input_img_for_sampling')
-        source_size = (imgB if sampled is None else sampled).shape[-1]
-        congealed, grid = self.forward(imgB, return_warp=True, output_resolution=output_resolution,
-                                       iters=iters, **forward_kwargs)
-        points = repeat_rows(points_congealed, grid.shape[0], 'points').to(grid.dtype)
-        if normalize_input_points:
-            # The released models' evaluation normalises with these two sizes.
-            points = normalize_points(points, source_size, self.stn_in_size)
-        points = sample_grid_at_points(grid, points)
-        if unnormalize_output_points:
-            points = unnormalize_points(points, source_size, source_size)
-        return (points, congealed) if return_congealed_img else points
+    def _last_head(self):
+        return self.stns[-1].warp_head

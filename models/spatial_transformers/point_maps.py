@@ -9,6 +9,8 @@ neighbour search over the grid's sample positions.
 import torch
 import torch.nn.functional as F
 
+from models.spatial_transformers.geometry import apply_affine
+
 # Bound on the entries of the (N, H*W, points, 2) difference table built at once.
 _MAX_TABLE_ENTRIES = 2 ** 25
 
@@ -25,6 +27,21 @@ def sample_grid_at_points(grid, points):
     values = F.grid_sample(grid.permute(0, 3, 1, 2), points.to(grid.dtype).unsqueeze(2),
                            mode='bilinear', padding_mode='border', align_corners=False)
     return values.squeeze(3).permute(0, 2, 1)
+
+
+def map_template_points(warp, points):
+    """Carry normalised template positions into the source through a given warp.
+
+    Args:
+        warp: (N, H, W, 2) sampling grid (read bilinearly at the points), or
+            (N, 2, 3) affine matrices (applied in closed form).
+        points: (N, P, 2) normalised template positions (x, y).
+    Returns:
+        (N, P, 2) normalised source positions.
+    """
+    if warp.dim() == 3:
+        return apply_affine(warp, points.to(warp.dtype))
+    return sample_grid_at_points(warp, points)
 
 
 def nearest_grid_pixels(grid, points):

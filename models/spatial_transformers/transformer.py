@@ -7,7 +7,7 @@ from models.spatial_transformers.batching import alpha_per_row, repeat_rows, res
 from models.spatial_transformers.geometry import (
     apply_affine, invert_affine, normalize_points, unnormalize_points)
 from models.spatial_transformers.heads import FlowHead, SimilarityHead
-from models.spatial_transformers.point_maps import nearest_grid_pixels, sample_grid_at_points
+from models.spatial_transformers.point_maps import nearest_grid_pixels
 from models.spatial_transformers.sampling import TentDownsample, check_padding_mode, tent_downsample
 from models.spatial_transformers.trunk import build_convs, build_final_layers
 from models.spatial_transformers.warp_checks import warp_exceeds_image_bounds
@@ -255,33 +255,13 @@ class SpatialTransformer(STNBase):
                 points = unnormalize_points(points, source_size, source_size)
         return (images, flow, points) if return_full else points
 
-    def uncongeal_points(self, imgB, points_congealed, unnormalize_output_points=True,
-                         normalize_input_points=False, output_resolution=None, iters=1,
-                         input_img_for_sampling=None, **forward_kwargs):
-        """Map template points into images (sampling the warp at them).
+    def _last_head(self):
+        return self.warp_head
 
-        Args:
-            imgB: (N, 3, S, S) images.
-            points_congealed: (N or rows, P, 2) template points, normalised, or
-                with ``normalize_input_points`` pixels (similarity: of an
-                S-sized template; flow: of the flow_size grid).
-        Returns:
-            (rows, P, 2) points in pixels of the sampled image (normalised
-            without ``unnormalize_output_points``).
-        """
-        source_size = (imgB if input_img_for_sampling is None else input_img_for_sampling).shape[-1]
-        _, grid, flow = self.forward(imgB, return_warp=True, return_flow=True,
-                                     output_resolution=output_resolution, iters=iters,
-                                     input_img_for_sampling=input_img_for_sampling,
-                                     **forward_kwargs)
-        points = repeat_rows(points_congealed, grid.shape[0], 'points').to(grid.dtype)
-        if normalize_input_points:
-            template_size = self.stn_in_size if self.is_flow else imgB.shape[-1]
-            points = normalize_points(points, source_size, template_size)
-        if self.is_flow:
-            points = sample_grid_at_points(grid, points)
-        else:
-            points = apply_affine(flow, points)
-        if unnormalize_output_points:
-            points = unnormalize_points(points, source_size, source_size)
-        return points
+    def _points_warp(self, warp, output_resolution):
+        # A similarity maps template points in closed form; a flow through its grid.
+        return warp if warp.dim() == 3 else self.warp_grid(warp, output_resolution)
+
+    def _uncongeal_template_size(self, image_size):
+        # Similarity pixel templates are image-sized; flow ones are on the flow_size grid.
+        return self.stn_in_size if self.is_flow else image_size

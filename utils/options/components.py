@@ -2,8 +2,10 @@
 
 A selector option names a registered component; the component class may have
 static ``modify_commandline_options(parser, is_train)`` (add flags, change
-other defaults; returns the parser), ``n_latent(opt)`` (generators) and
-``validate(opt, parser)`` (extra checks; calls ``parser.error``).
+other defaults; returns the parser), ``n_latent(opt)`` (generators),
+``validate(opt, parser)`` (extra checks; calls ``parser.error``) and
+``ignored_options(opt)`` ({dest: reason} of options it does not read: given on
+the command line, they are refused rather than silently ignored).
 """
 from datasets.modes import DATASET_MODES
 from models.generators import GENERATORS
@@ -48,7 +50,16 @@ def _lookup(parser, selector, name):
     return registry.get(name)
 
 
-def apply_component_options(parser, argv, selectors, is_train):
+def apply_saved_defaults(parser, saved):
+    """Make the values in ``saved`` ({dest: value}) the parser's defaults, for
+    the dests the parser has (options of components not chosen are skipped)."""
+    if saved:
+        parser.set_defaults(**{dest: value for dest, value in saved.items()
+                               if find_action(parser, dest) is not None})
+    return parser
+
+
+def apply_component_options(parser, argv, selectors, is_train, saved=None):
     """Let each chosen component add its flags, in order (the preliminary passes).
 
     For every selector in ``selectors``, ``argv`` is parsed again with the
@@ -57,11 +68,17 @@ def apply_component_options(parser, argv, selectors, is_train):
     ``modify_commandline_options(parser, is_train)`` then runs. An unknown
     name is an argparse error (exit 2) listing the registered names.
 
+    ``saved`` ({dest: value}, a resumed run's options) replaces the defaults
+    before the passes and again after every component, so the resumed run's
+    components and their settings win over the components' own defaults;
+    what the user typed wins over both.
+
     Returns:
         (parser, {selector: (name, component class)}) for the selectors the
         parser has.
     """
     chosen = {}
+    apply_saved_defaults(parser, saved)
     for selector in selectors:
         if find_action(parser, selector) is None:
             continue
@@ -69,12 +86,14 @@ def apply_component_options(parser, argv, selectors, is_train):
         name = values[selector]
         if selector == 'generator':
             # Record the rule's answer as the default, so help and opt.txt show it.
-            parser.set_defaults(generator=resolve_generator_name(None, values['ckpt']))
+            if not (saved and 'generator' in saved):
+                parser.set_defaults(generator=resolve_generator_name(None, values['ckpt']))
             name = resolve_generator_name(name, values['ckpt'])
         component = _lookup(parser, selector, name)
         modify = getattr(component, 'modify_commandline_options', None)
         if modify is not None:
             parser = modify(parser, is_train) or parser
+            apply_saved_defaults(parser, saved)
         chosen[selector] = (name, component)
     return parser, chosen
 
@@ -105,6 +124,17 @@ def generator_n_latent(chosen, opt):
         return None
     n_latent = getattr(chosen['generator'][1], 'n_latent', None)
     return None if n_latent is None else int(n_latent(opt))
+
+
+def component_ignored_options(opt, chosen):
+    """{dest: reason} of the options the chosen components do not read, from
+    each component's optional static ``ignored_options(opt)``."""
+    ignored = {}
+    for _, component in chosen.values():
+        query = getattr(component, 'ignored_options', None)
+        if query is not None:
+            ignored.update(query(opt))
+    return ignored
 
 
 def run_component_validators(opt, parser, chosen):

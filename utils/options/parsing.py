@@ -6,6 +6,10 @@
    the dataset mode, each learnt from a re-parse with the current defaults;
 3. final parse (only this one acts on -h/--help, so help lists every flag
    that applies), validation, printing and, for training, saving.
+
+Before step 2, training looks for the checkpoint it continues from
+(``--resume`` or ``--ckpt``; see ``utils.options.resume``): its saved options
+become the defaults of every pass.
 """
 import os
 import sys
@@ -15,6 +19,7 @@ from utils.options.components import (EVAL_COMPONENTS, TRAINING_COMPONENTS, appl
                                       check_choices_unchanged, list_registered_names)
 from utils.argparse_tools import explicitly_given
 from utils.options.persistence import format_options, save_options
+from utils.options.resume import find_resume_source
 from utils.options.tiers import base_training_argparse
 from utils.options.validation import validate_eval_options, validate_training_options
 
@@ -23,14 +28,15 @@ def _arguments(argv):
     return list(sys.argv[1:] if argv is None else argv)
 
 
-def build_training_parser(argv=None):
+def build_training_parser(argv=None, saved=None):
     """The complete training parser for ``argv``: tiers plus the chosen components' flags.
 
+    ``saved`` ({dest: value}, a resumed run's options) become the defaults.
     Returns (parser, {selector: (name, component class)}).
     """
     argv = _arguments(argv)
     parser, chosen = apply_component_options(base_training_argparse(), argv, TRAINING_COMPONENTS,
-                                             is_train=True)
+                                             is_train=True, saved=saved)
     return list_registered_names(parser, chosen), chosen
 
 
@@ -47,14 +53,22 @@ def parse_training_options(argv=None, save=True, adjust_parser=None):
     Bad options end the program through argparse (usage, message, exit 2).
     """
     argv = _arguments(argv)
-    parser, chosen = build_training_parser(argv)
+    source = find_resume_source(base_training_argparse(add_help=False), argv)
+    parser, chosen = build_training_parser(argv, saved=source.saved)
     if adjust_parser is not None:
         adjust_parser(parser)
     opt = parser.parse_args(argv)
     check_choices_unchanged(opt, chosen)
     notes = validate_training_options(opt, parser, explicitly_given(parser, argv), chosen)
+    if source.by_resume:  # --ckpt and --load_G_only described the first start only
+        opt.ckpt, opt.load_G_only = source.path, False
+        notes['ckpt'] = 'the newest checkpoint of this experiment (--resume)'
     if is_main_process():
         print(format_options(opt, parser, notes), end='', flush=True)
+        if source.saved:
+            print(f'Options not given on the command line are those saved in {source.path}', flush=True)
+        elif opt.resume and not source.path:
+            print('--resume: no checkpoint of this experiment yet; starting from the beginning', flush=True)
     if save:
         save_options(opt, parser, os.path.join(opt.results, opt.exp_name), notes=notes)
     return opt

@@ -101,8 +101,12 @@ def add_training_options(parser):
     main.add_argument('--results', type=str, default='results', help='folder holding all experiments')
     main.add_argument('--ckpt', type=str, default=None,
                       help='generator to align (a pretrained name such as cat, or a StyleGAN2 '
-                           'checkpoint path), or a GANgealing checkpoint to resume; none: the '
-                           'built-in synthetic generator')
+                           'checkpoint path), or a GANgealing checkpoint to resume (ours bring their '
+                           'options); none: the built-in synthetic generator')
+    main.add_argument('--resume', action='store_true',
+                      help='continue from the newest checkpoint in <results>/<exp-name>/checkpoints '
+                           '(none yet: start as the other flags say, so the same command can start '
+                           'and restart a job); options come from that checkpoint unless given')
     main.add_argument('--load_G_only', action='store_true',
                       help='take only the generator (g_ema) from --ckpt and start the rest afresh')
     main.add_argument('--iter', type=int, default=800000, help='total training iterations')

@@ -9,7 +9,7 @@ import os
 
 from models.spatial_transformers.transformer import FLOW_DOWNSAMPLE, STNConfigError, validate_stn_args
 from utils.argparse_tools import flag_name
-from utils.options.components import generator_n_latent, run_component_validators
+from utils.options.components import component_ignored_options, generator_n_latent, run_component_validators
 
 MIN_IMAGE_SIZE = 8
 WEIGHTS_NEEDING_FLOW = ('tv_weight', 'flow_identity_weight')
@@ -89,8 +89,21 @@ def _experiment_name_problem(name):
     return None
 
 
+def ignored_options(opt, chosen):
+    """{dest: reason} of the training options this configuration does not read."""
+    ignored = component_ignored_options(opt, chosen)
+    if opt.num_heads == 1:
+        ignored['kmeans_candidates'] = 'it picks cluster centroids and --num_heads is 1; drop it or raise --num_heads'
+    if opt.freeze_ll:
+        ignored['ll_lr'] = 'the target is fixed by --freeze_ll; drop one of the two'
+    return ignored
+
+
 def training_problems(opt, parser, explicit, chosen):
     """Problems with training options ``opt`` (after the final parse).
+
+    An option the user gave that the configuration would not read is a
+    problem (see ``ignored_options``): input is used or refused.
 
     Args:
         explicit: dests the user gave on the command line.
@@ -135,6 +148,9 @@ def training_problems(opt, parser, explicit, chosen):
         if n_latent is not None and not 1 <= opt.inject <= n_latent:
             c.fail(f'--inject must be in [1, {n_latent}] for generator {opt.generator} at --gen_size '
                    f'{opt.gen_size} (it has {n_latent} W+ entries; got {opt.inject})')
+    for dest, reason in sorted(ignored_options(opt, chosen).items()):
+        if dest in explicit:
+            c.fail(f'{c.flag(dest)} was given but would not be used: {reason}')
     if 'flow' not in opt.transform:
         for dest in WEIGHTS_NEEDING_FLOW:
             value = getattr(opt, dest)

@@ -362,6 +362,24 @@ async function loadTemplate(cluster) {
   }
   setStatus('Ready');
   document.body.dataset.templateReady = '1';
+  showKeptWarps(cluster).catch(() => {});  // only an indicator: a failed poll just stops it
+}
+
+// Images whose alignment the server keeps (previews of them are splat-only); it aligns the
+// first ones in the background after reading a template from a file.
+async function showKeptWarps(cluster) {
+  const element = $('warps');
+  for (;;) {
+    if (state.cluster !== cluster) return;
+    const progress = await (await request(`/api/status?cluster=${cluster}`)).json();
+    element.hidden = progress.keep === 0;
+    element.textContent = progress.kept < progress.keep
+      ? `aligning images for fast previews: ${progress.kept} / ${progress.keep}`
+      : `${progress.kept} images aligned: their previews are fast`;
+    document.body.dataset.keptWarps = String(progress.kept);
+    if (progress.kept >= progress.keep || progress.state !== 'ready') return;
+    await sleep(1000);
+  }
 }
 
 $('cluster').addEventListener('change', async () => {
