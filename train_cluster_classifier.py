@@ -135,7 +135,6 @@ def build_models(opt, ckpt, path, device):
             raise UserError(f'{path} holds a classifier but not its optimiser state ({e}); it cannot be resumed') \
                 from None
         start_iter = checkpoint_iteration(ckpt, path)
-        set_rng_state(ckpt.get('rng_state'), opt.seed, start_iter)
         if is_main_process():
             print(f'Resuming cluster classifier training from {path} at iteration {start_iter}')
     return generator, t_ema, ll, classifier, cls_optim, cls_sched, start_iter
@@ -193,6 +192,7 @@ def main(argv=None):
     seed_everything(opt.seed)
     loss_fn = PERCEPTUAL_LOSSES.get(opt.loss_fn).build(opt).to(device)
     generator, t_ema, ll, classifier, cls_optim, cls_sched, start_iter = build_models(opt, ckpt, path, device)
+    saved_rng = {key: ckpt[key] for key in ('rng_state', 'rank_rng_states') if 'classifier' in ckpt and key in ckpt}
     del ckpt
     classifier_module = classifier
     if world_size > 1:
@@ -214,6 +214,8 @@ def main(argv=None):
 
     if start_iter == 0:
         visuals.log(generator, t_ema, classifier_module, 0)
+    else:  # restored last, after everything that draws random numbers while setting up
+        set_rng_state(saved_rng, opt.seed, start_iter)
     pbar = range(start_iter + 1, opt.iter + 1)
     if is_main_process():
         pbar = tqdm(pbar, initial=start_iter, total=opt.iter, dynamic_ncols=True, smoothing=0.1)
