@@ -40,7 +40,8 @@ from tqdm import tqdm
 from applications import (load_stn, make_grid_array, mixed_reality_argparse,
                           report_option_problems, save_grid, save_png)
 from applications.frames import gather_step, open_frames, shared_batches
-from applications.propagation import align, cluster_label_path, load_labels, points_through_warp, splat_label
+from applications.propagation import (align, cluster_label_path, label_option_problems, load_labels,
+                                      points_through_warp, splat_label)
 from utils.atomic_io import atomic_write
 from utils.distributed import cleanup, is_main_process, setup_distributed
 from utils.errors import UserError, exit_on_user_error
@@ -50,13 +51,7 @@ from utils.video_io import VideoWriter, check_writable_folder
 
 def option_problems(opt):
     """Readable problems with the mixed-reality options (empty when fine)."""
-    problems = []
-    if not opt.sigma > 0:
-        problems.append(f'--sigma must be greater than 0 (got {opt.sigma})')
-    if not 0 <= opt.opacity <= 1:
-        problems.append(f'--opacity must be in [0, 1] (got {opt.opacity})')
-    if opt.resolution < 1:
-        problems.append(f'--resolution must be at least 1 (got {opt.resolution})')
+    problems = label_option_problems(opt)
     if not opt.fps > 0:
         problems.append(f'--fps must be positive (got {opt.fps})')
     if opt.batch < 1:

@@ -45,8 +45,9 @@ class Label:
         return self.points.size(0)
 
 
-def option_problems(opt):
-    """Readable problems with the propagation options (empty when fine)."""
+def label_option_problems(opt):
+    """Readable problems with the flags every label-propagating application has
+    (--sigma, --opacity, --resolution); empty when fine."""
     problems = []
     if not opt.sigma > 0:
         problems.append(f'--sigma must be greater than 0 (got {opt.sigma})')
@@ -54,6 +55,12 @@ def option_problems(opt):
         problems.append(f'--opacity must be in [0, 1] (got {opt.opacity})')
     if opt.resolution < 1:
         problems.append(f'--resolution must be at least 1 (got {opt.resolution})')
+    return problems
+
+
+def option_problems(opt):
+    """Readable problems with the propagation options (empty when fine)."""
+    problems = label_option_problems(opt)
     if opt.n_mean == 0 or opt.n_mean < -1:
         problems.append(f'--n_mean must be a positive number of images, or -1 for none (got {opt.n_mean})')
     if opt.dset_indices is not None and min(opt.dset_indices) < 0:

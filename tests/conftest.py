@@ -35,7 +35,8 @@ def tiny_configs():
     return SimpleNamespace(synthetic=list(TINY_SYNTHETIC), stylegan2=list(TINY_STYLEGAN2), kmeans=list(TINY_KMEANS))
 
 
-def _subprocess_env(extra):
+def subprocess_env(extra=None):
+    """The environment for a child process of a test: no launcher variables, one thread."""
     env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARIABLES}
     env.update(OMP_NUM_THREADS='1', MKL_NUM_THREADS='1', PYTHONUNBUFFERED='1')
     env.update(extra or {})
@@ -58,13 +59,13 @@ def train_process():
     runs it to the end and returns the CompletedProcess (text output)."""
     def start(argv, env=None, module_args=(), **popen_kwargs):
         command = [sys.executable, *module_args, 'train.py', *map(str, argv)]
-        return subprocess.Popen(command, cwd=REPO, env=_subprocess_env(env), text=True, **popen_kwargs)
+        return subprocess.Popen(command, cwd=REPO, env=subprocess_env(env), text=True, **popen_kwargs)
 
     def run(argv, env=None, timeout=300, module_args=()):
         command = [sys.executable, *module_args, 'train.py', *map(str, argv)]
-        return subprocess.run(command, cwd=REPO, env=_subprocess_env(env), text=True, capture_output=True,
+        return subprocess.run(command, cwd=REPO, env=subprocess_env(env), text=True, capture_output=True,
                               timeout=timeout)
-    return SimpleNamespace(start=start, run=run, env=_subprocess_env)
+    return SimpleNamespace(start=start, run=run, env=subprocess_env)
 
 
 @pytest.fixture(scope='session')

@@ -24,6 +24,7 @@ from datasets.lmdb_dataset import write_lmdb_dataset
 from datasets.keypoint_pairs import write_pck_files
 from models import get_stn
 from models.spatial_transformers import flow_total_variation
+from tests.conftest import subprocess_env
 from utils.checkpoint import save_checkpoint
 from utils.errors import UserError
 from utils.options import parse_eval_options
@@ -88,20 +89,12 @@ def world(tmp_path_factory):
                 label=label_path, state=state)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These tensors are tiny: extra threads only add contention on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures('one_thread')  # tiny tensors: extra threads only add contention
 
 
 def run_module(module, *args):
-    env = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS='1')
-    for name in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'MASTER_ADDR', 'MASTER_PORT'):
-        env.pop(name, None)
-    return subprocess.run([sys.executable, '-m', module, *map(str, args)], cwd=REPO, env=env,
+    """Run ``python -m module args`` from the repository root, outside any launcher."""
+    return subprocess.run([sys.executable, '-m', module, *map(str, args)], cwd=REPO, env=subprocess_env(),
                           capture_output=True, text=True, timeout=300)
 
 

@@ -9,8 +9,6 @@ scores, differ from image to image).
 import argparse
 import math
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -19,11 +17,11 @@ import torch
 from datasets.lmdb_dataset import MultiResolutionDataset
 from models import get_stn
 from models.spatial_transformers import flow_total_variation
+from tests.test_applications import run_module
 from utils.checkpoint import save_checkpoint
 from utils.flow_scores import high_score_indices, load_flow_scores, save_flow_scores
 from utils.errors import UserError
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE = 32
 NUM_IMAGES = 10
 
@@ -49,14 +47,6 @@ def save_stn(t, path, transform=('similarity', 'flow')):
     args = argparse.Namespace(transform=list(transform), flow_size=16, real_size=SIZE, gen_size=SIZE,
                               stn_channel_multiplier=0.5, num_heads=1, padding_mode='border')
     return save_checkpoint({'t_ema': state, 'args': args}, str(path))
-
-
-def run_module(module, *args):
-    env = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS='1')
-    for name in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'MASTER_ADDR', 'MASTER_PORT'):
-        env.pop(name, None)
-    return subprocess.run([sys.executable, '-m', module, *map(str, args)], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=300)
 
 
 def error_line(result):

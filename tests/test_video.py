@@ -57,12 +57,7 @@ def clip_world(tmp_path_factory):
     return dict(root=root, clip=clip, ckpt=ckpt, label=label_path)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 # ----------------------------------------------------------------------------- video I/O
