@@ -308,6 +308,16 @@ def test_all_problems_are_reported_together(capsys, tmp_path):
     assert '--batch must be at least 1' in err and '--tm must be at least 1' in err
 
 
+def test_debug_averages_200_images_unless_told(tmp_path, capsys):
+    opt = parse_training_options(train_args(tmp_path, '--generator', 'test_gen', '--debug'))
+    assert opt.n_mean == 200  # the default 8000 made a debug run's start-up take minutes
+    assert 'n_mean: 200  [default: 8000]  (set to 200 by --debug)' in (tmp_path / 'exp' / 'opt.txt').read_text()
+    opt = parse_training_options(train_args(tmp_path, '--generator', 'test_gen', '--debug', '--n_mean', '5000'),
+                                 save=False)
+    assert opt.n_mean == 5000  # given: used
+    assert parse_training_options(train_args(tmp_path, '--generator', 'test_gen'), save=False).n_mean == 8000
+
+
 def test_inject_range_is_skipped_without_n_latent(tmp_path):
     opt = parse_training_options(train_args(tmp_path, '--generator', 'test_gen_plain', '--loss_fn', 'test_loss',
                                             '--dataset_mode', 'test_mode_a', '--inject', '50'), save=False)

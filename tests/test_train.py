@@ -396,3 +396,26 @@ def test_resuming_takes_the_runs_options_unless_given(synthetic_run, tmp_path):
     assert resumed.generator == 'synthetic'
     nothing = parse_training_options(['--exp-name', 'new', '--results', str(tmp_path), '--resume'], save=False)
     assert nothing.ckpt is None and nothing.gen_size == 64  # nothing to resume: a fresh default run
+
+
+@pytest.mark.parametrize('heads', [1, 2])
+def test_generated_visuals_draw_n_sample_samples_for_one_head_and_n_mean_with_clusters(tiny_configs, tmp_path,
+                                                                                        monkeypatch, heads):
+    import training.report as report
+    argv = tiny_configs.synthetic + (tiny_configs.kmeans if heads > 1 else []) + [
+        '--exp-name', 'vis', '--results', str(tmp_path), '--num_heads', str(heads), '--n_sample', '3',
+        '--n_mean', '7', '--vis_batch_size', '2']
+    opt, (generator, _, t_ema, ll) = _initial_models(argv)
+    loss_fn = PERCEPTUAL_LOSSES.get(opt.loss_fn).build(opt)
+    drawn = []
+    real_sample_pairs = report.sample_pairs
+    monkeypatch.setattr(report, 'sample_pairs', lambda *args, **kwargs: drawn.append(args[3]) or
+                        real_sample_pairs(*args, **kwargs))
+    grids = {}
+    writer = type('Writer', (), {'grid': lambda self, images, name, step, **kw: grids.update({name: images}),
+                                 'flush': lambda self: None})()
+    visuals = report.TrainingVisuals(opt, writer, torch.device('cpu'))
+    vis_z = torch.randn(opt.n_sample, generator.style_dim)
+    visuals._log_generated(generator, t_ema, ll, loss_fn, vis_z, 0.5, 0)
+    assert sum(drawn) == (3 if heads == 1 else 7) and max(drawn) <= 2
+    assert grids['sample'].shape[0] == 3 and grids['mean_congealed_sample'].shape[0] == heads

@@ -80,12 +80,16 @@ class TrainingVisuals:
         opt, writer = self.opt, self.writer
         heads = opt.num_heads
         mean = CongealedMean(heads, 3, opt.flow_size, self.device)
-        n_local = max(1, len(rank_share(range(opt.n_mean))))
-        shown = None
+        # As the original: one head's congealed-sample mean averages the --n_sample shown samples;
+        # with clusters, --n_mean samples are assigned to heads for the per-head means.
+        n_generated = opt.n_mean if heads > 1 else opt.n_sample
+        n_local = max(1, len(rank_share(range(n_generated))))
+        shown = []
         done = 0
         while done < n_local:
             n = min(opt.vis_batch_size, n_local - done)
-            z = vis_z[:n] if done == 0 and n <= vis_z.size(0) else torch.randn(n, vis_z.size(1), device=self.device)
+            fixed = vis_z[done:done + n]  # the shown samples come from the fixed latents, the rest are fresh
+            z = fixed if fixed.size(0) == n else torch.randn(n, vis_z.size(1), device=self.device)
             x, y = sample_pairs(generator, ll, psi, n, opt.flow_size, z=z, freeze_ll=True)
             aligned = t_ema(resize_for_stn(x, opt.flow_size), input_img_for_sampling=x,
                             output_resolution=opt.flow_size, **self.stn_kwargs)
@@ -97,12 +101,13 @@ class TrainingVisuals:
                 chosen = torch.zeros(n, dtype=torch.long, device=self.device)
                 aligned_best = aligned
             mean.add(aligned_best, chosen)
-            if shown is None:
-                shown = (x[:opt.n_sample], aligned[:opt.n_sample * heads], y[:opt.n_sample * heads])
+            keep = max(0, min(n, opt.n_sample - done))  # the first --n_sample samples are shown
+            if keep:
+                shown.append((x[:keep], aligned[:keep * heads], y[:keep * heads]))
             done += n
         means, _ = mean.result()
         if is_main_process():
-            x, aligned, y = shown
+            x, aligned, y = (torch.cat(parts) for parts in zip(*shown))
             writer.grid(x, 'sample', step)
             writer.grid(aligned, 'congealed_sample', step, nrow=self._nrow(aligned))
             writer.grid(y, 'target_sample', step, nrow=self._nrow(y))

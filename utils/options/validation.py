@@ -13,6 +13,7 @@ from utils.options.components import component_ignored_options, generator_n_late
 
 MIN_IMAGE_SIZE = 8
 WEIGHTS_NEEDING_FLOW = ('tv_weight', 'flow_identity_weight')
+DEBUG_N_MEAN = 200  # images averaged into the congealed means of a --debug run, as the original's
 
 
 def is_power_of_two(value):
@@ -160,6 +161,9 @@ def training_problems(opt, parser, explicit, chosen):
             elif dest not in explicit and value != 0:
                 setattr(opt, dest, 0.0)
                 notes[dest] = 'set to 0: --transform has no flow'
+    if opt.debug and 'n_mean' not in explicit and opt.n_mean > DEBUG_N_MEAN:
+        opt.n_mean = DEBUG_N_MEAN  # a quick run, as the original's --debug
+        notes['n_mean'] = f'set to {DEBUG_N_MEAN} by --debug'
     return c.problems, notes
 
 
