@@ -92,9 +92,10 @@ def test_trainer_restores_the_signal_handlers(tmp_path, train_in_process, tiny_c
 
 
 def test_sigterm_during_start_up_visuals_exits_within_seconds(tmp_path, train_process, tiny_configs):
-    # Averaging 200000 generated samples makes the first visuals last minutes.
-    argv = tiny_configs.synthetic + ['--exp-name', 'slow', '--results', str(tmp_path), '--iter', '5',
-                                     '--n_mean', '200000', '--vis_batch_size', '4']
+    # Assigning 200000 generated samples to two heads for their means makes the first visuals last minutes.
+    argv = tiny_configs.synthetic + tiny_configs.kmeans + [
+        '--exp-name', 'slow', '--results', str(tmp_path), '--iter', '5', '--num_heads', '2',
+        '--n_mean', '200000', '--vis_batch_size', '4']
     process, out, err = _start(train_process, tmp_path, argv)
     try:
         assert _wait_for_text(out, 'tensorboard --logdir', process), err.read_text()[-3000:]
