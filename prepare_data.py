@@ -324,8 +324,6 @@ def prepare_synthetic(out, sizes, num_images, seed, image_format, factors=None, 
             if outliers.numel():
                 images[outliers.numpy()], points[outliers] = render_outliers(outliers, labels[outliers], size, seed,
                                                                              factors)
-            if isinstance(images, torch.Tensor):
-                images = images.cpu().numpy()
             for index in tqdm(range(num_images), desc=f'size {size}', unit='img', file=sys.stderr):
                 writer.put(size, index, encode_image(images[index], image_format))
             if size == largest:
