@@ -38,9 +38,9 @@ from models.cluster_classifier import ResnetClassifier, classifier_agreement
 from models.gangealing import assign_samples, resize_for_stn
 from models.perceptual import PERCEPTUAL_LOSSES
 from utils.atomic_io import atomic_write
-from utils.checkpoint import load_checkpoint, save_checkpoint
-from utils.distributed import (all_gather_tensor, cleanup, get_world_size, is_main_process, reduce_loss_dict,
-                               seed_everything, setup_distributed)
+from utils.checkpoint import checkpoint_name, load_checkpoint, save_checkpoint
+from utils.distributed import (all_gather_tensor, cleanup, get_rank, get_world_size, is_main_process,
+                               reduce_loss_dict, seed_everything, setup_distributed)
 from utils.errors import UserError, exit_on_user_error
 from utils.options import parse_training_options
 from utils.pretrained import resolve_checkpoint
@@ -210,7 +210,7 @@ def main(argv=None):
                      't_ema': t_ema.state_dict(), 'll': ll.state_dict(), 'cls_optim': cls_optim.state_dict(),
                      'cls_sched': cls_sched.state_dict(), 'args': opt, 'iteration': iteration,
                      'rng_state': get_rng_state()}
-            save_checkpoint(state, os.path.join(ckpt_dir, f'{iteration:07d}.pt'))
+            save_checkpoint(state, os.path.join(ckpt_dir, checkpoint_name(iteration)))
 
     if start_iter == 0:
         visuals.log(generator, t_ema, classifier_module, 0)
@@ -252,10 +252,10 @@ def main(argv=None):
     if is_main_process():
         pbar.close()
     classifier_module.eval()
-    n_eval = max(opt.batch, (200 if opt.debug else opt.n_mean) // get_world_size())
+    n_eval = max(opt.batch, opt.n_mean // get_world_size())  # --debug has made --n_mean 200
     result = classifier_agreement(classifier_module, generator, t_ema, ll, loss_fn, n_eval, opt.vis_batch_size,
                                   opt.flow_size, opt.num_heads, opt.flips, opt.sample_from_full_res,
-                                  seed=opt.seed * get_world_size() + int(os.environ.get('RANK', 0)), **stn_kwargs)
+                                  seed=opt.seed * get_world_size() + get_rank(), **stn_kwargs)
     counts = all_gather_tensor(torch.tensor([[result['accuracy'] * result['samples'],
                                               result['cluster_accuracy'] * result['samples'],
                                               result['samples']]], dtype=torch.float64, device=device)).sum(0)

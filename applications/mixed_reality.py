@@ -216,8 +216,6 @@ def main(argv=None):
     parser = mixed_reality_argparse()
     opt = parse_eval_options(parser, argv)
     report_option_problems(parser, option_problems(opt))
-    if opt.output_resolution is None:
-        opt.output_resolution = opt.real_size
     device, _, _ = setup_distributed(opt.device)
     try:
         source = open_frames(opt)

@@ -149,8 +149,6 @@ def main(argv=None):
     parser = propagation_argparse()
     opt = parse_eval_options(parser, argv)
     report_option_problems(parser, option_problems(opt) + flow_score_problems(opt))
-    if opt.output_resolution is None:
-        opt.output_resolution = opt.real_size
     device, _, _ = setup_distributed(opt.device)
     try:
         dataset, _ = filter_by_flow_scores(opt, build_dataset(opt))

@@ -259,8 +259,6 @@ def main(argv=None):
     parser = vis_correspondence_argparse()
     opt = parse_eval_options(parser, argv)
     report_option_problems(parser, option_problems(opt) + flow_score_problems(opt))
-    if opt.output_resolution is None:
-        opt.output_resolution = opt.real_size
     device = choose_device(opt.device)
     dataset, _ = filter_by_flow_scores(opt, build_dataset(opt))
     t = load_stn(opt, device)

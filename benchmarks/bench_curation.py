@@ -28,6 +28,8 @@ import time
 
 import torch
 
+from utils.checkpoint import checkpoint_name
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -85,7 +87,7 @@ def main():
              '--outlier_fraction', args.outlier_fraction, '--out', data], args.threads)
     ckpt = args.ckpt
     if ckpt is None:
-        ckpt = os.path.join(work, 'model', 'checkpoints', f'{args.train_iters:07d}.pt')
+        ckpt = os.path.join(work, 'model', 'checkpoints', checkpoint_name(args.train_iters))
         if not os.path.isfile(ckpt):
             run(['train.py', '--exp-name', 'model', '--results', work, '--iter', args.train_iters], args.threads)
     trained = time.time()

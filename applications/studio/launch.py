@@ -87,8 +87,6 @@ def build_engine(argv=None, verbose=True):
 
     if launched_by_torchrun():
         raise UserError('the edit studio runs in one process; start it with python -m, not torchrun')
-    if opt.output_resolution is None:
-        opt.output_resolution = opt.real_size
     if opt.average_path is not None and not os.path.isfile(opt.average_path):
         raise UserError(f"average image '{opt.average_path}' does not exist; check --average_path")
     device = choose_device(opt.device)

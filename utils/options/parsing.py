@@ -87,6 +87,8 @@ def parse_eval_options(parser, argv=None, verbose=True):
     opt = parser.parse_args(argv)
     check_choices_unchanged(opt, chosen)
     validate_eval_options(opt, parser, chosen)
+    if getattr(opt, 'output_resolution', 0) is None:  # unset: the outputs keep the input resolution
+        opt.output_resolution = opt.real_size
     if verbose and is_main_process():
         print(format_options(opt, parser), end='', flush=True)
     return opt
