@@ -74,6 +74,9 @@ def parse_args(argv=None):
     parser.add_argument('--official', default=None, metavar='PATH',
                         help='checkout of the original GANgealing code: time its training step beside ours '
                              '(StyleGAN2 configurations; default loss lpips)')
+    parser.add_argument('--precision', nargs='+', default=['fp32'], choices=['fp32', 'bf16'],
+                        help="train.py's --precision for our steps; two values (fp32 bf16) time both in "
+                             'alternating rounds in one process (with --official: the first is used)')
     parser.add_argument('--rounds', type=int, default=3,
                         help='with --official: alternating timed rounds of --iters steps each')
     parser.add_argument('--single', default=None, help=argparse.SUPPRESS)  # internal: one measurement
@@ -96,10 +99,11 @@ def ensure_perceptual_weights(args):
         args.perceptual_weights = path
 
 
-def training_flags(name, args, device):
-    """train.py's flags for configuration ``name`` on ``device``."""
+def training_flags(name, args, device, precision=None):
+    """train.py's flags for configuration ``name`` on ``device`` (``precision``: default the first --precision)."""
     flags, _ = CONFIGS[name]
-    flags = ['--exp-name', 'bench', '--device', device, '--n_pca', '2000', *flags]
+    flags = ['--exp-name', 'bench', '--device', device, '--n_pca', '2000', '--precision',
+             precision or args.precision[0], *flags]
     if name != 'synthetic':
         flags += ['--loss_fn', args.loss_fn]
         if args.perceptual_weights:
@@ -113,7 +117,7 @@ def _synchronize(device):
         torch.cuda.synchronize(device)
 
 
-def build_ours(name, args, device_name):
+def build_ours(name, args, device_name, precision=None):
     """Our models for configuration ``name``; returns (opt, step, parts): ``step()`` runs one
     training iteration (as train.py) and returns the detached total loss."""
     import torch
@@ -125,7 +129,7 @@ def build_ours(name, args, device_name):
     from utils.distributed import seed_everything
     from utils.options import parse_training_options
 
-    opt = parse_training_options(training_flags(name, args, device_name), save=False)
+    opt = parse_training_options(training_flags(name, args, device_name, precision), save=False)
     device = torch.device(device_name)
     seed_everything(0)
     generator, stn, t_ema, ll = build_models(opt, device)
@@ -262,7 +266,7 @@ def run_in_fresh_process(name, args, device, which=None):
     peak-memory counters; the result dict, or an error string."""
     single = f'{name}@{device}' + (f'@{which}' if which else '')
     command = [sys.executable, '-m', 'benchmarks.bench_train', '--single', single,
-               '--loss_fn', args.loss_fn, '--warmup', str(args.warmup)]
+               '--loss_fn', args.loss_fn, '--warmup', str(args.warmup), '--precision', args.precision[0]]
     for flag, value in (('--iters', args.iters), ('--threads', args.threads),
                         ('--perceptual_weights', args.perceptual_weights), ('--official', args.official)):
         if value:
@@ -289,6 +293,31 @@ def format_table(rows):
                      f"| {row['seconds_per_step']:.3f} | {row['images_per_second']:.2f} "
                      f"| {row['memory_mib']:.0f} | {growth} |")
     return '\n'.join(lines)
+
+
+def compare_precisions(name, args, device_name):
+    """Our step at each of ``args.precision``, same seed and weights, timed in alternating rounds;
+    returns {precision: (median seconds per step, first losses)}."""
+    import torch
+    device = torch.device(device_name)
+    steps, losses = {}, {}
+    for precision in args.precision:
+        _, steps[precision], _ = build_ours(name, args, device_name, precision)
+        torch.manual_seed(1)
+        losses[precision] = [float(steps[precision]()) for _ in range(2)]  # warm-up, same draws for each
+    iters = args.iters or (20 if device.type == 'cuda' else 1)
+    seconds = {precision: [] for precision in args.precision}
+    for round_index in range(args.rounds):
+        order = args.precision if round_index % 2 == 0 else args.precision[::-1]
+        for precision in order:
+            _synchronize(device)
+            start = time.perf_counter()
+            for _ in range(iters):
+                steps[precision]()
+            _synchronize(device)
+            seconds[precision].append((time.perf_counter() - start) / iters)
+        print('#   round ' + ', '.join(f'{p} {seconds[p][-1]:.3f} s' for p in args.precision), flush=True)
+    return {p: (statistics.median(seconds[p]), losses[p]) for p in args.precision}
 
 
 def _memory_cell(result):
@@ -326,6 +355,18 @@ def main(argv=None):
     import torch
     devices = args.devices or (['cpu'] + (['cuda'] if torch.cuda.is_available() else []))
     rows = []
+    if len(args.precision) > 1 and not args.official:
+        print('| configuration | device | loss | ' + ' | '.join(f'{p} s / step' for p in args.precision)
+              + ' | ' + ' | '.join(f'{p} first losses' for p in args.precision) + ' |')
+        print('|---|---|---|' + '---|' * (2 * len(args.precision)))
+        for device in devices:
+            for name in args.configs:
+                result = compare_precisions(name, args, device)
+                print(f'| {CONFIGS[name][1]} | {device} | {args.loss_fn} | '
+                      + ' | '.join(f'{result[p][0]:.3f}' for p in args.precision) + ' | '
+                      + ' | '.join(', '.join(f'{v:.4f}' for v in result[p][1]) for p in args.precision) + ' |',
+                      flush=True)
+        return
     for device in devices:
         for name in args.configs:
             if args.official:

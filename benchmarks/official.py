@@ -35,6 +35,7 @@ is a random-weight file written by ``write_random_vgg16`` and read by both
 weights are the ``lpips`` package's released ones, read by both.
 """
 import contextlib
+import importlib.machinery
 import os
 import sys
 import types
@@ -73,6 +74,9 @@ def _stand_ins():
     except ImportError:
         sklearn = types.ModuleType('sklearn')
         sklearn.decomposition = types.ModuleType('sklearn.decomposition')
+        # A spec, so that importers scanning sys.modules (torch._dynamo) accept the stand-ins.
+        sklearn.__spec__ = importlib.machinery.ModuleSpec('sklearn', None, is_package=True)
+        sklearn.decomposition.__spec__ = importlib.machinery.ModuleSpec('sklearn.decomposition', None)
         sys.modules['sklearn'] = sklearn
         sys.modules['sklearn.decomposition'] = sklearn.decomposition
         inserted = ['sklearn', 'sklearn.decomposition']
