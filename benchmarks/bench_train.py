@@ -240,7 +240,10 @@ def compare(name, args, device_name):
     opt, our_step, ours = build_ours(name, args, device_name)
     _, their_step = build_theirs(args, opt, ours)
     steps = {'ours': our_step, 'original': their_step}
-    first = {key: float(step()) for key, step in steps.items()}  # warm-up
+    first = {}
+    for key, step in steps.items():  # warm-up; the same seed first, so both draw the same latents and noise
+        torch.manual_seed(1)
+        first[key] = float(step())
     iters = args.iters or (20 if device.type == 'cuda' else 1)
     seconds = {'ours': [], 'original': []}
     for round_index in range(args.rounds):
