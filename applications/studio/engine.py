@@ -256,7 +256,8 @@ class StudioEngine:
 
     def average_cache_path(self, cluster):
         """Where the average of ``cluster`` is cached: beside an LMDB dataset (a folder no image
-        listing reads), otherwise in the output folder; the name encodes what it depends on."""
+        listing reads), otherwise (image folders, video files) in the output folder; the name
+        encodes what it depends on."""
         opt = self.opt
         parts = [_file_fingerprint(opt.ckpt), os.path.realpath(opt.real_data_path), opt.dataset_mode,
                  opt.real_size, opt.output_resolution, self.average_count(), cluster, opt.padding_mode,
@@ -266,7 +267,7 @@ class StudioEngine:
         key = json.dumps(parts)
         digest = hashlib.sha256(key.encode('utf-8')).hexdigest()[:16]
         folder = os.path.join(opt.out, AVERAGES_FOLDER)
-        if opt.dataset_mode == 'lmdb' and os.access(opt.real_data_path, os.W_OK):
+        if self.video is None and opt.dataset_mode == 'lmdb' and os.access(opt.real_data_path, os.W_OK):
             folder = os.path.join(opt.real_data_path, AVERAGES_FOLDER)
         return os.path.join(folder, f'average-{digest}-cluster{cluster}.png')
 
