@@ -68,7 +68,8 @@ class VideoFrames:
 
 def frame_to_tensor(squares):
     """uint8 (B, S, S, 3) -> float (B, 3, S, S) in [-1, 1]."""
-    return torch.from_numpy(np.require(squares, requirements=('C', 'W'))).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
+    array = np.require(squares, requirements=('C', 'W'))  # torch wants a writable array
+    return torch.from_numpy(array).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
 
 
 class IndexedVideoFrames(VideoFrames):

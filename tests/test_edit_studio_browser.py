@@ -260,7 +260,8 @@ def test_the_video_export_button_writes_the_propagated_mp4(driver, server, tmp_p
         assert driver.find_element(By.ID, 'video-progress').text.startswith('video: 6 frames in')
         link = driver.find_element(By.ID, 'download')
         name = link.get_attribute('download')
-        assert link.is_displayed() and name.endswith('.mp4') and link.get_attribute('href') == f'{url}api/download/{name}'
+        assert link.is_displayed() and name.endswith('.mp4')
+        assert link.get_attribute('href') == f'{url}api/download/{name}'
     with VideoReader(str(root / 'out' / name)) as reader:
         exported = np.stack(list(reader))
         assert reader.fps == 24
