@@ -241,3 +241,28 @@ def test_video_export_is_refused_for_image_data(world, tmp_path):
     client.post('/api/label', content=png_bytes(square_label()))
     response = client.post('/api/export_video', json={})
     assert response.status_code == 400 and 'not a video' in response.json()['error']
+
+
+def test_one_video_export_at_a_time_and_failures_are_reported(world, tmp_path, monkeypatch):
+    import threading
+
+    import applications.studio.engine as engine_module
+
+    _, client = studio(world, tmp_path / 'out', 'video')
+    client.post('/api/label', content=png_bytes(square_label()))
+    release = threading.Event()
+
+    def stalled_then_failing(t, opt, video, label, path, device, hold, progress):
+        progress(3)
+        assert release.wait(60)
+        raise RuntimeError('the disk is full')
+
+    monkeypatch.setattr(engine_module, 'write_propagated_video', stalled_then_failing)
+    assert client.post('/api/export_video', json={}).json()['state'] == 'running'
+    wait_for(client, '/api/export_video', lambda r: r.json()['done'] == 3)
+    second = client.post('/api/export_video', json={})
+    assert second.status_code == 409 and 'already running' in second.json()['error']
+    release.set()
+    job = wait_for(client, '/api/export_video', lambda r: r.json()['state'] != 'running').json()
+    assert job['state'] == 'failed' and job['error'] == 'the disk is full' and job['url'] is None
+    assert client.get(f"/api/download/{job['name']}").status_code == 404
