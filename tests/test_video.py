@@ -168,6 +168,26 @@ def test_frames_by_number_equal_the_stream(tmp_path):
     assert (indexed.native_frame(9) == streamed[9]).all()
 
 
+def test_frames_by_number_without_timestamps(tmp_path):
+    import av
+    frames = clip_frames(count=8)
+    path = str(tmp_path / 'raw.h264')
+    with av.open(path, 'w', format='h264') as container:  # a raw stream: its packets carry no timestamps
+        stream = container.add_stream('libx264', rate=25)
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], 'yuv420p'
+        for frame in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format='rgb24')):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    with VideoReader(path) as reader:
+        streamed = np.stack(list(reader))
+    with SeekableVideo(path) as video:
+        assert video.frame_count == 8
+        for index in (3, 1, 7, 0, 5):  # decoded in order from the start, restarted to go back
+            assert (video.frame(index) == streamed[index]).all(), index
+
+
 @pytest.mark.parametrize('height, width', [(24, 40), (40, 24), (21, 30), (16, 16)])
 @pytest.mark.parametrize('mode', ['center', 'border', 'zero'])
 def test_native_squares_are_the_squares_of_the_pad_modes(height, width, mode):

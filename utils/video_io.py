@@ -153,7 +153,9 @@ class SeekableVideo:
         try:
             with av.open(path, mode='r') as container:
                 stream = container.streams.video[0]
-                stamps = [packet.pts for packet in container.demux(stream) if packet.size > 0]
+                # Packets an edit list marks as discarded hold frames the decoder never shows.
+                stamps = [packet.pts for packet in container.demux(stream)
+                          if packet.size > 0 and not packet.is_discard]
         except av.FFmpegError as e:
             raise VideoError(f"video '{path}' could not be read ({_reason(e)})") from None
         if not stamps:
