@@ -26,9 +26,10 @@ is measured under the same machine load.
 With --video_frames T (default 24; 0 skips it) the same transformer's studio
 is opened on a T-frame synthetic video at --size (the synthetic world's
 moving face, H.264) and the propagated mp4 export of the whole video is
-timed (frames per second, from the request to the renamed file), beside the
-video input and output alone (decoding, squares, encoding; no network, no
-splat) in the same run.
+timed (frames per second, from the request to the renamed file), beside its
+two parts alone in the same run: the propagation (``propagate_frames`` on
+the decoded frames: the alignment passes and the splat) and the video input
+and output (decoding, squares, encoding; no network, no splat).
 """
 import argparse
 import os
@@ -177,8 +178,21 @@ def video_io_seconds(video, folder, batch):
     return time.perf_counter() - start
 
 
+def propagation_seconds(engine, request, device):
+    """Seconds of ``propagate_frames`` alone (what mixed_reality runs per batch) on every frame of the
+    studio's video, decoded beforehand: the model's share of the export."""
+    from applications.video_propagation import propagate_frames
+
+    opt = engine.request_options(sigma=request['sigma'], opacity=request['opacity'])
+    label = engine._label_tensors(opt)
+    batches = [images.to(device) for _, images in engine.video.batches(engine.opt.batch)]
+    return timed(lambda _: [propagate_frames(engine.t, opt, images, [None], [label]) for images in batches],
+                 None, device)
+
+
 def video_row(ckpt, args, device, folder):
-    """(frames, export seconds, video I/O seconds) of the mp4 export of a synthetic video."""
+    """(frames, export seconds, propagation-alone seconds, video I/O seconds) of the mp4 export of a
+    synthetic video."""
     path = make_video(folder, args.size, args.video_frames)
     engine = studio_for(ckpt, path, args, device, folder, '--n_mean', '4')
     request = {'sigma': 1.0, 'opacity': 0.75}
@@ -190,7 +204,8 @@ def video_row(ckpt, args, device, folder):
     job = engine.video_export_status()
     if job['state'] != 'done':
         raise SystemExit(f"the video export failed: {job['error']}")
-    return job['done'], seconds, video_io_seconds(engine.video, folder, engine.opt.batch)
+    return (job['done'], seconds, propagation_seconds(engine, request, device),
+            video_io_seconds(engine.video, folder, engine.opt.batch))
 
 
 def main(argv=None):
@@ -230,10 +245,12 @@ def main(argv=None):
         print(f'Video export (propagated mp4 of the whole video, {args.size} x {args.size}, H.264, batch of '
               f'the studio default):')
         print()
-        print('| device | frames | export: s | export: frames/s | video I/O alone: frames/s |')
-        print('|---|---|---|---|---|')
-        for device, frames, seconds, io_seconds in video_rows:
-            print(f'| {device} | {frames} | {seconds:.1f} | {frames / seconds:.2f} | {frames / io_seconds:.1f} |')
+        print('| device | frames | export: s | export: frames/s | propagation alone: frames/s '
+              '| video I/O alone: frames/s |')
+        print('|---|---|---|---|---|---|')
+        for device, frames, seconds, model_seconds, io_seconds in video_rows:
+            print(f'| {device} | {frames} | {seconds:.1f} | {frames / seconds:.2f} | {frames / model_seconds:.2f} '
+                  f'| {frames / io_seconds:.1f} |')
         print()
     if args.skip_images:
         return
