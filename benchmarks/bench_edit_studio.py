@@ -178,6 +178,12 @@ def video_io_seconds(video, folder, batch):
     return time.perf_counter() - start
 
 
+def export_batch(engine):
+    """Frames per batch of the studio's video export."""
+    from applications.studio.engine import VIDEO_BATCH
+    return min(VIDEO_BATCH, engine.opt.batch)
+
+
 def propagation_seconds(engine, request, device):
     """Seconds of ``propagate_frames`` alone (what mixed_reality runs per batch) on every frame of the
     studio's video, decoded beforehand: the model's share of the export."""
@@ -185,14 +191,14 @@ def propagation_seconds(engine, request, device):
 
     opt = engine.request_options(sigma=request['sigma'], opacity=request['opacity'])
     label = engine._label_tensors(opt)
-    batches = [images.to(device) for _, images in engine.video.batches(engine.opt.batch)]
+    batches = [images.to(device) for _, images in engine.video.batches(export_batch(engine))]
     return timed(lambda _: [propagate_frames(engine.t, opt, images, [None], [label]) for images in batches],
                  None, device)
 
 
 def video_row(ckpt, args, device, folder):
-    """(frames, export seconds, propagation-alone seconds, video I/O seconds) of the mp4 export of a
-    synthetic video."""
+    """(frames, frames per batch, export seconds, propagation-alone seconds, video I/O seconds) of the
+    mp4 export of a synthetic video."""
     path = make_video(folder, args.size, args.video_frames)
     engine = studio_for(ckpt, path, args, device, folder, '--n_mean', '4')
     request = {'sigma': 1.0, 'opacity': 0.75}
@@ -204,8 +210,8 @@ def video_row(ckpt, args, device, folder):
     job = engine.video_export_status()
     if job['state'] != 'done':
         raise SystemExit(f"the video export failed: {job['error']}")
-    return (job['done'], seconds, propagation_seconds(engine, request, device),
-            video_io_seconds(engine.video, folder, engine.opt.batch))
+    return (job['done'], export_batch(engine), seconds, propagation_seconds(engine, request, device),
+            video_io_seconds(engine.video, folder, export_batch(engine)))
 
 
 def main(argv=None):
@@ -242,15 +248,14 @@ def main(argv=None):
                              medians, same, kept))
     print(f'torch threads: {torch.get_num_threads()}')
     if video_rows:
-        print(f'Video export (propagated mp4 of the whole video, {args.size} x {args.size}, H.264, batch of '
-              f'the studio default):')
+        print(f'Video export (propagated mp4 of the whole video, {args.size} x {args.size}, H.264):')
         print()
-        print('| device | frames | export: s | export: frames/s | propagation alone: frames/s '
+        print('| device | frames | batch | export: s | export: frames/s | propagation alone: frames/s '
               '| video I/O alone: frames/s |')
-        print('|---|---|---|---|---|---|')
-        for device, frames, seconds, model_seconds, io_seconds in video_rows:
-            print(f'| {device} | {frames} | {seconds:.1f} | {frames / seconds:.2f} | {frames / model_seconds:.2f} '
-                  f'| {frames / io_seconds:.1f} |')
+        print('|---|---|---|---|---|---|---|')
+        for device, frames, batch, seconds, model_seconds, io_seconds in video_rows:
+            print(f'| {device} | {frames} | {batch} | {seconds:.1f} | {frames / seconds:.2f} '
+                  f'| {frames / model_seconds:.2f} | {frames / io_seconds:.1f} |')
         print()
     if args.skip_images:
         return

@@ -252,7 +252,7 @@ def test_one_video_export_at_a_time_and_failures_are_reported(world, tmp_path, m
     client.post('/api/label', content=png_bytes(square_label()))
     release = threading.Event()
 
-    def stalled_then_failing(t, opt, video, label, path, device, hold, progress):
+    def stalled_then_failing(t, opt, video, label, path, device, hold, progress, **kwargs):
         progress(3)
         assert release.wait(60)
         raise RuntimeError('the disk is full')

@@ -55,6 +55,7 @@ MAX_PREVIEW_IMAGES = 64
 PREVIEW_SIDE = 256  # preview images larger than this are shrunk before they are sent
 CONGEAL_CACHE = 64  # images outside the kept warps whose alignment is kept between previews
 KEEP_BATCH = 4  # images aligned per lock hold in the background: a preview waits for one such batch at most
+VIDEO_BATCH = 8  # frames of a video export per lock hold, for the same reason
 SELECTION_MODES = ('first', 'random', 'indices')
 EXPORT_NAME = re.compile(r'^propagated-[0-9]{8}-[0-9]{6}-[0-9]{3}\.(zip|mp4)$')
 AVERAGES_FOLDER = 'congealed_averages'
@@ -650,7 +651,8 @@ class StudioEngine:
 
         try:
             count = write_propagated_video(self.t, opt, self.video, label, os.path.join(self.opt.out, job['name']),
-                                           self.device, lambda: self._model(background=True), progress)
+                                           self.device, lambda: self._model(background=True), progress,
+                                           batch=min(VIDEO_BATCH, opt.batch or VIDEO_BATCH))
         except Exception as e:  # reported on the page; the server keeps running
             with self.state_lock:
                 job.update(state='failed', error=str(e) or type(e).__name__)

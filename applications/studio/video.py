@@ -33,7 +33,7 @@ def frames_per_batch(video, batch):
     return max(1, min(int(batch), CANVAS_BYTES // per_frame))
 
 
-def write_propagated_video(t, opt, video, label, path, device, hold, progress=None):
+def write_propagated_video(t, opt, video, label, path, device, hold, progress=None, batch=None):
     """Propagate ``label`` onto every frame of ``video`` and encode the result at ``path``.
 
     Args:
@@ -42,10 +42,11 @@ def write_propagated_video(t, opt, video, label, path, device, hold, progress=No
         label: an applications.propagation.Label.
         hold: a context manager factory held around each batch's model work.
         progress: called with the number of frames done after each batch.
+        batch: frames per batch (default --batch; fewer for large frames, see frames_per_batch).
     Returns:
         the number of frames written.
     """
-    batch = frames_per_batch(video, opt.batch or 1)
+    batch = frames_per_batch(video, batch or opt.batch or 1)
     done = 0
     with VideoReader(video.path) as reader, VideoWriter(path, video.fps or DEFAULT_FPS) as writer:
         for frames in reader.batches(batch):
