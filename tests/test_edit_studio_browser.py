@@ -258,7 +258,7 @@ def test_the_video_export_button_writes_the_propagated_mp4(driver, server, tmp_p
         wait_until(driver, 'return document.body.dataset.videoExports', '1')
         assert driver.find_element(By.ID, 'message').get_attribute('hidden') is not None
         assert driver.find_element(By.ID, 'video-progress').text.startswith('video: 6 frames in')
-        link = driver.find_element(By.ID, 'download')
+        link = driver.find_element(By.ID, 'download-video')
         name = link.get_attribute('download')
         assert link.is_displayed() and name.endswith('.mp4')
         assert link.get_attribute('href') == f'{url}api/download/{name}'

@@ -299,7 +299,7 @@ function figure(item) {
   return fig;
 }
 
-const BUSY_BUTTONS = ['propagate', 'export', 'export-video'];
+const BUSY_BUTTONS = ['propagate', 'export'];
 
 async function busy(label, work) {
   if (state.busy) return;
@@ -346,31 +346,51 @@ $('export').addEventListener('click', () => busy('Exporting...', async () => {
 }));
 
 // The whole video with the edit, written by the server in the background: start it, then
-// show its progress until the mp4 is ready to download.
-$('export-video').addEventListener('click', () => busy('Exporting the video...', async () => {
-  await sendLabel();
-  $('download').hidden = true;
+// show its progress until the mp4 is ready to download. Previews stay usable meanwhile.
+async function followVideoExport(job) {
+  const button = $('export-video');
   const progress = $('video-progress');
+  button.disabled = true;
   progress.hidden = false;
-  let job = await (await request('/api/export_video', {method: 'POST', headers: {'Content-Type': 'application/json'},
-                                                       body: JSON.stringify(params())})).json();
-  while (job.state === 'running') {
-    progress.textContent = `video: ${job.done} / ${job.total} frames`;
-    await sleep(500);
-    job = await (await request('/api/export_video')).json();
+  try {
+    while (job.state === 'running') {
+      progress.textContent = `video: ${job.done} / ${job.total} frames`;
+      await sleep(500);
+      job = await (await request('/api/export_video')).json();
+    }
+    if (job.state !== 'done') {
+      progress.textContent = 'video export failed';
+      showMessage(`The video export failed: ${job.error}`);
+      return;
+    }
+    progress.textContent = `video: ${job.done} frames in ${job.seconds.toFixed(1)} s`;
+    const link = $('download-video');
+    link.href = job.url;
+    link.download = job.name;
+    link.textContent = `download ${job.name} (${job.done} frames)`;
+    link.hidden = false;
+    document.body.dataset.videoExports = String(Number(document.body.dataset.videoExports || 0) + 1);
+  } finally {
+    button.disabled = false;
   }
-  if (job.state !== 'done') {
-    progress.textContent = 'video export failed';
-    throw new Error(`the video export failed: ${job.error}`);
+}
+
+$('export-video').addEventListener('click', async () => {
+  if ($('export-video').disabled) return;
+  $('export-video').disabled = true;
+  $('download-video').hidden = true;
+  try {
+    await sendLabel();
+    const job = await (await request('/api/export_video', {method: 'POST',
+      headers: {'Content-Type': 'application/json'}, body: JSON.stringify(params())})).json();
+    showMessage('');
+    await followVideoExport(job);
+  } catch (e) {
+    showMessage(e.message);
+  } finally {
+    $('export-video').disabled = false;
   }
-  progress.textContent = `video: ${job.done} frames in ${job.seconds.toFixed(1)} s`;
-  const link = $('download');
-  link.href = job.url;
-  link.download = job.name;
-  link.textContent = `download ${job.name} (${job.done} frames)`;
-  link.hidden = false;
-  document.body.dataset.videoExports = String(Number(document.body.dataset.videoExports || 0) + 1);
-}));
+});
 
 // ------------------------------------------------------------------ template
 
@@ -454,6 +474,10 @@ async function start() {
         'the image numbers are frame numbers.';
     }
     updateCommand();
+    if (info.video) {  // an export started before the page was (re)loaded: follow it
+      const job = await (await request('/api/export_video')).json();
+      if (job.state === 'running') followVideoExport(job).catch((e) => showMessage(e.message));
+    }
     await loadTemplate(state.cluster);
     if (info.has_label) {
       const img = await loadImage(await (await request('/api/label')).blob());
