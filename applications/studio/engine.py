@@ -119,7 +119,9 @@ class StudioEngine:
         self._congeal_cache = {}  # (index, cluster) -> (image, input, mirrored, congealed, warp), oldest first
         self._kept_warps = {}  # (index, cluster) -> (mirrored, warp): never evicted, at most keep_warps
         self._foreground_waiting = 0  # requests waiting for model_lock; background work lets them go first
-        self.video = dataset if isinstance(dataset, IndexedVideoFrames) else None
+        self.video = dataset if isinstance(dataset, IndexedVideoFrames) else None  # a video file's frames
+        # What an mp4 export is made of (a video file, or a dataset given --fps), or None: no mp4 export.
+        self.video_facts = video_facts(dataset, getattr(opt, 'fps', None), opt.real_size)
         self._video_job = None  # the latest video export's progress record
         if opt.label_path is not None:
             self.set_label(self._read_start_label(opt.label_path))
@@ -152,7 +154,7 @@ class StudioEngine:
             'indices': list(opt.dset_indices) if opt.dset_indices is not None else None,
             'has_label': self.label is not None,
             'keep_warps': self.keep_count(),
-            'video': video_facts(self.video) if self.video is not None else None,
+            'video': self.video_facts,
             'command': self.command(),
         }
 
@@ -161,10 +163,10 @@ class StudioEngine:
         opt = self.opt
         common = ['--ckpt', str(opt.ckpt), '--real_data_path', str(opt.real_data_path),
                   '--real_size', str(opt.real_size), '--resolution', str(opt.resolution)]
-        if self.video is not None:
-            facts = video_facts(self.video)
-            return (['python', '-m', 'applications.mixed_reality'] + common
-                    + ['--pad', facts['pad'], '--fps', f"{facts['export_fps']:g}"])
+        facts = self.video_facts
+        if facts is not None:
+            pad = ['--pad', facts['pad']] if facts['pad'] is not None else ['--dataset_mode', str(opt.dataset_mode)]
+            return ['python', '-m', 'applications.mixed_reality'] + common + pad + ['--fps', f"{facts['export_fps']:g}"]
         return (['python', '-m', 'applications.propagate_to_images'] + common
                 + ['--dataset_mode', str(opt.dataset_mode)])
 
@@ -610,15 +612,17 @@ class StudioEngine:
                 'seconds': round(time.perf_counter() - start, 3)}
 
     def start_video_export(self, request):
-        """Start writing the propagated mp4 of the whole video into the output folder, in the background.
+        """Start writing the propagated mp4 of the whole video (a video file, or the dataset's images in
+        order when --fps was given) into the output folder, in the background.
 
         ``request`` is as for ``preview`` (its selection is not used: every
         frame is exported). Returns the job's progress record (see
-        ``video_export_status``). Raises RequestError for image data, a
-        missing label or an export already running.
+        ``video_export_status``). Raises RequestError for image data without
+        --fps, a missing label or an export already running.
         """
-        if self.video is None:
-            raise RequestError('the data is not a video file: export a zip of the images instead')
+        if self.video_facts is None:
+            raise RequestError('the data is not a video file (and no --fps says its images are frames): '
+                               'export a zip of the images instead')
         opt = self.request_options(request.get('cluster'), request.get('sigma'), request.get('opacity'),
                                    request.get('objects'))
         with self._model():
@@ -626,7 +630,7 @@ class StudioEngine:
         with self.state_lock:
             if self._video_job is not None and self._video_job['state'] == 'running':
                 raise RequestError('a video export is already running: wait for it to finish', status=409)
-            job = {'state': 'running', 'done': 0, 'total': len(self.video), 'name': _export_name('mp4'),
+            job = {'state': 'running', 'done': 0, 'total': len(self.dataset), 'name': _export_name('mp4'),
                    'url': None, 'error': None, 'seconds': None}
             self._video_job = job
         threading.Thread(target=self._export_video, args=(job, opt, label), daemon=True,
@@ -638,7 +642,8 @@ class StudioEngine:
         (when done), 'error' (when failed), 'seconds'}: the latest video export."""
         with self.state_lock:
             if self._video_job is None:
-                return {'state': 'idle', 'done': 0, 'total': len(self.video) if self.video is not None else 0,
+                total = len(self.dataset) if self.video_facts is not None else 0
+                return {'state': 'idle', 'done': 0, 'total': total,
                         'name': None, 'url': None, 'error': None, 'seconds': None}
             return dict(self._video_job)
 
@@ -650,8 +655,9 @@ class StudioEngine:
                 job['done'] = done
 
         try:
-            count = write_propagated_video(self.t, opt, self.video, label, os.path.join(self.opt.out, job['name']),
-                                           self.device, lambda: self._model(background=True), progress,
+            count = write_propagated_video(self.t, opt, self.dataset, self.video_facts['export_fps'], label,
+                                           os.path.join(self.opt.out, job['name']), self.device,
+                                           lambda: self._model(background=True), progress=progress,
                                            batch=min(VIDEO_BATCH, opt.batch or VIDEO_BATCH))
         except Exception as e:  # reported on the page; the server keeps running
             with self.state_lock:

@@ -33,6 +33,10 @@ def studio_argparse():
     group.add_argument('--pad', type=str, default=None, choices=SQUARE_PAD_MODES,
                        help='how the frames of a video file (--real_data_path) are made square: center crop '
                             '(default) or padded with border / zero bars; the exported mp4 keeps the frame size')
+    group.add_argument('--fps', type=float, default=None,
+                       help='frames per second of the exported mp4: a video file keeps its own rate unless this '
+                            'is given; with a folder of frames or an LMDB it makes the page offer the mp4 of its '
+                            'images in order')
     # The studio always shows a template: average the first 1000 images unless told otherwise.
     parser.set_defaults(n_mean=1000, out=os.path.join('visuals', 'edit_studio'), num_workers=0)
     return parser
@@ -50,6 +54,8 @@ def studio_problems(opt):
         problems.append(f'--port must be in 0..65535 (got {opt.port})')
     if opt.keep_warps < 0:
         problems.append(f'--keep_warps must be 0 or more (got {opt.keep_warps})')
+    if opt.fps is not None and not opt.fps > 0:
+        problems.append(f'--fps must be positive (got {opt.fps})')
     if opt.output_resolution is not None and opt.output_resolution < 1:
         problems.append(f'--output_resolution must be at least 1 (got {opt.output_resolution})')
     return problems
