@@ -77,6 +77,10 @@ def parse_args(argv=None):
     parser.add_argument('--precision', nargs='+', default=['fp32'], choices=['fp32', 'bf16'],
                         help="train.py's --precision for our steps; two values (fp32 bf16) time both in "
                              'alternating rounds in one process (with --official: the first is used)')
+    parser.add_argument('--modconv', nargs='+', default=['scaled'], choices=['scaled', 'grouped'],
+                        help="the generator's modulated convolution: scaled activations (ours) or grouped "
+                             'per-sample weights (ModulatedConv2d.fused, the official form); two values time '
+                             'both in alternating rounds')
     parser.add_argument('--rounds', type=int, default=3,
                         help='with --official: alternating timed rounds of --iters steps each')
     parser.add_argument('--single', default=None, help=argparse.SUPPRESS)  # internal: one measurement
@@ -298,29 +302,35 @@ def format_table(rows):
     return '\n'.join(lines)
 
 
-def compare_precisions(name, args, device_name):
-    """Our step at each of ``args.precision``, same seed and weights, timed in alternating rounds;
-    returns {precision: (median seconds per step, first losses)}."""
+def compare_variants(name, args, device_name):
+    """Our step for every (precision, modulated convolution) of ``args``, same seed and weights,
+    timed in alternating rounds; returns {label: (median seconds per step, first two losses)}."""
     import torch
+    from models.layers import ModulatedConv2d
     device = torch.device(device_name)
     steps, losses = {}, {}
     for precision in args.precision:
-        _, steps[precision], _ = build_ours(name, args, device_name, precision)
-        torch.manual_seed(1)
-        losses[precision] = [float(steps[precision]()) for _ in range(2)]  # warm-up, same draws for each
+        for modconv in args.modconv:
+            label = f'{precision}, {modconv}'
+            _, steps[label], parts = build_ours(name, args, device_name, precision)
+            for module in parts.generator.modules():
+                if isinstance(module, ModulatedConv2d):
+                    module.fused = modconv == 'grouped'
+            torch.manual_seed(1)
+            losses[label] = [float(steps[label]()) for _ in range(2)]  # warm-up, the same draws for each
+    labels = list(steps)
     iters = args.iters or (20 if device.type == 'cuda' else 1)
-    seconds = {precision: [] for precision in args.precision}
+    seconds = {label: [] for label in labels}
     for round_index in range(args.rounds):
-        order = args.precision if round_index % 2 == 0 else args.precision[::-1]
-        for precision in order:
+        for label in (labels if round_index % 2 == 0 else labels[::-1]):
             _synchronize(device)
             start = time.perf_counter()
             for _ in range(iters):
-                steps[precision]()
+                steps[label]()
             _synchronize(device)
-            seconds[precision].append((time.perf_counter() - start) / iters)
-        print('#   round ' + ', '.join(f'{p} {seconds[p][-1]:.3f} s' for p in args.precision), flush=True)
-    return {p: (statistics.median(seconds[p]), losses[p]) for p in args.precision}
+            seconds[label].append((time.perf_counter() - start) / iters)
+        print('#   round ' + ', '.join(f'{label}: {seconds[label][-1]:.3f} s' for label in labels), flush=True)
+    return {label: (statistics.median(seconds[label]), losses[label]) for label in labels}
 
 
 def _memory_cell(result):
@@ -358,17 +368,14 @@ def main(argv=None):
     import torch
     devices = args.devices or (['cpu'] + (['cuda'] if torch.cuda.is_available() else []))
     rows = []
-    if len(args.precision) > 1 and not args.official:
-        print('| configuration | device | loss | ' + ' | '.join(f'{p} s / step' for p in args.precision)
-              + ' | ' + ' | '.join(f'{p} first losses' for p in args.precision) + ' |')
-        print('|---|---|---|' + '---|' * (2 * len(args.precision)))
+    if (len(args.precision) > 1 or len(args.modconv) > 1) and not args.official:
+        print('| configuration | device | loss | precision, modulated convolution | s / step | first two losses |')
+        print('|---|---|---|---|---|---|')
         for device in devices:
             for name in args.configs:
-                result = compare_precisions(name, args, device)
-                print(f'| {CONFIGS[name][1]} | {device} | {args.loss_fn} | '
-                      + ' | '.join(f'{result[p][0]:.3f}' for p in args.precision) + ' | '
-                      + ' | '.join(', '.join(f'{v:.4f}' for v in result[p][1]) for p in args.precision) + ' |',
-                      flush=True)
+                for label, (seconds, losses) in compare_variants(name, args, device).items():
+                    print(f"| {CONFIGS[name][1]} | {device} | {args.loss_fn} | {label} | {seconds:.3f} "
+                          f"| {', '.join(f'{v:.4f}' for v in losses)} |", flush=True)
         return
     for device in devices:
         for name in args.configs:
