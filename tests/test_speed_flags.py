@@ -66,3 +66,17 @@ def test_precision_flag_is_parsed_and_refuses_unknown_values(tiny_configs, capsy
         parse_training_options(argv + ['--precision', 'fp8'], save=False)
     assert exit_info.value.code == 2
     assert '--precision' in capsys.readouterr().err
+
+
+def test_official_loader_refuses_a_folder_that_is_not_the_original(tmp_path):
+    import sys
+    from benchmarks.official import load_official, write_random_vgg16
+    import models
+    with pytest.raises(SystemExit) as exit_info:
+        load_official(str(tmp_path))
+    assert str(exit_info.value).startswith('error:') and 'networks.py' in str(exit_info.value)
+    assert sys.modules['models'] is models  # our packages stay in place
+    # The random VGG16 file both implementations read loads into our trunk.
+    from models.perceptual._vgg import load_vgg16_trunk
+    trunk = load_vgg16_trunk(write_random_vgg16(str(tmp_path / 'vgg.pt')))
+    assert trunk[0].weight.shape == (64, 3, 3, 3)
