@@ -120,7 +120,8 @@ def start_up(argv):
 def log_samples(run, iteration):
     if not is_main_process():
         return
-    images = torch.cat([run.nets.g_ema([z])[0] for z in run.sample_z.split(64)])
+    # Stored noise maps: the grids change only with the weights, and the training RNG is not drawn from.
+    images = torch.cat([run.nets.g_ema([z], randomize_noise=False)[0] for z in run.sample_z.split(64)])
     run.writer.grid(images, 'sample', iteration)
 
 

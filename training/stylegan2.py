@@ -93,7 +93,10 @@ def batch_loader(dataset, opt, start_iter):
     source = IterationBatches(dataset, opt.batch, opt.seed, get_rank())
     return DataLoader(source, batch_size=None, sampler=range(start_iter + 1, opt.iter + 1),
                       num_workers=opt.num_workers, persistent_workers=False,
-                      pin_memory=torch.cuda.is_available() and opt.device != 'cpu')
+                      pin_memory=torch.cuda.is_available() and opt.device != 'cpu',
+                      # Its own generator: starting the iterator draws a seed, which must not
+                      # come from the training RNG (a resumed run starts it at another point).
+                      generator=torch.Generator().manual_seed(opt.seed))
 
 
 # ---- models and optimisers ------------------------------------------------------------------
