@@ -1,5 +1,9 @@
 """train_stylegan2.py on tiny configurations: losses, EMA, checkpoints, resume, the hand-off to train.py, bad input."""
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -11,6 +15,7 @@ from models.discriminator import Discriminator, minibatch_stddev
 from models.gan_losses import d_logistic_loss, g_nonsaturating_loss, path_length_penalty, r1_penalty
 from models.stylegan2 import Generator
 from datasets.lmdb_dataset import write_lmdb_dataset
+from tests.conftest import REPO, subprocess_env
 from utils.checkpoint import load_checkpoint
 from utils.diff_augment import AdaptiveAugment, augment
 from utils.synthetic_world import render_dataset
@@ -187,3 +192,38 @@ def test_augmentation_and_adaptive_probability():
     assert ada.update(torch.ones(10, 1)) == pytest.approx(0.2)  # 20 images seen, overfitting: up
     ada.update(-torch.ones(10, 1))
     assert ada.update(-torch.ones(10, 1)) == pytest.approx(0.0)
+
+
+def _command(argv, torchrun=False):
+    launcher = ['-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2'] if torchrun else []
+    return [sys.executable, *launcher, 'train_stylegan2.py', *map(str, argv)]
+
+
+def test_torchrun_two_cpu_processes(world_lmdb, tmp_path):
+    proc = subprocess.run(_command(tiny_flags(world_lmdb, tmp_path, 'ddp', 4, ['--augment']), torchrun=True),
+                          cwd=REPO, env=subprocess_env(), text=True, capture_output=True, timeout=400)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count('----------------- Options') == 1  # rank 0 alone prints and writes
+    assert len([n for n in os.listdir(tmp_path / 'ddp') if n.startswith('events.out')]) == 1
+    ckpt = load_checkpoint(str(tmp_path / 'ddp' / 'checkpoints' / '0000004.pt'))
+    assert len(ckpt['rank_rng_states']) == 2
+    assert all(torch.isfinite(v).all() for v in ckpt['g'].values())
+
+
+def test_sigterm_writes_the_current_iteration_and_exits(world_lmdb, tmp_path):
+    argv = tiny_flags(world_lmdb, tmp_path, 'stopped', 100000, ['--ckpt_every', '100000', '--vis_every', '100000'])
+    proc = subprocess.Popen(_command(argv), cwd=REPO, env=subprocess_env(), text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    folder = tmp_path / 'stopped'
+    while time.time() < deadline and not (folder / 'opt.json').exists():
+        time.sleep(0.5)
+    time.sleep(4)  # into the iterations
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+    saved = os.listdir(folder / 'checkpoints')
+    assert len(saved) == 1 and 'Traceback' not in err
+    ckpt = load_checkpoint(str(folder / 'checkpoints' / saved[0]))
+    assert ckpt['iteration'] == int(saved[0][:-3]) > 0
+    assert f"checkpoint saved in {folder / 'checkpoints'}" in out
