@@ -21,8 +21,9 @@ from torch import nn
 
 from training.checks import ASYNC_CHECK_EVERY, agree, nonfinite_flags
 from training.state import checkpoint_iteration, get_rng_state, set_rng_state
-from training.stylegan2 import (Networks, RunningState, batch_loader, build_networks, checkpoint_content,
-                                lazy_adam, load_training_checkpoint, train_iteration, training_images)
+from training.stylegan2 import (Networks, RunningState, batch_loader, build_networks, check_checkpoint_architecture,
+                                checkpoint_content, lazy_adam, load_training_checkpoint, train_iteration,
+                                training_images)
 from training.writer import ExperimentWriter
 from utils.checkpoint import checkpoint_name, load_checkpoint, save_checkpoint
 from utils.distributed import cleanup, gather_objects, is_main_process, seed_everything, setup_distributed
@@ -66,14 +67,21 @@ class Run:
     """What start-up builds and the loop uses."""
 
 
+def check_inputs(opt, ckpt_path):
+    """The data and the checkpoint to start from, checked before anything is written; returns the dataset."""
+    dataset = training_images(opt.real_data_path, opt.size)
+    if ckpt_path:
+        check_checkpoint_architecture(load_checkpoint(ckpt_path, map_location='cpu'), ckpt_path, opt)
+    return dataset
+
+
 def start_up(argv):
-    opt, ckpt_path = parse_stylegan2_options(argv)
+    opt, ckpt_path, dataset = parse_stylegan2_options(argv, before_save=check_inputs)
     device, _, world_size = setup_distributed(opt.device)
     run = Run()
     run.opt, run.device = opt, device
     run.exp_dir = os.path.join(opt.results, opt.exp_name)
     run.ckpt_dir = os.path.join(run.exp_dir, 'checkpoints')
-    dataset = training_images(opt.real_data_path, opt.size)  # refused before anything is built
     if is_main_process():
         os.makedirs(run.ckpt_dir, exist_ok=True)
         print(f'{len(dataset)} training images at {opt.size} px. Experiment folder: {run.exp_dir}\n'

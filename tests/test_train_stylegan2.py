@@ -128,7 +128,7 @@ def _error_line(capsys, argv):
 def test_bad_input_is_one_error_line(world_lmdb, tmp_path, capsys, finished_run):
     line = _error_line(capsys, tiny_flags(world_lmdb, tmp_path, 'no32') + ['--size', '32'])
     assert line.startswith('error:') and 'lacks' in line or 'resolution 32' in line
-    assert not os.path.exists(tmp_path / 'no32' / 'checkpoints')
+    assert not os.path.exists(tmp_path / 'no32')  # nothing written
 
     line = _error_line(capsys, tiny_flags(world_lmdb, tmp_path, 'odd') + ['--size', '24'])
     assert 'power of two' in line
@@ -142,11 +142,13 @@ def test_bad_input_is_one_error_line(world_lmdb, tmp_path, capsys, finished_run)
         Image.fromarray(np.zeros((12, 12, 3), np.uint8)).save(folder / f'{i}.png')
     line = _error_line(capsys, tiny_flags(folder, tmp_path, 'small'))
     assert line.startswith('error:') and 'smaller than --size 16' in line
+    assert not os.path.exists(tmp_path / 'small')
 
     # A checkpoint of another architecture (narrower) is refused, naming the flags.
     ckpt = str(finished_run / 'checkpoints' / '0000004.pt')
     line = _error_line(capsys, tiny_flags(world_lmdb, tmp_path, 'other') + ['--ckpt', ckpt, '--channel_max', '16'])
     assert line.startswith('error:') and 'another architecture' in line and '--channel_max' in line
+    assert not os.path.exists(tmp_path / 'other')
 
 
 def test_discriminator_and_losses():

@@ -245,6 +245,27 @@ def checkpoint_content(opt, nets, state, iteration, rng_states):
     return content
 
 
+def check_checkpoint_architecture(ckpt, path, opt):
+    """Refuse (UserError naming the flags) a checkpoint whose g or d is not of ``opt``'s architecture.
+
+    Builds the networks on the meta device (no memory, no time) to compare shapes.
+    """
+    missing = [key for key in ('g', 'd', 'g_ema') if key not in ckpt]
+    if missing:
+        raise UserError(f'{path} is not a StyleGAN2 training checkpoint (no {", ".join(missing)}); '
+                        f'train_stylegan2.py resumes from checkpoints with g, d and g_ema')
+    with torch.device('meta'):
+        generator, discriminator, _ = build_networks(opt, torch.device('meta'))
+    try:
+        generator.load_state_dict(ckpt['g'], assign=True)
+        discriminator.load_state_dict(ckpt['d'], assign=True)
+    except (UserError, RuntimeError) as e:
+        detail = ' '.join(str(e).split())[:300]
+        raise UserError(f'{path} holds a StyleGAN2 of another architecture ({detail}); resume with its '
+                        f'--size, --latent, --n_mlp, --channel_multiplier and --channel_max (or leave them '
+                        f'unset with --resume)') from None
+
+
 def load_training_checkpoint(ckpt, path, nets, state):
     """Restore modules, optimisers and running state from ``ckpt`` (rosinality's or ours).
 

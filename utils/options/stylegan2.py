@@ -108,8 +108,7 @@ def _resume_source(parser, argv):
                 print(f'warning: skipping an unreadable checkpoint: {e}', file=sys.stderr)
                 continue
             return path, _saved(ckpt)
-        return None, {}
-    if values['ckpt']:
+    if values['ckpt']:  # the start of a run (with --resume: until it has checkpoints of its own)
         return values['ckpt'], {}
     return None, {}
 
@@ -160,11 +159,14 @@ def _problems(opt, parser, explicit):
     return problems
 
 
-def parse_stylegan2_options(argv=None, save=True):
+def parse_stylegan2_options(argv=None, save=True, before_save=None):
     """Parse, validate, print and (main process) save the options of train_stylegan2.py.
 
-    Returns (opt, checkpoint path to start from or None). Bad options end the
-    program through argparse (usage, one error line, exit status 2).
+    ``before_save(opt, path)``, when given, runs before anything is written
+    (checks that read the data and the checkpoint ``path`` to start from), so
+    a refused run leaves no experiment folder behind.
+    Returns (opt, checkpoint path to start from or None, before_save's result).
+    Bad options end the program through argparse (usage, one error line, exit status 2).
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = stylegan2_parser()
@@ -183,6 +185,7 @@ def parse_stylegan2_options(argv=None, save=True):
             print(f'Options not given on the command line are those saved in {path}', flush=True)
         elif opt.resume and not path:
             print('--resume: no checkpoint of this experiment yet; starting from the beginning', flush=True)
+    checked = before_save(opt, path) if before_save is not None else None
     if save:
         save_options(opt, parser, os.path.join(opt.results, opt.exp_name))
-    return opt, path
+    return opt, path, checked
