@@ -229,3 +229,19 @@ def test_sigterm_writes_the_current_iteration_and_exits(world_lmdb, tmp_path):
     ckpt = load_checkpoint(str(folder / 'checkpoints' / saved[0]))
     assert ckpt['iteration'] == int(saved[0][:-3]) > 0
     assert f"checkpoint saved in {folder / 'checkpoints'}" in out
+
+
+def test_export_keeps_g_ema_in_half_precision(finished_run, tmp_path, capsys):
+    from applications import export_generator
+    from training.state import load_generator_weights
+    source = str(finished_run / 'checkpoints' / '0000004.pt')
+    out = tmp_path / 'g.pt'
+    export_generator.main(['--ckpt', source, '--out', str(out)])
+    exported, full = load_checkpoint(str(out)), load_checkpoint(source)
+    assert set(exported) == {'g_ema', 'args', 'iteration'} and exported['iteration'] == 4
+    assert exported['g_ema']['style.1.weight'].dtype == torch.float16
+    g = Generator(16, 16, 2, channel_max=8)
+    load_generator_weights(g, exported, str(out))  # what train.py --ckpt does
+    torch.testing.assert_close(g.state_dict()['style.1.weight'], full['g_ema']['style.1.weight'],
+                               rtol=1e-3, atol=1e-3)
+    assert os.path.getsize(out) < os.path.getsize(source) / 3

@@ -298,3 +298,13 @@ def load_training_checkpoint(ckpt, path, nets, state):
             state.ada.load_state_dict(ckpt['ada_state'])
         elif 'ada_aug_p' in ckpt:
             state.ada.p = float(ckpt['ada_aug_p'])
+
+
+def generator_export(ckpt, half=True):
+    """The shippable part of a training checkpoint: ``g_ema`` (float16 with ``half``), ``args``
+    (the architecture, for rebuilding) and ``iteration``. Loads wherever a StyleGAN2 ``--ckpt`` does."""
+    if 'g_ema' not in ckpt or 'args' not in ckpt:
+        raise UserError('the checkpoint has no g_ema and args to export; pass a train_stylegan2.py checkpoint')
+    dtype = torch.float16 if half else torch.float32
+    state = {name: value.to(dtype) if value.is_floating_point() else value for name, value in ckpt['g_ema'].items()}
+    return {'g_ema': state, 'args': ckpt['args'], 'iteration': ckpt.get('iteration')}
