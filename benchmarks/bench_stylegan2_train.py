@@ -66,7 +66,7 @@ def main():
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     devices = args.devices or (['cpu', 'cuda'] if torch.cuda.is_available() else ['cpu'])
-    print(f'| config (size, W, mapping, channel_max, batch) | device | s / iteration | images / s |')
+    print('| config (size, W, mapping, channel_max, batch) | device | s / iteration | images / s |')
     print('|---|---|---|---|')
     for name in args.configs:
         for device in devices:

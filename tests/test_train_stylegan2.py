@@ -245,3 +245,14 @@ def test_export_keeps_g_ema_in_half_precision(finished_run, tmp_path, capsys):
     torch.testing.assert_close(g.state_dict()['style.1.weight'], full['g_ema']['style.1.weight'],
                                rtol=1e-3, atol=1e-3)
     assert os.path.getsize(out) < os.path.getsize(source) / 3
+
+
+def test_a_folder_of_images_larger_than_size_trains(tmp_path):
+    folder = tmp_path / 'images'
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 255, (24, 20, 3), dtype=np.uint8)).save(folder / f'{i}.png')
+    train_stylegan2.main(tiny_flags(folder, tmp_path, 'folder', 2))
+    ckpt = load_checkpoint(str(tmp_path / 'folder' / 'checkpoints' / '0000002.pt'))
+    assert ckpt['iteration'] == 2 and all(torch.isfinite(v).all() for v in ckpt['d'].values())
