@@ -256,3 +256,22 @@ def test_a_folder_of_images_larger_than_size_trains(tmp_path):
     train_stylegan2.main(tiny_flags(folder, tmp_path, 'folder', 2))
     ckpt = load_checkpoint(str(tmp_path / 'folder' / 'checkpoints' / '0000002.pt'))
     assert ckpt['iteration'] == 2 and all(torch.isfinite(v).all() for v in ckpt['d'].values())
+
+
+SHIPPED = os.path.join(REPO, 'pretrained', 'stylegan2_synthetic32.pt')
+
+
+def test_shipped_synthetic_world_generator_loads_and_generates():
+    ckpt = load_checkpoint(SHIPPED)
+    args = ckpt['args']
+    assert (args.size, args.latent, args.n_mlp, args.channel_max) == (32, 128, 4, 32)
+    g = Generator(args.size, args.latent, args.n_mlp, channel_multiplier=args.channel_multiplier,
+                  channel_max=args.channel_max)
+    g.load_state_dict(ckpt['g_ema'])
+    g.eval()
+    with torch.no_grad():
+        images, _ = g([torch.randn(16, args.latent, generator=torch.Generator().manual_seed(0))])
+    assert images.shape == (16, 3, 32, 32) and torch.isfinite(images).all()
+    # A trained generator: images span the colour range and differ from sample to sample.
+    assert images.amin() < -0.5 and images.amax() > 0.5
+    assert images.std(dim=0).mean() > 0.1
