@@ -141,7 +141,7 @@ def _draw_face(image, params, size, x, y, edge_softness):
     def cover(sd):
         return _coverage(sd * sharp)
 
-    lay = face_layout(params['shape'])
+    lay = face_layout(params['shape'], params.get('mode'))
     colors = params['colors']
     fur, marking, light, iris, nose_color, stripe_color, dark = (colors[:, i] for i in range(len(COLOR_NAMES)))
     white = torch.full_like(fur, 0.95)

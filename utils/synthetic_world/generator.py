@@ -29,6 +29,12 @@ mean size and shape, canonical palette, unmirrored (an estimated mean may come
 out mirrored, which moves no keypoint). Coordinates beyond the NUM_FACTORS
 used ones have no effect.
 
+With ``factors.modes`` = K > 1 the face's head type (its mode,
+``utils.synthetic_world.keypoints.MODE_NAMES``) is read from the head-width
+coordinate of entry 2, a coarse entry: a congealing target takes its mode from
+the target latent, and the mode's coordinate is W's widest (``MODE_SPREAD``),
+so clustering can find the modes.
+
 Mirroring is read from a fine entry: the face's geometry is symmetric, so a
 mirrored face keeps its labelled keypoints and differs from its twin only in
 which eye carries the marking (and in mirrored textures), an appearance
@@ -57,6 +63,7 @@ from utils.errors import UserError
 N_LATENT = 8
 COARSE_LAYERS = 4  # W+ entries [0, COARSE_LAYERS) set pose and shape: the natural --inject
 MAPPING_SEED = 20220601
+MODE_SPREAD = 3.0  # W spread of the mode's coordinate in a world of several modes
 NOISE_SHARE = 0.02  # variance share of the noise inputs in the fur and background patterns
 _PATTERN_LAYERS = (6, 7)  # W+ entries setting the fur and the background patterns
 
@@ -76,14 +83,19 @@ def _factor_layers():
     return torch.tensor(layers, dtype=torch.long)
 
 
-def _coordinate_scales(style_dim):
+def _coordinate_scales(style_dim, modes=1):
     # Pose and shape coordinates get the largest spread so that W's principal
     # directions are, in order, scale, rotation, translation and shape (as pose
-    # dominates StyleGAN's W); unused coordinates get the smallest.
+    # dominates StyleGAN's W); unused coordinates get the smallest. In a world
+    # of several modes the mode's coordinate spreads widest of all, as the
+    # class of an object is W's dominant direction in a multi-modal GAN: PCA's
+    # first direction and a k-means split of W then run across the modes.
     scales = torch.full((style_dim,), 0.5)
     n_coarse = sum(w for name, w in world.FACTOR_GROUPS if name in world.POSE_SHAPE_GROUPS)
     scales[:n_coarse] = torch.linspace(2.0, 1.25, n_coarse)
     scales[n_coarse:world.NUM_FACTORS] = 1.0
+    if modes > 1:
+        scales[world.MODE_FACTOR] = MODE_SPREAD
     return scales
 
 
@@ -95,13 +107,13 @@ class FixedMapping(nn.Module):
     standard normal coordinates. Both are fixed (not trained).
     """
 
-    def __init__(self, style_dim, seed=MAPPING_SEED):
+    def __init__(self, style_dim, seed=MAPPING_SEED, modes=1):
         super().__init__()
         generator = torch.Generator().manual_seed(seed)
         q, r = torch.linalg.qr(torch.randn(style_dim, style_dim, generator=generator, dtype=torch.float64))
         q = q * torch.sign(torch.diagonal(r))  # the unique QR factor with a positive diagonal in R
         self.weight = nn.Parameter(q.float(), requires_grad=False)
-        self.register_buffer('scales', _coordinate_scales(style_dim))
+        self.register_buffer('scales', _coordinate_scales(style_dim, modes))
 
     def forward(self, z):
         """z (..., style_dim) -> w (..., style_dim)."""
@@ -136,7 +148,7 @@ class SyntheticGenerator(nn.Module):
         self.coarse_layers = COARSE_LAYERS
         self.factors = (factors or world.WorldFactors()).validate()
         self.edge_softness = edge_softness
-        self.style = FixedMapping(style_dim)
+        self.style = FixedMapping(style_dim, modes=self.factors.modes)
         self.register_buffer('factor_layer', _factor_layers(), persistent=False)
         generator = torch.Generator().manual_seed(MAPPING_SEED + 1)
         self.register_buffer('noise_fur', torch.randn(1, *world.FUR_NOISE_SHAPE, generator=generator))
