@@ -134,3 +134,41 @@ def test_an_empty_cluster_is_refused(world, tmp_path):
     assert result.returncode == 1 and line.startswith('error: the cluster classifier assigns none of the 8 images '
                                                       'to cluster 0')
     assert 'Traceback' not in result.stderr and not os.path.exists(tmp_path / 'c')
+
+
+def test_mixed_reality_lets_the_classifier_pick_each_frames_cluster(world, tmp_path):
+    for cluster, colour in ((0, (255, 0, 0)), (1, (0, 0, 255))):
+        label = np.zeros((SIZE, SIZE, 4), np.uint8)
+        label[8:12, 8 + 8 * cluster:12 + 8 * cluster] = (*colour, 255)
+        Image.fromarray(label).save(tmp_path / f'mask_cluster{cluster}.png')
+    common = ('--real_data_path', world['data'], '--label_path', tmp_path / 'mask_cluster0.png', '--objects',
+              '--resolution', SIZE, '--save_correspondences', *COMMON)
+    result = run('-m', 'applications.mixed_reality', '--ckpt', world['split'], '--out', tmp_path / 'mr', *common)
+    assert result.returncode == 0, result.stderr
+    record = torch.load(tmp_path / 'mr' / 'video_data' / 'dense_correspondences.pt', weights_only=True)
+    images, clusters = world['images'], world['clusters']
+    assert torch.equal(record['active_cluster'], clusters)
+    with torch.no_grad():
+        _, _, _, mirrored = world['classifier'].run_flip(images)
+    assert torch.equal(record['mirrored'], mirrored[:, None])
+    # Each frame carries its own cluster's label points; the other cluster's are NaN.
+    points, owner = record['points'], record['cluster']
+    assert points.shape == (8, 32, 2) and torch.equal(owner, torch.tensor([0] * 16 + [1] * 16))
+    for frame in range(8):
+        mine = owner == clusters[frame]
+        assert torch.isfinite(points[frame, mine]).all() and torch.isnan(points[frame, ~mine]).all()
+
+    # Fixed clusters: every frame gets both labels, mirrored as the classifier says for each cluster.
+    result = run('-m', 'applications.mixed_reality', '--ckpt', world['split'], '--out', tmp_path / 'fixed',
+                 '--cluster', 0, 1, *common)
+    assert result.returncode == 0, result.stderr
+    record = torch.load(tmp_path / 'fixed' / 'video_data_01' / 'dense_correspondences.pt', weights_only=True)
+    with torch.no_grad():
+        expected = torch.stack([world['classifier'].run_flip_target(images, c)[1] for c in (0, 1)], dim=1)
+    assert torch.equal(record['mirrored'], expected) and torch.isfinite(record['points']).all()
+    assert 'active_cluster' not in record
+
+    # Without a classifier a clustering model still needs --cluster.
+    result = run('-m', 'applications.mixed_reality', '--ckpt', world['plain'], '--out', tmp_path / 'none', *common)
+    line = result.stderr.strip().splitlines()[-1]
+    assert result.returncode == 1 and 'no cluster classifier' in line and not os.path.exists(tmp_path / 'none')
