@@ -30,7 +30,8 @@ _EAR = ((0.14, -0.46), (0.60, -0.14), (0.58, -0.92))
 # Head types of a world with several modes (WorldFactors.modes): the ears'
 # triangle (inner base, outer base, tip) and the head's radii relative to the
 # cat's. Mode 0 is the cat; the others move the ear tips far from where a warp
-# of the cat could put them, so one warp head cannot serve two modes well.
+# of the cat could put them, and the renderer gives each its own large colour
+# pattern (drawing.py), so one warp head cannot serve two modes well.
 MODE_NAMES = ('cat', 'droopy', 'sideways')
 _MODE_HEADS = (
     (_EAR, (1.0, 1.0)),
