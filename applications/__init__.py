@@ -116,8 +116,9 @@ def add_mixed_reality_options(parser):
 
     group = parser.add_argument_group('mixed reality')
     group.add_argument('--cluster', type=int, nargs='+', default=None,
-                       help='cluster(s) of a clustering model whose label is propagated (required for '
-                            'such models; several at once, e.g. --cluster 0 2)')
+                       help='cluster(s) of a clustering model whose label is propagated onto every frame '
+                            "(several at once, e.g. --cluster 0 2); without it the checkpoint's cluster "
+                            "classifier picks each frame's cluster (required when there is none)")
     add_video_label_options(group, resolution=128, label_required=True)
     group.add_argument('--average_path', type=str, default=None,
                        help="average congealed image to draw the label on (labeled_averages.png); a path "
