@@ -275,7 +275,8 @@ def clustering_main(argv):
         ('classifier agreement with the transformer (head and mirror)', f"{measures['classifier_accuracy']:.3f}"),
         ('classifier agreement with the transformer (head alone)', f"{measures['classifier_cluster_accuracy']:.3f}"),
         ('wall time: transformer / classifier / measures',
-         f'{(trained - start) / 60:.1f} min / {(classified - trained) / 60:.1f} min / {(done - classified) / 60:.1f} min'),
+         ' / '.join(f'{minutes / 60:.1f} min' for minutes in (trained - start, classified - trained,
+                                                               done - classified))),
     ]
     width = max(len(name) for name, _ in rows)
     print(f"command: python -m benchmarks.bench_curation --clustering {' '.join(argv)}".rstrip())

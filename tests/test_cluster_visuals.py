@@ -1,4 +1,4 @@
-"""Training visuals of clustering models: per-head congealed real images, per-head assigned samples, per-cluster means."""
+"""Training visuals of clustering models: per-head congealed real images and assigned samples, per-cluster means."""
 import torch
 
 from models.gangealing import resize_for_stn, sample_pairs
