@@ -46,11 +46,10 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from applications import (load_stn, make_grid_array, mixed_reality_argparse,
-                          report_option_problems, save_grid, save_png)
+from applications import load_stn, mixed_reality_argparse, report_option_problems, save_grid, save_png
 from applications.frames import gather_step, open_frames, shared_batches
-from applications.propagation import (align, cluster_label_path, label_option_problems, load_labels,
-                                      points_through_warp, splat_label)
+from applications.propagation import cluster_label_path, label_option_problems, load_labels, splat_label
+from applications.video_propagation import empty_outputs, propagate_frames
 from utils.atomic_io import atomic_write
 from utils.distributed import cleanup, is_main_process, setup_distributed
 from utils.errors import UserError, exit_on_user_error
@@ -92,102 +91,7 @@ def chosen_clusters(opt, classifier=None):
 def output_folder(opt, name, clusters):
     # Named by the chosen clusters; no suffix when the classifier picks each frame's.
     suffix = '_' + ''.join(str(c) for c in clusters) if clusters != [None] and opt.cluster else ''
-
     return os.path.join(opt.out, f'video_{name}{suffix}')
-
-
-def frames_uint8(images):
-    """(N, 3, H, W) in [-1, 1] -> uint8 (N, H, W, 3) tensor on the same device."""
-    return ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1)
-
-
-def tile_clusters(congealed):
-    """(N, K, 3, R, R) -> uint8 (N, H', W', 3): K tiles per frame (the frame itself for K = 1)."""
-    if congealed.size(1) == 1:
-        return frames_uint8(congealed[:, 0])
-    nrow = max(1, int(len(congealed[0]) ** 0.5))
-    return torch.stack([torch.from_numpy(make_grid_array(c, nrow=nrow)) for c in congealed]).to(congealed.device)
-
-
-@torch.no_grad()
-def process_batch(t, opt, images, clusters, labels, classifier=None):
-    """Propagate every chosen cluster's label onto a batch of frames.
-
-    With a cluster classifier it decides each frame's mirror for every chosen
-    cluster (as the original); without --cluster it also picks each frame's
-    cluster (``process_batch_by_classifier``).
-    Returns a dict: 'propagated' uint8 (N, S, S, 3), 'congealed' uint8
-    (N, H', W', 3), 'points' (N, P, 2) pixels, 'mirrored' (N, K) bool (and
-    'active' (N,) long with the classifier's pick).
-    """
-    if classifier is not None and not opt.cluster:
-        return process_batch_by_classifier(t, opt, images, labels, classifier)
-    n = images.size(0)
-    resolution = opt.output_resolution
-    points, congealed, mirrored = [], [], []
-    for cluster, label in zip(clusters, labels):
-        alignment = align(t, opt, images, cluster=cluster, output_resolution=resolution, classifier=classifier)
-        flips, aligned = alignment.mirrored, alignment.congealed
-        found = points_through_warp(t, alignment.warp, flips, label.template_points(), images.size(-1),
-                                    output_resolution=resolution)
-        if opt.overlay_congealed:
-            aligned = splat_label(aligned, label.pixels_at(resolution).unsqueeze(0).expand(n, -1, -1),
-                                  label.colours, label.alpha, opt, opt.blend_alg)
-        points.append(found)
-        congealed.append(aligned)
-        mirrored.append(flips)
-    points = torch.cat(points, dim=1)
-    colours = torch.cat([label.colours for label in labels])
-    alpha = torch.cat([label.alpha for label in labels])
-    propagated = splat_label(images, points, colours, alpha, opt, opt.blend_alg)
-    return {'propagated': frames_uint8(propagated), 'congealed': tile_clusters(torch.stack(congealed, 1)),
-            'points': points.float(), 'mirrored': torch.stack(mirrored, 1)}
-
-
-@torch.no_grad()
-def process_batch_by_classifier(t, opt, images, labels, classifier):
-    """Each frame aligned by the cluster (and mirror) the classifier picks; that cluster's label propagated.
-
-    ``labels`` holds every cluster's label. Points of the other clusters' labels
-    are NaN in 'points' (they are not propagated onto that frame); 'mirrored'
-    is (N, 1) and 'active' (N,) the picked cluster.
-    """
-    resolution = opt.output_resolution
-    alignment = align(t, opt, images, output_resolution=resolution, classifier=classifier)
-    active = alignment.policy
-    propagated, congealed = images.clone(), alignment.congealed.clone()
-    points = []
-    for cluster, label in enumerate(labels):
-        found = points_through_warp(t, alignment.warp, alignment.mirrored, label.template_points(), images.size(-1),
-                                    output_resolution=resolution)
-        here = active == cluster
-        found = torch.where(here[:, None, None], found, torch.full_like(found, float('nan')))
-        if here.any():
-            propagated[here] = splat_label(images[here], found[here], label.colours, label.alpha, opt, opt.blend_alg)
-            if opt.overlay_congealed:
-                template = label.pixels_at(resolution).unsqueeze(0).expand(int(here.sum()), -1, -1)
-                congealed[here] = splat_label(congealed[here], template, label.colours, label.alpha, opt,
-                                              opt.blend_alg)
-        points.append(found)
-    return {'propagated': frames_uint8(propagated), 'congealed': frames_uint8(congealed),
-            'points': torch.cat(points, dim=1).float(), 'mirrored': alignment.mirrored.reshape(-1, 1),
-            'active': active}
-
-
-def empty_outputs(opt, clusters, labels, device, classifier=None):
-    """The outputs of a process with no batch left (zero frames, the right shapes)."""
-    size, resolution = opt.real_size, opt.output_resolution
-    by_classifier = classifier is not None and not opt.cluster
-    tiles = 1 if by_classifier else len(clusters)
-    probe = torch.zeros(1, tiles, 3, resolution, resolution, device=device)
-    tile = tile_clusters(probe).shape[1:]
-    outputs = {'propagated': torch.zeros(0, size, size, 3, dtype=torch.uint8, device=device),
-               'congealed': torch.zeros(0, *tile, dtype=torch.uint8, device=device),
-               'points': torch.zeros(0, sum(len(label) for label in labels), 2, device=device),
-               'mirrored': torch.zeros(0, tiles, dtype=torch.bool, device=device)}
-    if by_classifier:
-        outputs['active'] = torch.zeros(0, dtype=torch.long, device=device)
-    return outputs
 
 
 def save_labeled_averages(opt, clusters, labels, folder, device):
@@ -242,7 +146,7 @@ def run(t, opt, source, clusters, labels, folder, device, classifier=None):
             if item is None:
                 outputs = empty_outputs(opt, clusters, labels, device, classifier)
             else:
-                outputs = process_batch(t, opt, item[1].to(device), clusters, labels, classifier)
+                outputs = propagate_frames(t, opt, item[1].to(device), clusters, labels, classifier=classifier)
             outputs, total = gather_step(outputs)
             if total == 0:
                 break
