@@ -37,11 +37,10 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from applications import (load_stn, make_grid_array, mixed_reality_argparse,
-                          report_option_problems, save_grid, save_png)
+from applications import load_stn, mixed_reality_argparse, report_option_problems, save_grid, save_png
 from applications.frames import gather_step, open_frames, shared_batches
-from applications.propagation import (align, cluster_label_path, label_option_problems, load_labels,
-                                      points_through_warp, splat_label)
+from applications.propagation import cluster_label_path, label_option_problems, load_labels, splat_label
+from applications.video_propagation import empty_outputs, propagate_frames
 from utils.atomic_io import atomic_write
 from utils.distributed import cleanup, is_main_process, setup_distributed
 from utils.errors import UserError, exit_on_user_error
@@ -79,59 +78,6 @@ def chosen_clusters(opt):
 def output_folder(opt, name, clusters):
     suffix = '' if clusters == [None] else '_' + ''.join(str(c) for c in clusters)
     return os.path.join(opt.out, f'video_{name}{suffix}')
-
-
-def frames_uint8(images):
-    """(N, 3, H, W) in [-1, 1] -> uint8 (N, H, W, 3) tensor on the same device."""
-    return ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1)
-
-
-def tile_clusters(congealed):
-    """(N, K, 3, R, R) -> uint8 (N, H', W', 3): K tiles per frame (the frame itself for K = 1)."""
-    if congealed.size(1) == 1:
-        return frames_uint8(congealed[:, 0])
-    nrow = max(1, int(len(congealed[0]) ** 0.5))
-    return torch.stack([torch.from_numpy(make_grid_array(c, nrow=nrow)) for c in congealed]).to(congealed.device)
-
-
-@torch.no_grad()
-def process_batch(t, opt, images, clusters, labels):
-    """Propagate every chosen cluster's label onto a batch of frames.
-
-    Returns a dict: 'propagated' uint8 (N, S, S, 3), 'congealed' uint8
-    (N, H', W', 3), 'points' (N, P, 2) pixels, 'mirrored' (N, K) bool.
-    """
-    n = images.size(0)
-    resolution = opt.output_resolution
-    points, congealed, mirrored = [], [], []
-    for cluster, label in zip(clusters, labels):
-        alignment = align(t, opt, images, cluster=cluster, output_resolution=resolution)
-        flips, aligned = alignment.mirrored, alignment.congealed
-        found = points_through_warp(t, alignment.warp, flips, label.template_points(), images.size(-1),
-                                    output_resolution=resolution)
-        if opt.overlay_congealed:
-            aligned = splat_label(aligned, label.pixels_at(resolution).unsqueeze(0).expand(n, -1, -1),
-                                  label.colours, label.alpha, opt, opt.blend_alg)
-        points.append(found)
-        congealed.append(aligned)
-        mirrored.append(flips)
-    points = torch.cat(points, dim=1)
-    colours = torch.cat([label.colours for label in labels])
-    alpha = torch.cat([label.alpha for label in labels])
-    propagated = splat_label(images, points, colours, alpha, opt, opt.blend_alg)
-    return {'propagated': frames_uint8(propagated), 'congealed': tile_clusters(torch.stack(congealed, 1)),
-            'points': points.float(), 'mirrored': torch.stack(mirrored, 1)}
-
-
-def empty_outputs(opt, clusters, labels, device):
-    """The outputs of a process with no batch left (zero frames, the right shapes)."""
-    size, resolution = opt.real_size, opt.output_resolution
-    probe = torch.zeros(1, len(clusters), 3, resolution, resolution, device=device)
-    tile = tile_clusters(probe).shape[1:]
-    return {'propagated': torch.zeros(0, size, size, 3, dtype=torch.uint8, device=device),
-            'congealed': torch.zeros(0, *tile, dtype=torch.uint8, device=device),
-            'points': torch.zeros(0, sum(len(label) for label in labels), 2, device=device),
-            'mirrored': torch.zeros(0, len(clusters), dtype=torch.bool, device=device)}
 
 
 def save_labeled_averages(opt, clusters, labels, folder, device):
@@ -184,7 +130,7 @@ def run(t, opt, source, clusters, labels, folder, device):
             if item is None:
                 outputs = empty_outputs(opt, clusters, labels, device)
             else:
-                outputs = process_batch(t, opt, item[1].to(device), clusters, labels)
+                outputs = propagate_frames(t, opt, item[1].to(device), clusters, labels)
             outputs, total = gather_step(outputs)
             if total == 0:
                 break

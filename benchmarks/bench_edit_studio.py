@@ -2,6 +2,7 @@
 
     python -m benchmarks.bench_edit_studio                  # N = 16 at 256 px, CPU (and CUDA when present)
     python -m benchmarks.bench_edit_studio --counts 1 16 --reps 3 --devices cpu
+    python -m benchmarks.bench_edit_studio --video_frames 48 --skip_images   # the mp4 export only
 
 Builds, in a temporary folder, an LMDB of random 256-pixel images and a
 randomly initialised transformer of the released models' size (similarity
@@ -21,6 +22,14 @@ on the same images: the four-pass path (flip decision, a congealing pass,
 then a point-mapping pass in ``propagate``; that pass again for a new label)
 and the kept-warp path (``align`` then ``propagate_aligned``), so the speed-up
 is measured under the same machine load.
+
+With --video_frames T (default 24; 0 skips it) the same transformer's studio
+is opened on a T-frame synthetic video at --size (the synthetic world's
+moving face, H.264) and the propagated mp4 export of the whole video is
+timed (frames per second, from the request to the renamed file), beside its
+two parts alone in the same run: the propagation (``propagate_frames`` on
+the decoded frames: the alignment passes and the splat) and the video input
+and output (decoding, squares, encoding; no network, no splat).
 """
 import argparse
 import os
@@ -49,6 +58,9 @@ def parse_args(argv=None):
     parser.add_argument('--resolution', type=int, default=256, help='label resolution (--resolution)')
     parser.add_argument('--devices', nargs='+', default=None,
                         help='devices to measure (default: cpu, plus cuda when available)')
+    parser.add_argument('--video_frames', type=int, default=24,
+                        help='frames of the video whose mp4 export is timed (0: no video export)')
+    parser.add_argument('--skip_images', action='store_true', help='time the video export only')
     return parser.parse_args(argv)
 
 
@@ -140,13 +152,79 @@ def averaged_row(engine, on_demand, count, reps, device):
     return template_seconds, float(np.median(seconds[1:])), kib, same
 
 
+def make_video(folder, size, frames):
+    """A ``frames``-frame synthetic video (the moving face) at ``size``, 30 frames/s."""
+    from utils.synthetic_world.video import iter_synthetic_video
+    from utils.video_io import VideoWriter
+
+    path = os.path.join(folder, 'face.mp4')
+    with VideoWriter(path, 30) as writer:
+        for batch, _ in iter_synthetic_video(frames, size, 101):
+            writer.write(batch)
+    return path
+
+
+def video_io_seconds(video, folder, batch):
+    """Seconds to decode ``video``, make its squares and encode it again (no model work)."""
+    from datasets.transforms import native_square, unsquare
+    from datasets.video import frame_to_tensor
+    from utils.video_io import VideoReader, VideoWriter
+
+    start = time.perf_counter()
+    with VideoReader(video.path) as reader, VideoWriter(os.path.join(folder, 'io.mp4'), video.fps) as writer:
+        for frames in reader.batches(batch):
+            frame_to_tensor(np.stack([video.square(frame) for frame in frames]))
+            writer.write(np.stack([unsquare(native_square(frame, video.pad), frame, video.pad) for frame in frames]))
+    return time.perf_counter() - start
+
+
+def export_batch(engine):
+    """Frames per batch of the studio's video export."""
+    from applications.studio.engine import VIDEO_BATCH
+    return min(VIDEO_BATCH, engine.opt.batch)
+
+
+def propagation_seconds(engine, request, device):
+    """Seconds of ``propagate_frames`` alone (what mixed_reality runs per batch) on every frame of the
+    studio's video, decoded beforehand: the model's share of the export."""
+    from applications.video_propagation import propagate_frames
+
+    opt = engine.request_options(sigma=request['sigma'], opacity=request['opacity'])
+    label = engine._label_tensors(opt)
+    batches = [images.to(device) for _, images in engine.video.batches(export_batch(engine))]
+    return timed(lambda _: [propagate_frames(engine.t, opt, images, [None], [label]) for images in batches],
+                 None, device)
+
+
+def video_row(ckpt, args, device, folder):
+    """(frames, frames per batch, export seconds, propagation-alone seconds, video I/O seconds) of the
+    mp4 export of a synthetic video."""
+    path = make_video(folder, args.size, args.video_frames)
+    engine = studio_for(ckpt, path, args, device, folder, '--n_mean', '4')
+    request = {'sigma': 1.0, 'opacity': 0.75}
+    start = time.perf_counter()
+    engine.start_video_export(request)
+    while engine.video_export_status()['state'] == 'running':
+        time.sleep(0.01)
+    seconds = time.perf_counter() - start
+    job = engine.video_export_status()
+    if job['state'] != 'done':
+        raise SystemExit(f"the video export failed: {job['error']}")
+    return (job['done'], export_batch(engine), seconds, propagation_seconds(engine, request, device),
+            video_io_seconds(engine.video, folder, export_batch(engine)))
+
+
 def main(argv=None):
     args = parse_args(argv)
     devices = args.devices or (['cpu'] + (['cuda'] if torch.cuda.is_available() else []))
-    rows = []
+    rows, video_rows = [], []
     with tempfile.TemporaryDirectory() as folder:
         data, ckpt = make_inputs(folder, args.size, max(args.counts) * (args.reps + 1))
         for device in devices:
+            if args.video_frames > 0:
+                video_rows.append((device,) + video_row(ckpt, args, device, folder))
+            if args.skip_images:
+                continue
             # No kept warps here: these rows measure images aligned on demand.
             engine = studio_for(ckpt, data, args, device, folder, '--n_mean', '4', '--keep_warps', '0')
             points = int((engine.label[..., 3] > 0).sum() * (args.resolution / args.size) ** 2)
@@ -169,6 +247,18 @@ def main(argv=None):
                 rows.append((device, count, args.size, points, float(np.median(cold)), float(np.median(warm)),
                              medians, same, kept))
     print(f'torch threads: {torch.get_num_threads()}')
+    if video_rows:
+        print(f'Video export (propagated mp4 of the whole video, {args.size} x {args.size}, H.264):')
+        print()
+        print('| device | frames | batch | export: s | export: frames/s | propagation alone: frames/s '
+              '| video I/O alone: frames/s |')
+        print('|---|---|---|---|---|---|---|')
+        for device, frames, batch, seconds, model_seconds, io_seconds in video_rows:
+            print(f'| {device} | {frames} | {batch} | {seconds:.1f} | {frames / seconds:.2f} '
+                  f'| {frames / model_seconds:.2f} | {frames / io_seconds:.1f} |')
+        print()
+    if args.skip_images:
+        return
     print('| device | images | size | label points | new images: s / preview | same images, new label: s '
           '| images already averaged into the template: s / preview |')
     print('|---|---|---|---|---|---|---|')

@@ -76,6 +76,52 @@ def resize_small_side(image, size):
     return resize_array(image, width * size // height, size)
 
 
+def square_window(width, height, mode):
+    """Where the square of pad mode ``mode`` ('center', 'border' or 'zero') sits, at the image's own scale.
+
+    Returns:
+        (side, x, y): for ``center`` the square is image[y:y + side, x:x + side];
+        for ``border``/``zero`` the image sits at (x, y) inside a side x side square.
+        Resized to S, that square is what ``make_square(image, S, mode)`` makes.
+    """
+    if mode == 'center':
+        side = min(width, height)
+        return side, (width - side) // 2, (height - side) // 2
+    if mode in ('border', 'zero'):
+        side = max(width, height)
+        return side, (side - width) // 2, (side - height) // 2
+    raise ValueError(f"pad mode '{mode}' has no square window; choose center, border or zero")
+
+
+def native_square(image, mode):
+    """The square of ``make_square(image, S, mode)`` before resizing: (side, side, 3) at the image's scale."""
+    height, width = image.shape[:2]
+    side, x, y = square_window(width, height, mode)
+    if mode == 'center':
+        return image[y:y + side, x:x + side]
+    pad_width = [(y, side - height - y), (x, side - width - x), (0, 0)]
+    if mode == 'zero':
+        return np.pad(image, pad_width, mode='constant', constant_values=0)
+    return np.pad(image, pad_width, mode='edge')
+
+
+def unsquare(square, image, mode):
+    """Put a (possibly edited) ``native_square`` back into the frame of ``image``: (H, W, 3).
+
+    ``center``: the square replaces the image's centre, the rest stays as it
+    was; ``border``/``zero``: the bars are cut off.
+    """
+    height, width = image.shape[:2]
+    side, x, y = square_window(width, height, mode)
+    if square.shape[:2] != (side, side):
+        raise ValueError(f'the square must be {side} x {side}, got {square.shape[:2]}')
+    if mode == 'center':
+        result = np.array(image, copy=True)
+        result[y:y + side, x:x + side] = square
+        return result
+    return np.ascontiguousarray(square[y:y + height, x:x + width])
+
+
 def crop_box_edge_padded(image, box):
     """Crop the inclusive box (x0, y0, x1, y1) in integer pixels; parts outside
     the image repeat its edge pixels. Returns (y1 - y0 + 1, x1 - x0 + 1, 3)."""

@@ -6,6 +6,7 @@ Needs the Debian packages chromium and chromium-driver; skipped without them
 (CI installs them and sets GANGEALING_REQUIRE_BROWSER=1, which turns the skip
 into a failure).
 """
+import contextlib
 import os
 import shutil
 import tempfile
@@ -42,13 +43,11 @@ def browser_paths():
     pytest.skip(reason)
 
 
-@pytest.fixture(scope='module')
-def server(tmp_path_factory):
-    """The studio on the tiny world, served by uvicorn in a thread on a free local port."""
+@contextlib.contextmanager
+def serving(engine):
+    """Serve ``engine`` with uvicorn in a thread on a free local port; yields the page's URL."""
     import uvicorn
 
-    world = make_world(tmp_path_factory.mktemp('studio_browser'))
-    _, engine = build_engine(studio_argv(world, world['root'] / 'out', '--resolution', SIZE), verbose=False)
     sock = bind_socket('127.0.0.1', 0)
     uv = uvicorn.Server(uvicorn.Config(build_app(engine), log_level='warning'))
     thread = threading.Thread(target=uv.run, kwargs={'sockets': [sock]}, daemon=True)
@@ -57,10 +56,21 @@ def server(tmp_path_factory):
     while not uv.started:
         assert time.monotonic() < deadline and thread.is_alive(), 'the server did not start'
         time.sleep(0.05)
-    yield {'url': page_url(sock), 'engine': engine, 'world': world}
-    uv.should_exit = True
-    thread.join(timeout=30)
-    sock.close()
+    try:
+        yield page_url(sock)
+    finally:
+        uv.should_exit = True
+        thread.join(timeout=30)
+        sock.close()
+
+
+@pytest.fixture(scope='module')
+def server(tmp_path_factory):
+    """The studio on the tiny world."""
+    world = make_world(tmp_path_factory.mktemp('studio_browser'))
+    _, engine = build_engine(studio_argv(world, world['root'] / 'out', '--resolution', SIZE), verbose=False)
+    with serving(engine) as url:
+        yield {'url': url, 'engine': engine, 'world': world}
 
 
 @pytest.fixture(scope='module')
@@ -211,3 +221,54 @@ def test_undo_clear_and_a_bad_upload_on_the_page(driver, server, tmp_path):
     # Propagating an empty label is refused with a message, and the page stays usable.
     driver.find_element(By.ID, 'propagate').click()
     wait_until(driver, "return document.getElementById('message').textContent.includes('empty')", True, timeout=30)
+
+
+def test_the_video_export_button_writes_the_propagated_mp4(driver, server, tmp_path_factory):
+    """On a video the page offers the mp4 export (on images it does not); clicking it shows the
+    progress, then a download of the whole video with the stroke where the warp sends it."""
+    pytest.importorskip('av', reason='video needs PyAV (pip install -e .[video])')
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    from utils.synthetic_world.video import iter_synthetic_video
+    from utils.video_io import VideoReader, VideoWriter
+
+    open_page(driver, server)
+    assert not driver.find_element(By.ID, 'export-video').is_displayed()  # image data: zip only
+    root = tmp_path_factory.mktemp('studio_browser_video')
+    video = str(root / 'face.mp4')
+    with VideoWriter(video, 24) as writer:
+        for frames, _ in iter_synthetic_video(6, SIZE, 5):
+            writer.write(frames)
+    argv = ['--ckpt', server['world']['ckpt'], '--real_data_path', video, '--real_size', str(SIZE), '--device', 'cpu',
+            '--batch', '4', '--out', str(root / 'out'), '--resolution', str(SIZE), '--n_mean', '6']
+    _, engine = build_engine(argv, verbose=False)
+    with serving(engine) as url:
+        driver.get(url)
+        wait_until(driver, 'return document.body.dataset.templateReady', '1')
+        assert driver.find_element(By.ID, 'export-video').is_displayed()
+        assert '6 frames of 32 x 32, 24 frames/s' in driver.find_element(By.ID, 'video-facts').text
+        driver.execute_script("const s = document.getElementById('brush-size'); s.value = '2';"
+                              "s.dispatchEvent(new Event('input'));")
+        stage = driver.find_element(By.ID, 'overlay')
+        start, end = css_offset(4, 20), css_offset(12, 20)
+        (ActionChains(driver).move_to_element_with_offset(stage, *start).click_and_hold()
+         .move_to_element_with_offset(stage, *end).release().perform())
+        driver.find_element(By.ID, 'export-video').click()
+        wait_until(driver, 'return document.body.dataset.videoExports', '1')
+        assert driver.find_element(By.ID, 'message').get_attribute('hidden') is not None
+        assert driver.find_element(By.ID, 'video-progress').text.startswith('video: 6 frames in')
+        link = driver.find_element(By.ID, 'download-video')
+        name = link.get_attribute('download')
+        assert link.is_displayed() and name.endswith('.mp4')
+        assert link.get_attribute('href') == f'{url}api/download/{name}'
+    with VideoReader(str(root / 'out' / name)) as reader:
+        exported = np.stack(list(reader))
+        assert reader.fps == 24
+    with VideoReader(video) as reader:
+        source = np.stack(list(reader))
+    assert exported.shape == source.shape == (6, SIZE, SIZE, 3)
+    change = np.abs(exported.astype(np.int64) - source).sum(axis=-1)
+    # The stroke (template row 20, x 4..12) lands 4 pixels to the right; far from it only codec noise.
+    assert (change[:, 19:21, 6 + SHIFT_PIXELS:11 + SHIFT_PIXELS] > 30).all()
+    assert change[:, :14].mean() < 15 and change[:, 26:].mean() < 15

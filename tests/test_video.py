@@ -13,11 +13,13 @@ import pytest
 import torch
 from PIL import Image
 
-from datasets.video import VideoFrames
+from datasets.transforms import make_square, native_square, square_window, unsquare
+from datasets.video import IndexedVideoFrames, VideoFrames
 from tests.test_applications import SHIFT_PIXELS, SIZE, make_stn, run_module, single_error_line
 from utils.checkpoint import save_checkpoint
 from utils.errors import UserError
-from utils.video_io import VideoError, VideoReader, VideoWriter, check_writable_folder, read_video_info
+from utils.video_io import (SeekableVideo, VideoError, VideoReader, VideoWriter, check_writable_folder,
+                            read_video_info)
 
 FRAMES = 6
 
@@ -125,6 +127,85 @@ def test_video_frames_are_made_square_and_batched(tmp_path):
     assert [s for s, _ in video.batches(2, skip=lambda n: n != 1)] == [2]
     with pytest.raises(UserError):
         VideoFrames(path, 16, pad='none')
+
+
+def write_keyframed_clip(path, frames, gop):
+    """An mp4 with a key frame every ``gop`` frames (so reading by number really seeks)."""
+    import av
+    with av.open(str(path), 'w') as container:
+        stream = container.add_stream('libx264', rate=25)
+        stream.width, stream.height = frames.shape[2], frames.shape[1]
+        stream.pix_fmt = 'yuv420p'
+        stream.codec_context.gop_size = gop
+        stream.options = {'crf': '17', 'keyint': str(gop), 'min-keyint': str(gop), 'scenecut': '0'}
+        for frame in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format='rgb24')):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return str(path)
+
+
+def test_frames_by_number_equal_the_stream(tmp_path):
+    frames = np.concatenate([clip_frames(count=12, height=24, width=40), clip_frames(count=11, height=24, width=40)])
+    for i in range(23):
+        frames[i, :3, :3] = 10 * i  # each frame its own corner
+    path = write_keyframed_clip(tmp_path / 'keyed.mp4', frames, gop=4)
+    with VideoReader(path) as reader:
+        streamed = np.stack(list(reader))
+    with SeekableVideo(path) as video:
+        assert (video.frame_count, video.width, video.height, video.fps) == (23, 40, 24, 25.0)
+        order = [0, 1, 2, 22, 5, 4, 4, 13, 14, 20, 3, 21, 0]  # forward, backward, across key frames, repeats
+        for index in order:
+            assert (video.frame(index) == streamed[index]).all(), index
+        with pytest.raises(IndexError):
+            video.frame(23)
+    squares = torch.cat([b for _, b in VideoFrames(path, 16, pad='zero').batches(5)])
+    indexed = IndexedVideoFrames(path, 16, pad='zero')
+    assert len(indexed) == 23
+    for index in (17, 2, 3, 22):
+        assert torch.equal(indexed[index], squares[index]), index
+    assert (indexed.native_frame(9) == streamed[9]).all()
+
+
+def test_frames_by_number_without_timestamps(tmp_path):
+    import av
+    frames = clip_frames(count=8)
+    path = str(tmp_path / 'raw.h264')
+    with av.open(path, 'w', format='h264') as container:  # a raw stream: its packets carry no timestamps
+        stream = container.add_stream('libx264', rate=25)
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], 'yuv420p'
+        for frame in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format='rgb24')):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    with VideoReader(path) as reader:
+        streamed = np.stack(list(reader))
+    with SeekableVideo(path) as video:
+        assert video.frame_count == 8
+        for index in (3, 1, 7, 0, 5):  # decoded in order from the start, restarted to go back
+            assert (video.frame(index) == streamed[index]).all(), index
+
+
+@pytest.mark.parametrize('height, width', [(24, 40), (40, 24), (21, 30), (16, 16)])
+@pytest.mark.parametrize('mode', ['center', 'border', 'zero'])
+def test_native_squares_are_the_squares_of_the_pad_modes(height, width, mode):
+    image = np.random.default_rng(height * width).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    side, x, y = square_window(width, height, mode)
+    square = native_square(image, mode)
+    assert square.shape == (side, side, 3) and side == (min if mode == 'center' else max)(height, width)
+    assert (make_square(image, side, mode) == square).all()  # make_square at the image's own scale
+    assert (unsquare(square, image, mode) == image).all()
+    edited = square.copy()
+    edited[:] = 7
+    restored = unsquare(edited, image, mode)
+    assert restored.shape == image.shape
+    if mode == 'center':  # only the centre square changes
+        assert (restored[y:y + side, x:x + side] == 7).all()
+        assert (np.delete(restored, np.s_[x:x + side], axis=1) == np.delete(image, np.s_[x:x + side], axis=1)).all()
+    else:
+        assert (restored == 7).all()
 
 
 def test_check_writable_folder(tmp_path):

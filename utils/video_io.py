@@ -122,6 +122,114 @@ class VideoReader:
         return False
 
 
+class SeekableVideo:
+    """Frames of a video file by number, decoded on demand (for random access).
+
+    Opening checks the file as ``VideoReader`` does, then reads its packets
+    once without decoding them (fast: no pixels are made) to learn every
+    frame's presentation timestamp; frame i is the i-th in presentation order.
+    ``frame(i)`` seeks to the key frame at or before frame i and decodes
+    forward to it; asking for a frame shortly after the last one read goes on
+    decoding without a seek, so reading in order costs what streaming does.
+    Files whose packets carry no timestamps are decoded from the start instead
+    (going back then restarts the decoding). One frame is held at a time.
+    Not thread-safe: callers share an instance under a lock.
+
+    Attributes:
+        path, width, height, fps: as ``VideoReader``'s.
+        frame_count: the number of frames (packets holding a frame).
+    Raises:
+        VideoError: the file cannot be read, or has no video stream or no frames.
+    """
+
+    FORWARD_LIMIT = 48  # frames decoded forward before a seek is cheaper (key frames are rarely closer)
+
+    def __init__(self, path):
+        av = _av()
+        with VideoReader(path) as reader:
+            self.path, self.width, self.height, self.fps = path, reader.width, reader.height, reader.fps
+        self._container = self._frames = None
+        self._next = None  # the number of the frame the decoder hands out next, when known
+        try:
+            with av.open(path, mode='r') as container:
+                stream = container.streams.video[0]
+                # Packets an edit list marks as discarded hold frames the decoder never shows.
+                stamps = [packet.pts for packet in container.demux(stream)
+                          if packet.size > 0 and not packet.is_discard]
+        except av.FFmpegError as e:
+            raise VideoError(f"video '{path}' could not be read ({_reason(e)})") from None
+        if not stamps:
+            raise VideoError(f"video '{path}' has no frames")
+        self.frame_count = len(stamps)
+        usable = None not in stamps and len(set(stamps)) == len(stamps)
+        self._stamps = sorted(stamps) if usable else None
+
+    def _open(self):
+        av = _av()
+        self.close()
+        try:
+            self._container = av.open(self.path, mode='r')
+        except av.FFmpegError as e:
+            raise VideoError(f"video '{self.path}' could not be opened ({_reason(e)})") from None
+        self._stream = self._container.streams.video[0]
+        self._stream.thread_type = 'AUTO'
+        self._frames = self._container.decode(self._stream)
+        self._next = 0
+
+    def frame(self, index):
+        """Frame ``index`` (0 .. frame_count - 1) as uint8 (H, W, 3) RGB."""
+        if not 0 <= index < self.frame_count:
+            raise IndexError(f'frame {index} is out of range: the video has {self.frame_count} frames')
+        av = _av()
+        try:
+            if self._stamps is None:
+                return self._decode_in_order(index)
+            return self._decode_stamp(index)
+        except av.FFmpegError as e:
+            self.close()
+            raise VideoError(f"frame {index} of video '{self.path}' could not be decoded ({_reason(e)})") from None
+
+    def _decode_in_order(self, index):
+        if self._container is None or self._next is None or index < self._next:
+            self._open()
+        for frame in self._frames:
+            self._next += 1
+            if self._next - 1 == index:
+                return frame.to_ndarray(format='rgb24')
+        self.close()
+        raise VideoError(f"video '{self.path}' ended before frame {index}")
+
+    def _decode_stamp(self, index):
+        target = self._stamps[index]
+        if self._container is None:
+            self._open()
+        if self._next is None or not 0 <= index - self._next <= self.FORWARD_LIMIT:
+            self._container.seek(target, stream=self._stream, backward=True, any_frame=False)
+            self._frames = self._container.decode(self._stream)
+            self._next = None
+        for frame in self._frames:
+            if frame.pts is None or frame.pts > target:
+                break
+            if frame.pts == target:
+                self._next = index + 1
+                return frame.to_ndarray(format='rgb24')
+        self.close()
+        raise VideoError(f"frame {index} of video '{self.path}' could not be decoded (the stream skips it)")
+
+    def close(self):
+        if self._container is not None:
+            self._container.close()
+        self._container = self._frames = None
+        self._next = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+
 def _reason(error):
     text = str(getattr(error, 'strerror', '') or error).strip()
     return text or type(error).__name__

@@ -13,6 +13,12 @@ not depend on the label, so the warps of the first min(--n_mean,
 template's computation yields them; a template read from a file is followed
 by aligning those images in the background, a few per lock hold, previews
 first. A preview of kept images runs no network pass, only the splat.
+
+A video file is read by frame number (``datasets.video.IndexedVideoFrames``:
+frames decoded when asked, never the whole video in memory); its template
+and previews work as for images, and its export is the propagated mp4 of
+every frame, made in a background job whose progress the page polls
+(``applications.studio.video``).
 """
 import argparse
 import base64
@@ -34,6 +40,8 @@ from torch.utils.data import DataLoader, Subset
 from applications import cluster_policy
 from applications.propagation import (Alignment, Label, align, label_from_rgba, option_problems,
                                       propagate_aligned, splat_label)
+from applications.studio.video import video_facts, write_propagated_video
+from datasets.video import IndexedVideoFrames
 from models.gangealing import CongealedMean
 from utils.colour_scales import scale_for_cluster
 from utils.atomic_io import atomic_write
@@ -47,8 +55,9 @@ MAX_PREVIEW_IMAGES = 64
 PREVIEW_SIDE = 256  # preview images larger than this are shrunk before they are sent
 CONGEAL_CACHE = 64  # images outside the kept warps whose alignment is kept between previews
 KEEP_BATCH = 4  # images aligned per lock hold in the background: a preview waits for one such batch at most
+VIDEO_BATCH = 8  # frames of a video export per lock hold, for the same reason
 SELECTION_MODES = ('first', 'random', 'indices')
-EXPORT_NAME = re.compile(r'^propagated-[0-9]{8}-[0-9]{6}-[0-9]{3}\.zip$')
+EXPORT_NAME = re.compile(r'^propagated-[0-9]{8}-[0-9]{6}-[0-9]{3}\.(zip|mp4)$')
 AVERAGES_FOLDER = 'congealed_averages'
 
 
@@ -70,6 +79,13 @@ def _shrink(images, side):
     if images.size(-1) <= side:
         return images
     return F.interpolate(images, size=(side, side), mode='bilinear', align_corners=False, antialias=True)
+
+
+def _export_name(extension):
+    """propagated-YYYYMMDD-HHMMSS-mmm.EXTENSION: a name EXPORT_NAME accepts."""
+    now = time.time()
+    stamp = time.strftime('%Y%m%d-%H%M%S', time.localtime(now)) + f'-{int(now * 1000) % 1000:03d}'
+    return f'propagated-{stamp}.{extension}'
 
 
 def _file_fingerprint(path):
@@ -103,6 +119,10 @@ class StudioEngine:
         self._congeal_cache = {}  # (index, cluster) -> (image, input, mirrored, congealed, warp), oldest first
         self._kept_warps = {}  # (index, cluster) -> (mirrored, warp): never evicted, at most keep_warps
         self._foreground_waiting = 0  # requests waiting for model_lock; background work lets them go first
+        self.video = dataset if isinstance(dataset, IndexedVideoFrames) else None  # a video file's frames
+        # What an mp4 export is made of (a video file, or a dataset given --fps), or None: no mp4 export.
+        self.video_facts = video_facts(dataset, getattr(opt, 'fps', None), opt.real_size)
+        self._video_job = None  # the latest video export's progress record
         if opt.label_path is not None:
             self.set_label(self._read_start_label(opt.label_path))
 
@@ -134,10 +154,21 @@ class StudioEngine:
             'indices': list(opt.dset_indices) if opt.dset_indices is not None else None,
             'has_label': self.label is not None,
             'keep_warps': self.keep_count(),
-            'command': ['python', '-m', 'applications.propagate_to_images', '--ckpt', str(opt.ckpt),
-                        '--real_data_path', str(opt.real_data_path), '--real_size', str(opt.real_size),
-                        '--dataset_mode', str(opt.dataset_mode), '--resolution', str(opt.resolution)],
+            'video': self.video_facts,
+            'command': self.command(),
         }
+
+    def command(self):
+        """The command line that propagates a saved label as the page does (without the label's flags)."""
+        opt = self.opt
+        common = ['--ckpt', str(opt.ckpt), '--real_data_path', str(opt.real_data_path),
+                  '--real_size', str(opt.real_size), '--resolution', str(opt.resolution)]
+        facts = self.video_facts
+        if facts is not None:
+            pad = ['--pad', facts['pad']] if facts['pad'] is not None else ['--dataset_mode', str(opt.dataset_mode)]
+            return ['python', '-m', 'applications.mixed_reality'] + common + pad + ['--fps', f"{facts['export_fps']:g}"]
+        return (['python', '-m', 'applications.propagate_to_images'] + common
+                + ['--dataset_mode', str(opt.dataset_mode)])
 
     def default_cluster(self):
         return int(self.opt.cluster) if self.opt.cluster is not None else 0
@@ -228,14 +259,18 @@ class StudioEngine:
 
     def average_cache_path(self, cluster):
         """Where the average of ``cluster`` is cached: beside an LMDB dataset (a folder no image
-        listing reads), otherwise in the output folder; the name encodes what it depends on."""
+        listing reads), otherwise (image folders, video files) in the output folder; the name
+        encodes what it depends on."""
         opt = self.opt
-        key = json.dumps([_file_fingerprint(opt.ckpt), os.path.realpath(opt.real_data_path), opt.dataset_mode,
-                          opt.real_size, opt.output_resolution, self.average_count(), cluster, opt.padding_mode,
-                          opt.iters, bool(opt.no_flip_inference)])
+        parts = [_file_fingerprint(opt.ckpt), os.path.realpath(opt.real_data_path), opt.dataset_mode,
+                 opt.real_size, opt.output_resolution, self.average_count(), cluster, opt.padding_mode,
+                 opt.iters, bool(opt.no_flip_inference)]
+        if self.video is not None:  # another file under the same name, or other squares, is another template
+            parts += [_file_fingerprint(opt.real_data_path), self.video.pad]
+        key = json.dumps(parts)
         digest = hashlib.sha256(key.encode('utf-8')).hexdigest()[:16]
         folder = os.path.join(opt.out, AVERAGES_FOLDER)
-        if opt.dataset_mode == 'lmdb' and os.access(opt.real_data_path, os.W_OK):
+        if self.video is None and opt.dataset_mode == 'lmdb' and os.access(opt.real_data_path, os.W_OK):
             folder = os.path.join(opt.real_data_path, AVERAGES_FOLDER)
         return os.path.join(folder, f'average-{digest}-cluster{cluster}.png')
 
@@ -557,8 +592,7 @@ class StudioEngine:
         else:
             indices = self.resolve_selection(request.get('selection'), limit=None)
         start = time.perf_counter()
-        stamp = time.strftime('%Y%m%d-%H%M%S') + f'-{int(time.time() * 1000) % 1000:03d}'
-        name = f'propagated-{stamp}.zip'
+        name = _export_name('zip')
         width = max(5, len(str(len(self.dataset) - 1)))
         with self._model():
             label = self._label_tensors(opt)
@@ -576,6 +610,63 @@ class StudioEngine:
             atomic_write(os.path.join(self.opt.out, name), write)
         return {'name': name, 'url': f'/api/download/{name}', 'count': len(indices),
                 'seconds': round(time.perf_counter() - start, 3)}
+
+    def start_video_export(self, request):
+        """Start writing the propagated mp4 of the whole video (a video file, or the dataset's images in
+        order when --fps was given) into the output folder, in the background.
+
+        ``request`` is as for ``preview`` (its selection is not used: every
+        frame is exported). Returns the job's progress record (see
+        ``video_export_status``). Raises RequestError for image data without
+        --fps, a missing label or an export already running.
+        """
+        if self.video_facts is None:
+            raise RequestError('the data is not a video file (and no --fps says its images are frames): '
+                               'export a zip of the images instead')
+        opt = self.request_options(request.get('cluster'), request.get('sigma'), request.get('opacity'),
+                                   request.get('objects'))
+        with self._model():
+            label = self._label_tensors(opt)
+        with self.state_lock:
+            if self._video_job is not None and self._video_job['state'] == 'running':
+                raise RequestError('a video export is already running: wait for it to finish', status=409)
+            job = {'state': 'running', 'done': 0, 'total': len(self.dataset), 'name': _export_name('mp4'),
+                   'url': None, 'error': None, 'seconds': None}
+            self._video_job = job
+        threading.Thread(target=self._export_video, args=(job, opt, label), daemon=True,
+                         name='studio-video-export').start()
+        return self.video_export_status()
+
+    def video_export_status(self):
+        """{'state': 'idle'|'running'|'done'|'failed', 'done', 'total' (frames), 'name', 'url'
+        (when done), 'error' (when failed), 'seconds'}: the latest video export."""
+        with self.state_lock:
+            if self._video_job is None:
+                total = len(self.dataset) if self.video_facts is not None else 0
+                return {'state': 'idle', 'done': 0, 'total': total,
+                        'name': None, 'url': None, 'error': None, 'seconds': None}
+            return dict(self._video_job)
+
+    def _export_video(self, job, opt, label):
+        start = time.perf_counter()
+
+        def progress(done):
+            with self.state_lock:
+                job['done'] = done
+
+        try:
+            count = write_propagated_video(self.t, opt, self.dataset, self.video_facts['export_fps'], label,
+                                           os.path.join(self.opt.out, job['name']), self.device,
+                                           lambda: self._model(background=True), progress=progress,
+                                           batch=min(VIDEO_BATCH, opt.batch or VIDEO_BATCH))
+        except Exception as e:  # reported on the page; the server keeps running
+            with self.state_lock:
+                job.update(state='failed', error=str(e) or type(e).__name__)
+            print(f"edit studio: the video export {job['name']} failed: {e}", flush=True)
+            return
+        with self.state_lock:
+            job.update(state='done', done=count, total=count, url=f"/api/download/{job['name']}",
+                       seconds=round(time.perf_counter() - start, 3))
 
     def export_path(self, name):
         """The path of an export in the output folder, or None: only names this studio writes

@@ -6,6 +6,7 @@ import socket
 from applications import build_dataset, load_stn, propagation_argparse, report_option_problems
 from applications.propagation import option_problems
 from applications.studio import require_studio_dependencies
+from datasets.video import SQUARE_PAD_MODES
 from utils.distributed import choose_device, launched_by_torchrun
 from utils.errors import UserError
 from utils.options import parse_eval_options
@@ -29,6 +30,13 @@ def studio_argparse():
                             'the template computation yields them, a template read from a file is followed by '
                             'aligning them in the background. Memory: about 128 KiB per image for a flow_size '
                             '128 transformer (N = 1000: about 125 MiB); 0 keeps none')
+    group.add_argument('--pad', type=str, default=None, choices=SQUARE_PAD_MODES,
+                       help='how the frames of a video file (--real_data_path) are made square: center crop '
+                            '(default) or padded with border / zero bars; the exported mp4 keeps the frame size')
+    group.add_argument('--fps', type=float, default=None,
+                       help='frames per second of the exported mp4: a video file keeps its own rate unless this '
+                            'is given; with a folder of frames or an LMDB it makes the page offer the mp4 of its '
+                            'images in order')
     # The studio always shows a template: average the first 1000 images unless told otherwise.
     parser.set_defaults(n_mean=1000, out=os.path.join('visuals', 'edit_studio'), num_workers=0)
     return parser
@@ -46,6 +54,8 @@ def studio_problems(opt):
         problems.append(f'--port must be in 0..65535 (got {opt.port})')
     if opt.keep_warps < 0:
         problems.append(f'--keep_warps must be 0 or more (got {opt.keep_warps})')
+    if opt.fps is not None and not opt.fps > 0:
+        problems.append(f'--fps must be positive (got {opt.fps})')
     if opt.output_resolution is not None and opt.output_resolution < 1:
         problems.append(f'--output_resolution must be at least 1 (got {opt.output_resolution})')
     return problems
@@ -74,6 +84,18 @@ def page_url(sock):
     return f'http://{host}:{port}/'
 
 
+def open_studio_data(opt):
+    """The images the studio works on: the frames of a video file (read by number, lazily), or the
+    dataset of --dataset_mode. Raises UserError (e.g. a file that is not a readable video)."""
+    path = opt.real_data_path
+    if path and os.path.isfile(path):
+        from datasets.video import IndexedVideoFrames
+        return IndexedVideoFrames(path, opt.real_size, opt.pad or 'center')
+    if opt.pad is not None:
+        raise UserError(f"--pad applies to a video file; '{path}' is not one (drop --pad)")
+    return build_dataset(opt)
+
+
 def build_engine(argv=None, verbose=True):
     """Parse the options, load the transformer and the dataset -> (options, StudioEngine).
 
@@ -90,7 +112,7 @@ def build_engine(argv=None, verbose=True):
     if opt.average_path is not None and not os.path.isfile(opt.average_path):
         raise UserError(f"average image '{opt.average_path}' does not exist; check --average_path")
     device = choose_device(opt.device)
-    dataset = build_dataset(opt)
+    dataset = open_studio_data(opt)
     t = load_stn(opt, device)
     if opt.cluster is not None and not 0 <= opt.cluster < max(1, opt.num_heads):
         raise UserError(f'--cluster {opt.cluster} does not exist: this model has {opt.num_heads} clusters '

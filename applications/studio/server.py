@@ -9,7 +9,9 @@ Routes (JSON errors are {'error': message} with a 4xx/5xx status, never a traceb
 - POST /api/object             body: an image to place; answers it re-encoded as RGBA PNG
 - POST /api/preview            JSON {selection, sigma, opacity, objects, cluster} -> preview images
 - POST /api/export             the same (+ 'all') -> a zip in the output folder
-- GET  /api/download/NAME      an export made by this server
+- POST /api/export_video       the same -> starts the propagated mp4 of the whole video (video data only)
+- GET  /api/export_video       that export's progress (state, frames done / total, url when done)
+- GET  /api/download/NAME      an export made by this server (zip or mp4)
 """
 import json
 import os
@@ -114,11 +116,19 @@ def build_app(engine):
         body = await read_json(request)
         return JSONResponse(await run_in_threadpool(engine.export, body), headers=NO_STORE)
 
+    async def start_video_export(request):
+        body = await read_json(request)
+        return JSONResponse(await run_in_threadpool(engine.start_video_export, body), headers=NO_STORE)
+
+    async def video_export_status(request):
+        return JSONResponse(engine.video_export_status(), headers=NO_STORE)
+
     async def download(request):
         path = engine.export_path(request.path_params['name'])
         if path is None:
             return _error('no such export', 404)
-        return FileResponse(path, media_type='application/zip', filename=os.path.basename(path))
+        media_type = 'video/mp4' if path.endswith('.mp4') else 'application/zip'
+        return FileResponse(path, media_type=media_type, filename=os.path.basename(path))
 
     async def request_error(request, exc):
         return _error(str(exc), getattr(exc, 'status', 400))
@@ -143,6 +153,8 @@ def build_app(engine):
         Route('/api/object', put_object, methods=['POST']),
         Route('/api/preview', preview, methods=['POST']),
         Route('/api/export', export, methods=['POST']),
+        Route('/api/export_video', start_video_export, methods=['POST']),
+        Route('/api/export_video', video_export_status, methods=['GET']),
         Route('/api/download/{name}', download),
         Mount('/static', app=StaticFiles(directory=STATIC_FOLDER), name='static'),
     ]

@@ -273,7 +273,8 @@ function params() {
 function updateCommand() {
   if (!state.info) return;
   const p = params();
-  const parts = state.info.command.concat(['--label_path', 'label.png', '-s', String(p.sigma), '-o', String(p.opacity)]);
+  const parts = state.info.command.concat(['--label_path', 'label.png', '--sigma', String(p.sigma),
+                                           '--opacity', String(p.opacity)]);
   if (p.objects) parts.push('--objects');
   if (state.info.clusters > 1) parts.push('--cluster', String(state.cluster));
   $('command').textContent = parts.join(' ');
@@ -298,10 +299,12 @@ function figure(item) {
   return fig;
 }
 
+const BUSY_BUTTONS = ['propagate', 'export'];
+
 async function busy(label, work) {
   if (state.busy) return;
   state.busy = true;
-  for (const id of ['propagate', 'export']) $(id).disabled = true;
+  for (const id of BUSY_BUTTONS) $(id).disabled = true;
   setStatus(label);
   try {
     await work();
@@ -310,7 +313,7 @@ async function busy(label, work) {
     showMessage(e.message);
   } finally {
     state.busy = false;
-    for (const id of ['propagate', 'export']) $(id).disabled = false;
+    for (const id of BUSY_BUTTONS) $(id).disabled = false;
     setStatus('Ready');
   }
 }
@@ -341,6 +344,53 @@ $('export').addEventListener('click', () => busy('Exporting...', async () => {
   link.textContent = `download ${result.name} (${result.count} images)`;
   link.hidden = false;
 }));
+
+// The whole video with the edit, written by the server in the background: start it, then
+// show its progress until the mp4 is ready to download. Previews stay usable meanwhile.
+async function followVideoExport(job) {
+  const button = $('export-video');
+  const progress = $('video-progress');
+  button.disabled = true;
+  progress.hidden = false;
+  try {
+    while (job.state === 'running') {
+      progress.textContent = `video: ${job.done} / ${job.total} frames`;
+      await sleep(500);
+      job = await (await request('/api/export_video')).json();
+    }
+    if (job.state !== 'done') {
+      progress.textContent = 'video export failed';
+      showMessage(`The video export failed: ${job.error}`);
+      return;
+    }
+    progress.textContent = `video: ${job.done} frames in ${job.seconds.toFixed(1)} s`;
+    const link = $('download-video');
+    link.href = job.url;
+    link.download = job.name;
+    link.textContent = `download ${job.name} (${job.done} frames)`;
+    link.hidden = false;
+    document.body.dataset.videoExports = String(Number(document.body.dataset.videoExports || 0) + 1);
+  } finally {
+    button.disabled = false;
+  }
+}
+
+$('export-video').addEventListener('click', async () => {
+  if ($('export-video').disabled) return;
+  $('export-video').disabled = true;
+  $('download-video').hidden = true;
+  try {
+    await sendLabel();
+    const job = await (await request('/api/export_video', {method: 'POST',
+      headers: {'Content-Type': 'application/json'}, body: JSON.stringify(params())})).json();
+    showMessage('');
+    await followVideoExport(job);
+  } catch (e) {
+    showMessage(e.message);
+  } finally {
+    $('export-video').disabled = false;
+  }
+});
 
 // ------------------------------------------------------------------ template
 
@@ -415,7 +465,19 @@ async function start() {
       select.value = String(state.cluster);
       $('cluster-tools').hidden = false;
     }
+    if (info.video) {
+      const v = info.video;
+      $('export-video').hidden = false;
+      $('video-facts').hidden = false;
+      const rate = v.fps ? `${v.fps} frames/s` : `frame rate unknown (exported at ${v.export_fps})`;
+      $('video-facts').textContent = `Video: ${v.frames} frames of ${v.width} x ${v.height}, ${rate}; ` +
+        'the image numbers are frame numbers.';
+    }
     updateCommand();
+    if (info.video) {  // an export started before the page was (re)loaded: follow it
+      const job = await (await request('/api/export_video')).json();
+      if (job.state === 'running') followVideoExport(job).catch((e) => showMessage(e.message));
+    }
     await loadTemplate(state.cluster);
     if (info.has_label) {
       const img = await loadImage(await (await request('/api/label')).blob());
