@@ -11,6 +11,7 @@ Modules, one job each:
 - ``factors``: the random factors (``FACTOR_GROUPS``, ``WorldFactors``) and the
   physical parameters they give (``params_from_factors``, ``sample_params``);
 - ``keypoints``: keypoint names, the face's geometry, ``keypoints_from_params``;
+- ``deformation``: the optional smooth per-face deformation (``WorldFactors.deformation``);
 - ``drawing``: ``render(params, size)`` -> images and keypoints;
 - ``dataset``: deterministic datasets (``render_dataset``, ``indexed_params``);
 - ``generator``: ``SyntheticGenerator``, the world as a differentiable generator with

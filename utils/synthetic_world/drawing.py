@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from utils.errors import UserError
+from utils.synthetic_world.deformation import deform
 from utils.synthetic_world.factors import BACKGROUND_FRAME_SCALE, COLOR_NAMES, MAX_DISTRACTORS, slice_params
 from utils.synthetic_world.keypoints import HEAD_CENTRE_Y, face_layout, keypoints_from_params
 
@@ -251,6 +252,8 @@ def render(params, size, edge_softness=0.25):
         px = coords.view(1, 1, size).expand(m, size, size)
         py = coords.view(1, size, 1).expand(m, size, size)
         x, y = _object_coordinates(part, px, py)
+        if bool((part['deformation'] != 0).any()):  # the default world skips it (bit-identical renders)
+            x, y = deform(x, y, part['deformation'])
         image = _draw_background(part, size, x, y)
         images.append(_draw_face(image, part, size, x, y, edge_softness).clamp(-1, 1))
     if not images:

@@ -35,6 +35,12 @@ coordinate of entry 2, a coarse entry: a congealing target takes its mode from
 the target latent, and the mode's coordinate is W's widest (``MODE_SPREAD``),
 so clustering can find the modes.
 
+With the world's smooth deformation switched on (``WorldFactors.deformation``
+> 0), its DEFORMATION_FACTORS coefficients are shape factors too: they read
+coordinates NUM_FACTORS .. NUM_FACTORS + 7 of entries 2 and 3 (half each),
+so such a generator needs style_dim >= NUM_FACTORS + DEFORMATION_FACTORS, and
+a congealing target (coarse entries from the mean) is undeformed.
+
 Mirroring is read from a fine entry: the face's geometry is symmetric, so a
 mirrored face keeps its labelled keypoints and differs from its twin only in
 which eye carries the marking (and in mirrored textures), an appearance
@@ -59,6 +65,7 @@ from torch import nn
 
 from utils import synthetic_world as world
 from utils.errors import UserError
+from utils.synthetic_world.deformation import DEFORMATION_FACTORS
 
 N_LATENT = 8
 COARSE_LAYERS = 4  # W+ entries [0, COARSE_LAYERS) set pose and shape: the natural --inject
@@ -66,6 +73,7 @@ MAPPING_SEED = 20220601
 MODE_SPREAD = 3.0  # W spread of the mode's coordinate in a world of several modes
 NOISE_SHARE = 0.02  # variance share of the noise inputs in the fur and background patterns
 _PATTERN_LAYERS = (6, 7)  # W+ entries setting the fur and the background patterns
+_DEFORMATION_LAYERS = (2, 3)  # W+ entries holding the deformation coefficients (shape entries)
 
 # W+ entry of each factor group; a tuple spreads the group evenly over those entries.
 _LAYER_OF_GROUP = {
@@ -142,11 +150,16 @@ class SyntheticGenerator(nn.Module):
             raise UserError(f'the synthetic generator needs style_dim >= {world.NUM_FACTORS}, got {style_dim}')
         if int(size) != size or size < 8:
             raise UserError(f'the synthetic generator needs an image size >= 8, got {size}')
+        factors = (factors or world.WorldFactors()).validate()
+        if factors.deformation > 0 and style_dim < world.NUM_FACTORS + DEFORMATION_FACTORS:
+            raise UserError(f'the synthetic world\'s deformation is read from latent coordinates '
+                            f'{world.NUM_FACTORS}..{world.NUM_FACTORS + DEFORMATION_FACTORS - 1}: it needs '
+                            f'--dim_latent >= {world.NUM_FACTORS + DEFORMATION_FACTORS}, got {style_dim}')
         self.size = int(size)
         self.style_dim = style_dim
         self.n_latent = N_LATENT
         self.coarse_layers = COARSE_LAYERS
-        self.factors = (factors or world.WorldFactors()).validate()
+        self.factors = factors
         self.edge_softness = edge_softness
         self.style = FixedMapping(style_dim, modes=self.factors.modes)
         self.register_buffer('factor_layer', _factor_layers(), persistent=False)
@@ -230,7 +243,13 @@ class SyntheticGenerator(nn.Module):
         index = torch.arange(world.NUM_FACTORS, device=latent.device)
         uniform = 0.5 * (1 + torch.erf(coords[:, self.factor_layer, index] / math.sqrt(2)))
         fur, background = self._patterns(coords, self._noise(latent.shape[0], noise, randomize_noise))
-        return world.params_from_factors(uniform, fur, background, self.factors)
+        deformation = None
+        if self.factors.deformation > 0:
+            entries = torch.tensor(_DEFORMATION_LAYERS, device=latent.device).repeat_interleave(
+                DEFORMATION_FACTORS // len(_DEFORMATION_LAYERS))
+            index = torch.arange(world.NUM_FACTORS, world.NUM_FACTORS + DEFORMATION_FACTORS, device=latent.device)
+            deformation = 0.5 * (1 + torch.erf(coords[:, entries, index] / math.sqrt(2)))
+        return world.params_from_factors(uniform, fur, background, self.factors, deformation)
 
     def forward(self, styles, return_latents=False, inject_index=None, truncation=1, truncation_latent=None,
                 input_is_latent=False, noise=None, randomize_noise=True, return_keypoints=False):

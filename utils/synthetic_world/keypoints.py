@@ -9,6 +9,7 @@ exactly as a horizontally flipped image would.
 """
 import torch
 
+from utils.synthetic_world.deformation import undeform
 from utils.synthetic_world.factors import canonical_params
 
 KEYPOINT_NAMES = (
@@ -144,6 +145,8 @@ def keypoints_from_params(params, size):
         both coordinates), else 0.
     """
     q = object_keypoints(params['shape'], params.get('mode'))
+    if bool((params['deformation'] != 0).any()):
+        q = undeform(q, params['deformation'])  # where the deformed face shows each point
     mirror = params['mirror']
     mirrored = torch.stack([-q[..., 0], q[..., 1]], dim=-1)[:, MIRROR_PERMUTATION.to(q.device)]
     q = torch.where(mirror[:, None, None] > 0.5, mirrored, q)
