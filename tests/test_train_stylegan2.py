@@ -240,6 +240,8 @@ def test_export_keeps_g_ema_in_half_precision(finished_run, tmp_path, capsys):
     exported, full = load_checkpoint(str(out)), load_checkpoint(source)
     assert set(exported) == {'g_ema', 'args', 'iteration'} and exported['iteration'] == 4
     assert exported['g_ema']['style.1.weight'].dtype == torch.float16
+    assert exported['args'].real_data_path is None and exported['args'].results is None
+    assert exported['args'].size == 16
     g = Generator(16, 16, 2, channel_max=8)
     load_generator_weights(g, exported, str(out))  # what train.py --ckpt does
     torch.testing.assert_close(g.state_dict()['style.1.weight'], full['g_ema']['style.1.weight'],
@@ -265,6 +267,7 @@ def test_shipped_synthetic_world_generator_loads_and_generates():
     ckpt = load_checkpoint(SHIPPED)
     args = ckpt['args']
     assert (args.size, args.latent, args.n_mlp, args.channel_max) == (32, 128, 4, 32)
+    assert args.real_data_path is None and args.results is None  # no paths of the training machine
     g = Generator(args.size, args.latent, args.n_mlp, channel_multiplier=args.channel_multiplier,
                   channel_max=args.channel_max)
     g.load_state_dict(ckpt['g_ema'])

@@ -7,6 +7,7 @@ the effective step matches regularising every iteration. g_ema follows the
 generator with decay 0.5 ** (32 / 10000) per iteration (a half-life of 10k
 images at batch 32).
 """
+import argparse
 import copy
 import os
 
@@ -26,6 +27,8 @@ from utils.distributed import all_gather_tensor, get_rank
 from utils.errors import DatasetError, UserError, WeightsMismatchError
 
 G_EMA_DECAY = 0.5 ** (32 / (10 * 1000))
+# Options naming places on the training machine, cleared in an exported generator.
+EXPORT_DROPPED = ('real_data_path', 'results', 'ckpt')
 # Keys of rosinality's checkpoints; ours add the rest of the training state.
 ROSINALITY_KEYS = ('g', 'd', 'g_ema', 'g_optim', 'd_optim', 'args')
 
@@ -302,9 +305,11 @@ def load_training_checkpoint(ckpt, path, nets, state):
 
 def generator_export(ckpt, half=True):
     """The shippable part of a training checkpoint: ``g_ema`` (float16 with ``half``), ``args``
-    (the architecture, for rebuilding) and ``iteration``. Loads wherever a StyleGAN2 ``--ckpt`` does."""
+    (the architecture, for rebuilding; paths of the training machine cleared) and ``iteration``. Loads wherever a StyleGAN2 ``--ckpt`` does."""
     if 'g_ema' not in ckpt or 'args' not in ckpt:
         raise UserError('the checkpoint has no g_ema and args to export; pass a train_stylegan2.py checkpoint')
     dtype = torch.float16 if half else torch.float32
     state = {name: value.to(dtype) if value.is_floating_point() else value for name, value in ckpt['g_ema'].items()}
-    return {'g_ema': state, 'args': ckpt['args'], 'iteration': ckpt.get('iteration')}
+    # Where the run lived on its machine means nothing to the file's users.
+    args = argparse.Namespace(**{k: (None if k in EXPORT_DROPPED else v) for k, v in vars(ckpt['args']).items()})
+    return {'g_ema': state, 'args': args, 'iteration': ckpt.get('iteration')}
