@@ -309,9 +309,12 @@ def prepare_synthetic(out, sizes, num_images, seed, image_format, factors=None, 
     (0, 1), (2, 3), ... of which neither is an outlier. ``factors``: the
     world's variation (None: defaults). ``outlier_fraction``: that fraction of
     the images are outliers (utils.synthetic_world.outliers), labelled in outliers.pt.
+    A world of several modes (``factors.modes`` > 1) records each image's true
+    mode in modes.pt (utils.synthetic_world.dataset.MODES_FILE).
     """
     from utils.synthetic_world.outliers import OUTLIERS_FILE, outlier_labels, render_outliers
     from utils.synthetic_world import MIRROR_PERMUTATION, render_dataset
+    from utils.synthetic_world.dataset import MODES_FILE, dataset_modes
     if num_images < 2:
         raise UserError('--synthetic needs at least 2 images (--max_images)')
     labels = outlier_labels(num_images, outlier_fraction, seed)
@@ -332,6 +335,8 @@ def prepare_synthetic(out, sizes, num_images, seed, image_format, factors=None, 
         pairs = pairs[(labels[pairs] == 0).all(dim=1)]
         if outliers.numel():
             save_checkpoint(labels, os.path.join(out, OUTLIERS_FILE))
+        if factors is not None and factors.modes > 1:
+            save_checkpoint(dataset_modes(num_images, seed, factors), os.path.join(out, MODES_FILE))
         write_pck_files(out, keypoints, pairs, torch.as_tensor(MIRROR_PERMUTATION, dtype=torch.long),
                         keypoint_size=largest)
         writer.finish(num_images)
@@ -459,6 +464,8 @@ def main(argv=None):
         raise UserError('--outlier_fraction applies to --synthetic only (the outliers of real data are unknown)')
     if not 0 <= args.outlier_fraction < 1:
         raise UserError(f'--outlier_fraction must be in [0, 1), got {args.outlier_fraction}')
+    if args.synthetic_modes != 1 and not (args.synthetic or args.synthetic_video is not None):
+        raise UserError('--synthetic_modes applies to --synthetic and --synthetic_video only')
     pad = _pad_for(args)
     sizes = parse_sizes(args.size, pad or 'center')
     if args.synthetic_video is not None:

@@ -43,6 +43,7 @@ from utils.distributed import (all_gather_tensor, cleanup, get_rank, get_world_s
                                reduce_loss_dict, seed_everything, setup_distributed)
 from utils.errors import UserError, exit_on_user_error
 from utils.options import parse_training_options
+from utils.options.resume import NOT_RESUMED
 from utils.pretrained import resolve_checkpoint
 from utils.schedules import DecayingCosineAnnealingWarmRestarts, zero_lr_iterations
 from training.building import build_models as build_training_models
@@ -51,7 +52,8 @@ from training.writer import ExperimentWriter
 
 # Options describing the trained model; unless given on the command line they
 # take the values recorded in the checkpoint.
-MODEL_OPTIONS = ('gen_size', 'dim_latent', 'n_mlp', 'gen_channel_multiplier', 'num_fp16_res', 'transform',
+MODEL_OPTIONS = ('gen_size', 'dim_latent', 'n_mlp', 'gen_channel_multiplier', 'gen_channel_max', 'num_fp16_res',
+                 'transform',
                  'flow_size', 'stn_channel_multiplier', 'stn_max_channels', 'num_heads', 'ndirs', 'inject',
                  'flips', 'loss_fn', 'real_size', 'sample_from_full_res', 'padding_mode', 'laplacian_levels',
                  'perceptual_weights', 'dataset_mode')
@@ -85,14 +87,23 @@ def parse_options(argv):
     if saved.get('generator') and not any(a == '--generator' or a.startswith('--generator=') for a in argv):
         argv = ['--generator', str(saved['generator'])] + argv
 
-    def adjust(parser):
-        parser.add_argument('--cls_lr', type=float, default=0.001, help='base learning rate of the cluster classifier')
-        dests = {action.dest for action in parser._actions}
-        recorded = {key: value for key, value in saved.items()
-                    if key in dests and (key in MODEL_OPTIONS or key.startswith('synthetic_'))}
-        parser.set_defaults(**recorded)
+    resuming = isinstance(ckpt, dict) and 'classifier' in ckpt
 
-    opt = parse_training_options(argv, adjust_parser=adjust)
+    def recorded(_found, _path):
+        # A classifier checkpoint continues its own run: all of its options
+        # come back. A train.py checkpoint only describes the model: its
+        # schedule, iteration count and seed were the transformer's and say
+        # nothing about the classifier's training.
+        if resuming:
+            return {key: value for key, value in saved.items() if key not in NOT_RESUMED}
+        return {key: value for key, value in saved.items()
+                if key in MODEL_OPTIONS or key.startswith('synthetic_')}
+
+    def adjust(parser):
+        parser.add_argument('--cls_lr', type=float, default=saved.get('cls_lr', 0.001) if resuming else 0.001,
+                            help='base learning rate of the cluster classifier')
+
+    opt = parse_training_options(argv, adjust_parser=adjust, saved_options=recorded)
     if not opt.cls_lr > 0:
         raise UserError(f'--cls_lr must be positive, got {opt.cls_lr}')
     if opt.num_heads * (1 + int(opt.flips)) < 2:

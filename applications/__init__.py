@@ -42,11 +42,13 @@ def add_propagation_options(parser):
                        help="propagate the label's RGB colours (an RGBA edit) instead of colouring "
                             'the mask with a colour map')
     group.add_argument('--cluster', type=int, default=None,
-                       help='cluster (head) to use with a clustering model (required when it has '
-                            'several heads)')
+                       help="cluster of a clustering model: with the checkpoint's cluster classifier only the "
+                            'images it assigns to this cluster are used (without --cluster it picks each '
+                            "image's head); without a classifier --cluster is required and every image goes "
+                            'to this head')
     group.add_argument('--n_mean', type=int, default=-1,
                        help='number of images averaged into the average congealed image '
-                            '(average.png); -1: no average image')
+                            '(average.png; of the --cluster images with a classifier); -1: no average image')
     group.add_argument('--average_path', type=str, default=None,
                        help='an average congealed image to draw the label on '
                             '(average_annotated_grid.png); set automatically by --n_mean')
@@ -57,7 +59,8 @@ def add_propagation_options(parser):
                        help='dataset indices of the images to process (default: every image)')
     group.add_argument('--label_path', type=str, default=None,
                        help='label in congealed space: an RGBA image (pixels with alpha > 0 are the '
-                            'label) or a black-and-white mask (white is the label)')
+                            "label) or a black-and-white mask (white is the label); a path naming 'cluster0' "
+                            "reads --cluster K's own file ('cluster0' -> 'clusterK')")
     group.add_argument('--save_individual_images', action='store_true',
                        help='also save every output image as its own PNG (default: grids only)')
     add_blend_option(group)
@@ -113,8 +116,9 @@ def add_mixed_reality_options(parser):
 
     group = parser.add_argument_group('mixed reality')
     group.add_argument('--cluster', type=int, nargs='+', default=None,
-                       help='cluster(s) of a clustering model whose label is propagated (required for '
-                            'such models; several at once, e.g. --cluster 0 2)')
+                       help='cluster(s) of a clustering model whose label is propagated onto every frame '
+                            "(several at once, e.g. --cluster 0 2); without it the checkpoint's cluster "
+                            "classifier picks each frame's cluster (required when there is none)")
     add_video_label_options(group, resolution=128, label_required=True)
     group.add_argument('--average_path', type=str, default=None,
                        help="average congealed image to draw the label on (labeled_averages.png); a path "
@@ -136,7 +140,9 @@ def add_vis_correspondence_options(parser):
     """Flags of ``applications.vis_correspondence`` (the original script's names and defaults)."""
     group = parser.add_argument_group('correspondence videos')
     group.add_argument('--cluster', type=int, default=None,
-                       help='cluster (head) to show with a clustering model (required for such models)')
+                       help="cluster to show with a clustering model (required for such models); with the "
+                            "checkpoint's cluster classifier only the images it assigns to this cluster are "
+                            'shown (--dset_indices count them), mirrored as it says')
     group.add_argument('--length', type=int, default=240,
                        help='frames of each congealing (and propagation) animation; more is smoother')
     group.add_argument('--flip_length', type=int, default=40,
@@ -458,6 +464,66 @@ def check_cluster(opt, classifier=None):
         raise UserError(f'this model has {heads} clusters and its checkpoint no cluster classifier: choose '
                         f'a cluster with --cluster (0 to {heads - 1}), or train a classifier with '
                         f'train_cluster_classifier.py')
+
+
+@torch.no_grad()
+def classifier_clusters(opt, dataset, classifier, device):
+    """The cluster the classifier assigns each image of ``dataset`` to ((N,) long CPU tensor, dataset order).
+
+    Mirrors count as their cluster (class modulo the number of clusters), as
+    the original divides real images into clusters. Every process classifies
+    its share; the result is gathered (collective).
+    """
+    from torch.utils.data import DataLoader, Subset
+
+    mine = rank_share(list(range(len(dataset))))
+    loader = DataLoader(Subset(dataset, mine), batch_size=opt.batch, shuffle=False,
+                        num_workers=getattr(opt, 'num_workers', 0), drop_last=False)
+    local = [classifier.assign(images.to(device)) % classifier.num_clusters for images in loader]
+    local = torch.cat(local) if local else torch.zeros(0, dtype=torch.long, device=device)
+    positions = all_gather_tensor(torch.tensor(mine, dtype=torch.long, device=device)).cpu()
+    gathered = all_gather_tensor(local).cpu()
+    clusters = torch.empty(len(dataset), dtype=torch.long)
+    clusters[positions] = gathered
+    return clusters
+
+
+def select_cluster(opt, dataset, classifier, device, kept=None):
+    """The images of ``--cluster K`` when the checkpoint has a cluster classifier.
+
+    With a classifier and ``--cluster K`` on a clustering model, only the
+    images the classifier assigns to cluster K are kept (each is then aligned
+    by head K, mirrored as the classifier says), as the original selects a
+    cluster's real images; dataset indices (e.g. ``--dset_indices``) then
+    count the kept images. Without a classifier every image is forced onto
+    head K, and a note says so.
+
+    Args:
+        dataset: the images (possibly already filtered); ``kept`` (M,) long:
+            their indices in the input dataset (default: 0 .. M-1).
+    Returns:
+        (dataset or a Subset of it, kept (M',) long indices into the input dataset).
+    Raises:
+        UserError: no image belongs to cluster K.
+    """
+    from torch.utils.data import Subset
+
+    kept = torch.arange(len(dataset)) if kept is None else kept
+    cluster = getattr(opt, 'cluster', None)
+    if opt.num_heads == 1 or cluster is None:
+        return dataset, kept
+    if classifier is None:
+        if is_main_process():
+            print(f'note: the checkpoint has no cluster classifier, so every image is aligned by head {cluster} '
+                  f'(train one with train_cluster_classifier.py to keep only the images of cluster {cluster})')
+        return dataset, kept
+    chosen = torch.nonzero(classifier_clusters(opt, dataset, classifier, device) == cluster).reshape(-1)
+    if chosen.numel() == 0:
+        raise UserError(f'the cluster classifier assigns none of the {len(dataset)} images to cluster {cluster}; '
+                        f'choose another --cluster (0 to {opt.num_heads - 1})')
+    if is_main_process():
+        print(f'the cluster classifier assigns {chosen.numel()} of {len(dataset)} images to cluster {cluster}')
+    return Subset(dataset, chosen.tolist()), kept[chosen]
 
 
 @torch.no_grad()

@@ -5,7 +5,9 @@
         --flow_scores data/lsun_cats/flow_scores.pt --fraction_retained 0.9
     torchrun --nproc_per_node=8 -m applications.congeal_dataset ...
 
-Every image (of those --flow_scores/--fraction_retained keep) is mirrored as
+Every image (of those --flow_scores/--fraction_retained keep and, for a
+clustering model with a cluster classifier and --cluster K, of those the
+classifier assigns to cluster K) is mirrored as
 the flip decision says and warped by the similarity stages of the transformer
 alone (rotation, zoom and shift: no flow, so no warping artefacts), sampling
 the image at its stored resolution. An image is left out when its warp
@@ -32,7 +34,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from applications import (add_flow_score_options, base_eval_argparse, build_dataset, check_cluster, decide_heads,
-                          filter_by_flow_scores, flow_score_problems, load_stn, report_option_problems,
+                          filter_by_flow_scores, flow_score_problems, load_stn, report_option_problems, select_cluster,
                           stn_kwargs)
 from datasets.lmdb_dataset import LMDBWriter, is_lmdb_folder
 from models.gangealing import resize_for_stn
@@ -57,8 +59,9 @@ def build_parser():
                         help='leave out images whose warp reads beyond the image for more than this fraction of '
                              'the output pixels (along x or y)')
     parser.add_argument('--cluster', type=int, default=None,
-                        help='clustering models: congeal every image with this head (without it, the '
-                             "checkpoint's cluster classifier picks each image's head)")
+                        help="clustering models: with the checkpoint's cluster classifier, congeal only the "
+                             'images it assigns to this cluster (without --cluster, every image with the head '
+                             'the classifier picks); without a classifier, every image with this head')
     # The original's defaults: --out is required, outputs are 256 x 256.
     parser.set_defaults(out=None, output_resolution=256)
     return parser
@@ -249,6 +252,7 @@ def main(argv=None):
         dataset, kept = filter_by_flow_scores(opt, dataset)
         t, classifier = load_stn(opt, device, with_classifier=True)
         check_cluster(opt, classifier)
+        dataset, kept = select_cluster(opt, dataset, classifier, device, kept)
         writer = None
         if is_main_process():
             parent = os.path.dirname(os.path.abspath(opt.out))

@@ -30,7 +30,9 @@ def build_parser():
     parser.add_argument('--recompute', action='store_true',
                         help='compute the scores even if the dataset folder already holds flow_scores.pt')
     parser.add_argument('--cluster', type=int, default=None,
-                        help='clustering models without a classifier: score every image with this head')
+                        help='clustering models: score every image with this head (required without a '
+                             "cluster classifier; with one, it decides the mirrors, and without --cluster "
+                             "each image's head too)")
     return parser
 
 

@@ -23,7 +23,16 @@ Outputs, in --out/video_<input name>[_<clusters>]/:
   (P, 2): the label pixels at --resolution; 'colours' (P, 3) in [-1, 1];
   'alpha' (P, 1); 'cluster' long (P,): the cluster each point belongs to
   (-1 for a unimodal model); 'mirrored' bool (T, K): whether frame t was
-  mirrored for the k-th chosen cluster; 'real_size', 'resolution'.
+  mirrored for the k-th chosen cluster; 'real_size', 'resolution'; when the
+  classifier picks each frame's cluster, 'active_cluster' long (T,), and the
+  points of the other clusters' labels are NaN in that frame.
+
+Clustering models: --cluster K [L ...] propagates those clusters' labels onto
+every frame (the checkpoint's cluster classifier, when it has one, decides
+each frame's mirror for each cluster). Without --cluster, a checkpoint with a
+classifier lets it pick each frame's cluster and mirror, and that cluster's
+label is propagated (every cluster's label is read: a --label_path naming
+'cluster0' gives each its own file).
 Videos are H.264 mp4 at --fps, written under a temporary name and renamed
 when complete; nothing that looks finished is left behind by a failed run.
 """
@@ -58,16 +67,20 @@ def option_problems(opt):
     return problems
 
 
-def chosen_clusters(opt):
-    """[None] for a unimodal model, else the validated --cluster list."""
+def chosen_clusters(opt, classifier=None):
+    """[None] for a unimodal model, else the validated --cluster list (every
+    cluster when a clustering model's classifier picks each frame's)."""
     if opt.num_heads <= 1:
         if opt.cluster not in (None, [0]):
             raise UserError(f'--cluster {" ".join(map(str, opt.cluster))}: this model has a single cluster '
                             f'(drop --cluster)')
         return [None]
     if not opt.cluster:
-        raise UserError(f'this model has {opt.num_heads} clusters: choose one or more with --cluster '
-                        f'(0 to {opt.num_heads - 1})')
+        if classifier is not None:
+            return list(range(opt.num_heads))
+        raise UserError(f'this model has {opt.num_heads} clusters and its checkpoint no cluster classifier: '
+                        f'choose one or more with --cluster (0 to {opt.num_heads - 1}), or train a classifier '
+                        f'with train_cluster_classifier.py')
     bad = [c for c in opt.cluster if not 0 <= c < opt.num_heads]
     if bad:
         raise UserError(f'--cluster {bad[0]} is out of range: this model has {opt.num_heads} clusters '
@@ -76,7 +89,8 @@ def chosen_clusters(opt):
 
 
 def output_folder(opt, name, clusters):
-    suffix = '' if clusters == [None] else '_' + ''.join(str(c) for c in clusters)
+    # Named by the chosen clusters; no suffix when the classifier picks each frame's.
+    suffix = '_' + ''.join(str(c) for c in clusters) if clusters != [None] and opt.cluster else ''
     return os.path.join(opt.out, f'video_{name}{suffix}')
 
 
@@ -99,7 +113,7 @@ def save_labeled_averages(opt, clusters, labels, folder, device):
     save_grid(drawn, os.path.join(folder, 'labeled_averages.png'), nrow=max(1, int(len(drawn) ** 0.5)))
 
 
-def save_correspondences(path, opt, clusters, labels, points, mirrored):
+def save_correspondences(path, opt, clusters, labels, points, mirrored, active=None):
     record = {
         'points': torch.cat(points).cpu(), 'mirrored': torch.cat(mirrored).cpu(),
         'template_points': torch.cat([label.points for label in labels]).cpu(),
@@ -109,15 +123,17 @@ def save_correspondences(path, opt, clusters, labels, points, mirrored):
                               for c, label in zip(clusters, labels)]),
         'real_size': int(opt.real_size), 'resolution': int(opt.resolution),
     }
+    if active:
+        record['active_cluster'] = torch.cat(active).cpu()
     atomic_write(path, lambda f: torch.save(record, f))
 
 
 @torch.no_grad()
-def run(t, opt, source, clusters, labels, folder, device):
+def run(t, opt, source, clusters, labels, folder, device, classifier=None):
     """Stream the frames through the transformer and write the outputs. Returns the frame count."""
     main = is_main_process()
     steps = shared_batches(source, opt.batch)
-    correspondences, mirrored = [], []
+    correspondences, mirrored, active = [], [], []
     count, started = 0, time.perf_counter()
     bar = tqdm(total=source.frame_count, unit='frame', desc='frames', file=sys.stderr, disable=not main)
     with contextlib.ExitStack() as stack:
@@ -128,9 +144,9 @@ def run(t, opt, source, clusters, labels, folder, device):
         while True:
             item = next(steps)
             if item is None:
-                outputs = empty_outputs(opt, clusters, labels, device)
+                outputs = empty_outputs(opt, clusters, labels, device, classifier)
             else:
-                outputs = propagate_frames(t, opt, item[1].to(device), clusters, labels)
+                outputs = propagate_frames(t, opt, item[1].to(device), clusters, labels, classifier=classifier)
             outputs, total = gather_step(outputs)
             if total == 0:
                 break
@@ -145,12 +161,14 @@ def run(t, opt, source, clusters, labels, folder, device):
                 if opt.save_correspondences:
                     correspondences.append(outputs['points'].cpu())
                     mirrored.append(outputs['mirrored'].cpu())
+                    if 'active' in outputs:
+                        active.append(outputs['active'].cpu())
             count += total
             bar.update(total)
     bar.close()
     if main and opt.save_correspondences:
         save_correspondences(os.path.join(folder, 'dense_correspondences.pt'), opt, clusters, labels,
-                             correspondences, mirrored)
+                             correspondences, mirrored, active)
     seconds = time.perf_counter() - started
     if main:
         print(f'{count} frames in {seconds:.1f} s ({count / max(seconds, 1e-9):.2f} frames/s); outputs in {folder}')
@@ -165,15 +183,17 @@ def main(argv=None):
     device, _, _ = setup_distributed(opt.device)
     try:
         source = open_frames(opt)
-        t = load_stn(opt, device)
-        clusters = chosen_clusters(opt)
+        t, classifier = load_stn(opt, device, with_classifier=True)
+        if opt.num_heads == 1:
+            classifier = None  # a one-head model's mirrors are decided by flow smoothness, as the original
+        clusters = chosen_clusters(opt, classifier)
         labels = load_labels(opt, clusters, device)
         folder = output_folder(opt, source.name, clusters)
         if is_main_process():
             check_writable_folder(folder)
             if opt.average_path is not None:
                 save_labeled_averages(opt, clusters, labels, folder, device)
-        run(t, opt, source, clusters, labels, folder, device)
+        run(t, opt, source, clusters, labels, folder, device, classifier)
     finally:
         cleanup()
 

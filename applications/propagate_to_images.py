@@ -21,6 +21,14 @@ the image, and splatted there with a Gaussian (--sigma) blended at --opacity
 (--blend_alg: alpha or Laplacian blending). Without --objects the label is
 coloured along a colour scale (turbo; a clustering model's --cluster picks
 that cluster's scale).
+
+Clustering models: with the checkpoint's cluster classifier, --cluster K
+keeps only the images the classifier assigns to cluster K (mirrored as it
+says), so the average is cluster K's and --dset_indices count its images;
+without --cluster the classifier picks each image's head. Without a
+classifier --cluster K aligns every image with head K. A --label_path or
+--average_path naming 'cluster0' (e.g. cat_cluster0.png) reads cluster K's
+file (cat_clusterK.png).
 Every file is written to a temporary name and renamed when complete.
 """
 import os
@@ -31,8 +39,9 @@ from PIL import Image
 from torch.utils.data import DataLoader, Subset
 
 from applications import (build_dataset, check_cluster, filter_by_flow_scores, flow_score_problems, load_stn,
-                          propagation_argparse, report_option_problems, save_grid, save_png)
-from applications.propagation import Label, align, load_label, option_problems, propagate_aligned, splat_label
+                          propagation_argparse, report_option_problems, save_grid, save_png, select_cluster)
+from applications.propagation import (Label, align, cluster_label_path, load_label, option_problems,
+                                      propagate_aligned, splat_label)
 from models.gangealing import CongealedMean
 from utils.colour_scales import scale_for_cluster
 from utils.distributed import all_gather_tensor, cleanup, is_main_process, rank_share, setup_distributed
@@ -154,10 +163,15 @@ def main(argv=None):
         dataset, _ = filter_by_flow_scores(opt, build_dataset(opt))
         t, classifier = load_stn(opt, device, with_classifier=True)
         check_cluster(opt, classifier)
+        dataset, _ = select_cluster(opt, dataset, classifier, device)
+        cluster = opt.cluster if opt.num_heads > 1 else None
+        if cluster is not None and opt.average_path is not None:
+            opt.average_path = cluster_label_path(opt.average_path, cluster)
         label = None
         if opt.label_path is not None:
-            scale = scale_for_cluster(opt.cluster if opt.num_heads > 1 else None)
-            label = Label(*load_label(opt.label_path, opt.resolution, opt.objects, device, scale), opt.resolution)
+            path = opt.label_path if cluster is None else cluster_label_path(opt.label_path, cluster)
+            label = Label(*load_label(path, opt.resolution, opt.objects, device, scale_for_cluster(cluster)),
+                          opt.resolution)
         os.makedirs(opt.out, exist_ok=True)
         if opt.n_mean > 0:
             _, opt.average_path = average_congealed(t, opt, dataset, device, classifier)

@@ -37,8 +37,13 @@ def scaled_splat_options(opt, scale):
     return argparse.Namespace(**dict(vars(opt), sigma=opt.sigma * scale))
 
 
+def picks_clusters(opt, classifier):
+    """Whether the cluster classifier picks each frame's cluster (a classifier and no --cluster)."""
+    return classifier is not None and not getattr(opt, 'cluster', None)
+
+
 @torch.no_grad()
-def propagate_frames(t, opt, images, clusters, labels, canvas=None):
+def propagate_frames(t, opt, images, clusters, labels, canvas=None, classifier=None):
     """Propagate every chosen cluster's label onto a batch of frames.
 
     Args:
@@ -47,17 +52,24 @@ def propagate_frames(t, opt, images, clusters, labels, canvas=None):
         canvas: optional (N, 3, C, C) in [-1, 1], the same square frames at
             another size C; the labels are splatted onto it instead (sigma
             scaled by C / S).
+        classifier: a clustering model's cluster classifier: it decides each
+            frame's mirror for every chosen cluster (as the original) and,
+            without --cluster, each frame's cluster too (``labels`` then holds
+            every cluster's; see ``propagate_frames_by_classifier``).
     Returns:
         a dict: 'propagated' uint8 (N, S, S, 3) (or (N, C, C, 3)), 'congealed'
         uint8 (N, H', W', 3) (one tile per cluster), 'points' (N, P, 2) pixels
-        of the propagated picture, 'mirrored' (N, K) bool.
+        of the propagated picture, 'mirrored' (N, K) bool (and 'active' (N,)
+        long when the classifier picks the clusters).
     """
+    if picks_clusters(opt, classifier):
+        return propagate_frames_by_classifier(t, opt, images, labels, classifier, canvas)
     n = images.size(0)
     resolution = opt.output_resolution
     target = images if canvas is None else canvas
     points, congealed, mirrored = [], [], []
     for cluster, label in zip(clusters, labels):
-        alignment = align(t, opt, images, cluster=cluster, output_resolution=resolution)
+        alignment = align(t, opt, images, cluster=cluster, output_resolution=resolution, classifier=classifier)
         flips, aligned = alignment.mirrored, alignment.congealed
         found = points_through_warp(t, alignment.warp, flips, label.template_points(), target.size(-1),
                                     output_resolution=resolution)
@@ -76,12 +88,50 @@ def propagate_frames(t, opt, images, clusters, labels, canvas=None):
             'points': points.float(), 'mirrored': torch.stack(mirrored, 1)}
 
 
-def empty_outputs(opt, clusters, labels, device):
+@torch.no_grad()
+def propagate_frames_by_classifier(t, opt, images, labels, classifier, canvas=None):
+    """Each frame aligned by the cluster (and mirror) the classifier picks; that cluster's label propagated.
+
+    ``labels`` holds every cluster's label. Points of the other clusters' labels
+    are NaN in 'points' (they are not propagated onto that frame); 'mirrored'
+    is (N, 1) and 'active' (N,) the picked cluster. Other arguments and
+    outputs as ``propagate_frames``.
+    """
+    resolution = opt.output_resolution
+    target = images if canvas is None else canvas
+    splat_opt = scaled_splat_options(opt, target.size(-1) / images.size(-1))
+    alignment = align(t, opt, images, output_resolution=resolution, classifier=classifier)
+    active = alignment.policy
+    propagated, congealed = target.clone(), alignment.congealed.clone()
+    points = []
+    for cluster, label in enumerate(labels):
+        found = points_through_warp(t, alignment.warp, alignment.mirrored, label.template_points(), target.size(-1),
+                                    output_resolution=resolution)
+        here = active == cluster
+        found = torch.where(here[:, None, None], found, torch.full_like(found, float('nan')))
+        if here.any():
+            propagated[here] = splat_label(target[here], found[here], label.colours, label.alpha, splat_opt,
+                                           opt.blend_alg)
+            if getattr(opt, 'overlay_congealed', False):
+                template = label.pixels_at(resolution).unsqueeze(0).expand(int(here.sum()), -1, -1)
+                congealed[here] = splat_label(congealed[here], template, label.colours, label.alpha, opt,
+                                              opt.blend_alg)
+        points.append(found)
+    return {'propagated': frames_uint8(propagated), 'congealed': frames_uint8(congealed),
+            'points': torch.cat(points, dim=1).float(), 'mirrored': alignment.mirrored.reshape(-1, 1),
+            'active': active}
+
+
+def empty_outputs(opt, clusters, labels, device, classifier=None):
     """What ``propagate_frames`` returns for zero frames (the right shapes), at --real_size."""
     size, resolution = opt.real_size, opt.output_resolution
-    probe = torch.zeros(1, len(clusters), 3, resolution, resolution, device=device)
+    tiles = 1 if picks_clusters(opt, classifier) else len(clusters)
+    probe = torch.zeros(1, tiles, 3, resolution, resolution, device=device)
     tile = tile_clusters(probe).shape[1:]
-    return {'propagated': torch.zeros(0, size, size, 3, dtype=torch.uint8, device=device),
-            'congealed': torch.zeros(0, *tile, dtype=torch.uint8, device=device),
-            'points': torch.zeros(0, sum(len(label) for label in labels), 2, device=device),
-            'mirrored': torch.zeros(0, len(clusters), dtype=torch.bool, device=device)}
+    outputs = {'propagated': torch.zeros(0, size, size, 3, dtype=torch.uint8, device=device),
+               'congealed': torch.zeros(0, *tile, dtype=torch.uint8, device=device),
+               'points': torch.zeros(0, sum(len(label) for label in labels), 2, device=device),
+               'mirrored': torch.zeros(0, tiles, dtype=torch.bool, device=device)}
+    if picks_clusters(opt, classifier):
+        outputs['active'] = torch.zeros(0, dtype=torch.long, device=device)
+    return outputs

@@ -32,7 +32,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from applications import (build_dataset, determine_flips, filter_by_flow_scores, flow_score_problems, load_stn,
-                          make_grid_array, report_option_problems, save_png, stn_kwargs, vis_correspondence_argparse)
+                          make_grid_array, report_option_problems, save_png, select_cluster, stn_kwargs,
+                          vis_correspondence_argparse)
 from applications.propagation import load_labels, splat_label
 from models.spatial_transformers import MipmapWarp
 from models.spatial_transformers.geometry import identity_grid, resize_grid
@@ -78,15 +79,20 @@ def mirror_grid(grid, mirrored):
 
 
 @torch.no_grad()
-def stage_grids(t, opt, images, policy):
+def stage_grids(t, opt, images, policy, classifier=None):
     """Grids (stages + 1 entries of (N, R, R, 2)) from the images themselves to the
     template, in the original images' frame; and the mirror decisions.
 
     Entry 0 is the identity (or, without --stage_flip, the mirror of mirrored
     images); with --stage_flip an identity comes first and then the mirror.
+    With a cluster classifier (clustering models) it decides the mirrors for
+    --cluster; otherwise the smoother flow does.
     """
-    inputs, mirrored = determine_flips(t, images, flip_inference=not opt.no_flip_inference, warp_policy=policy,
-                                       **stn_kwargs(opt))
+    if classifier is not None:
+        inputs, mirrored = classifier.run_flip_target(images, opt.cluster)
+    else:
+        inputs, mirrored = determine_flips(t, images, flip_inference=not opt.no_flip_inference, warp_policy=policy,
+                                           **stn_kwargs(opt))
     _, grids = t(inputs, output_resolution=opt.output_resolution, return_intermediates=True, warp_policy=policy,
                  **stn_kwargs(opt))
     if not opt.vis_in_stages:
@@ -136,9 +142,9 @@ def to_pixels(points, size):
 
 
 @torch.no_grad()
-def congeal_and_propagate(t, opt, images, policy, labels, warper, folder):
+def congeal_and_propagate(t, opt, images, policy, labels, warper, folder, classifier=None):
     """smoothly_congeal.mp4, and with a label smoothly_propagate.mp4 and smooth_correspondence.mp4."""
-    grids, mirrored = stage_grids(t, opt, images, policy)
+    grids, mirrored = stage_grids(t, opt, images, policy, classifier)
     size, n = opt.output_resolution, images.size(0)
     nrow = max(1, int(math.sqrt(n)))
     steps = transitions(opt, len(grids))
@@ -208,7 +214,7 @@ class _Null:
 
 
 @torch.no_grad()
-def average_videos(t, opt, dataset, policy_for, labels, warper, folder, device):
+def average_videos(t, opt, dataset, policy_for, labels, warper, folder, device, classifier=None):
     """smoothly_average.mp4 and the average PNGs from the first --n_mean images."""
     count = min(opt.n_mean, len(dataset))
     size = opt.output_resolution
@@ -217,7 +223,7 @@ def average_videos(t, opt, dataset, policy_for, labels, warper, folder, device):
                                          shuffle=False, num_workers=opt.num_workers)
     for images in tqdm(loader, desc='averages', file=sys.stderr):
         images = images.to(device)
-        grids, _ = stage_grids(t, opt, images, policy_for(images))
+        grids, _ = stage_grids(t, opt, images, policy_for(images), classifier)
         steps = transitions(opt, len(grids))
         frames_total = sum(length for _, _, length in steps)
         if totals is None:
@@ -261,12 +267,15 @@ def main(argv=None):
     report_option_problems(parser, option_problems(opt) + flow_score_problems(opt))
     device = choose_device(opt.device)
     dataset, _ = filter_by_flow_scores(opt, build_dataset(opt))
-    t = load_stn(opt, device)
+    t, classifier = load_stn(opt, device, with_classifier=True)
     if opt.num_heads > 1 and (opt.cluster is None or not 0 <= opt.cluster < opt.num_heads):
         raise UserError(f'this model has {opt.num_heads} clusters: choose one with --cluster '
                         f'(0 to {opt.num_heads - 1})')
     if opt.num_heads == 1 and opt.cluster not in (None, 0):
         raise UserError(f'--cluster {opt.cluster}: this model has a single cluster (drop --cluster)')
+    if opt.num_heads == 1:
+        classifier = None  # a one-head model's mirrors are decided by flow smoothness, as the original
+    dataset, _ = select_cluster(opt, dataset, classifier, device)
     bad = [i for i in opt.dset_indices if i >= len(dataset)]
     if bad:
         raise UserError(f'--dset_indices {bad[0]} is out of range: the dataset has {len(dataset)} images')
@@ -281,9 +290,9 @@ def main(argv=None):
 
     warper = MipmapWarp(3.5).to(device)
     images = torch.stack([dataset[i] for i in opt.dset_indices]).to(device)
-    congeal_and_propagate(t, opt, images, policy_for(images), labels, warper, opt.out)
+    congeal_and_propagate(t, opt, images, policy_for(images), labels, warper, opt.out, classifier)
     if opt.n_mean > 0:
-        average_videos(t, opt, dataset, policy_for, labels, warper, opt.out, device)
+        average_videos(t, opt, dataset, policy_for, labels, warper, opt.out, device, classifier)
 
 
 if __name__ == '__main__':

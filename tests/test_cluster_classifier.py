@@ -190,6 +190,43 @@ def test_train_cluster_classifier_end_to_end_and_resume(tmp_path):
     assert result.returncode == 1 and result.stderr.strip().splitlines()[-1].startswith('error: this model has one head')
 
 
+def _options_checkpoint(path, argv, **extra):
+    """A checkpoint file with train.py's keys whose args are train.py's options for ``argv``."""
+    from utils.options import parse_training_options
+    args = parse_training_options(argv, save=False)
+    for key, value in extra.items():
+        setattr(args, key, value)
+    state = {'g_ema': {}, 't': {}, 't_ema': {}, 'll': {}, 'args': args, 'format_version': 2, 'iteration': 2}
+    return save_checkpoint(state, str(path))
+
+
+def test_classifier_options_take_the_model_but_not_the_schedule_of_a_train_checkpoint(tmp_path, monkeypatch):
+    import train_cluster_classifier
+    monkeypatch.chdir(tmp_path)
+    model = _options_checkpoint(tmp_path / 'model.pt', [
+        '--exp-name', 'm', '--results', str(tmp_path), *TINY, '--num_heads', '2', '--flips', '--synthetic_modes',
+        '2', '--iter', '7', '--period', '3', '--anneal_psi', '2', '--seed', '9', '--batch', '3', '--tm', '3',
+        '--ckpt_every', '5', '--stn_lr', '0.5'])
+    base = ['--exp-name', 'cls', '--results', str(tmp_path), '--ckpt', model]
+    opt, _, _ = train_cluster_classifier.parse_options(base)
+    # The model's description comes back ...
+    assert (opt.num_heads, opt.flips, opt.gen_size, opt.flow_size, opt.synthetic_modes) == (2, True, 32, 16, 2)
+    # ... its training schedule does not: the classifier's run starts from the defaults.
+    fresh = train_cluster_classifier.parse_options(base[:4] + ['--ckpt', model, '--iter', '11'])[0]
+    assert fresh.iter == 11
+    from models.generators.synthetic import DEMO_DEFAULTS
+    assert (opt.iter, opt.period, opt.seed, opt.batch, opt.tm, opt.ckpt_every) == \
+        (DEMO_DEFAULTS['iter'], DEMO_DEFAULTS['period'], 0, DEMO_DEFAULTS['batch'], 2, DEMO_DEFAULTS['ckpt_every'])
+
+    # A classifier checkpoint continues its own run: its schedule and --cls_lr come back.
+    state = torch.load(model, map_location='cpu', weights_only=False)
+    cls_args = argparse.Namespace(**{**vars(opt), 'iter': 13, 'period': 4, 'cls_lr': 0.02, 'seed': 5})
+    own = save_checkpoint({**state, 'classifier': {}, 'cls_optim': {}, 'cls_sched': {}, 'args': cls_args},
+                          str(tmp_path / 'cls.pt'))
+    resumed, _, _ = train_cluster_classifier.parse_options(base[:4] + ['--ckpt', own])
+    assert (resumed.iter, resumed.period, resumed.cls_lr, resumed.seed, resumed.num_heads) == (13, 4, 0.02, 5, 2)
+
+
 # ----------------------------------------------------------------------------- applications
 
 SIZE = 32

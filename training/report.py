@@ -23,6 +23,13 @@ class TrainingVisuals:
     Tags: sample, congealed_sample, target_sample, mean_congealed_sample (per
     cluster when clustering), and with real images congealed_real,
     mean_congealed_real (the average-image template) and flow_real.
+    Clustering models (--num_heads K > 1) also get, as the original logs them:
+    congealed_sample_assigned_head<k> (up to --n_sample generated samples the
+    transformer assigns to head k, congealed by it), mean_congealed_sample is
+    then each cluster's mean over its assigned samples, and
+    congealed_real_head<k> (the real samples congealed by head k; real images
+    have no assignment without the cluster classifier, so mean_congealed_real
+    holds every head's mean over all of them).
     Every rank must call :meth:`log` (means are gathered across ranks).
     """
 
@@ -69,6 +76,10 @@ class TrainingVisuals:
             reals = self.real_samples.to(self.device)
             congealed, flow = t_ema(reals, return_flow=True, **self.stn_kwargs)
             writer.grid(congealed, 'congealed_real', step, nrow=self._nrow(congealed))
+            if opt.num_heads > 1:  # image-major: (N * K) -> one grid per head
+                per_head = congealed.view(-1, opt.num_heads, *congealed.shape[1:])
+                for head in range(opt.num_heads):
+                    writer.grid(per_head[:, head], f'congealed_real_head{head}', step)
             if 'flow' in opt.transform:
                 writer.grid(flow_to_rgb(flow), 'flow_real', step, nrow=self._nrow(flow), value_range=(0, 1))
             writer.flush()
@@ -85,6 +96,7 @@ class TrainingVisuals:
         n_generated = opt.n_mean if heads > 1 else opt.n_sample
         n_local = max(1, len(rank_share(range(n_generated))))
         shown = []
+        assigned = [[] for _ in range(heads)]  # per head: congealed samples it was assigned (up to --n_sample)
         done = 0
         while done < n_local:
             n = min(opt.vis_batch_size, n_local - done)
@@ -101,6 +113,11 @@ class TrainingVisuals:
                 chosen = torch.zeros(n, dtype=torch.long, device=self.device)
                 aligned_best = aligned
             mean.add(aligned_best, chosen)
+            if heads > 1:
+                for head in range(heads):
+                    room = opt.n_sample - sum(part.size(0) for part in assigned[head])
+                    if room > 0:
+                        assigned[head].append(aligned_best[chosen == head][:room])
             keep = max(0, min(n, opt.n_sample - done))  # the first --n_sample samples are shown
             if keep:
                 shown.append((x[:keep], aligned[:keep * heads], y[:keep * heads]))
@@ -112,6 +129,10 @@ class TrainingVisuals:
             writer.grid(aligned, 'congealed_sample', step, nrow=self._nrow(aligned))
             writer.grid(y, 'target_sample', step, nrow=self._nrow(y))
             writer.grid(means, 'mean_congealed_sample', step, nrow=heads, scale_each=True)
+            for head, parts in enumerate(assigned):
+                images = torch.cat(parts) if parts else torch.zeros(0, 3, opt.flow_size, opt.flow_size)
+                if images.size(0):  # a head no sample chose has nothing to show
+                    writer.grid(images, f'congealed_sample_assigned_head{head}', step)
 
 
 def evaluate_alignment(opt, t_ema, writer, device, exp_dir):

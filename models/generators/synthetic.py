@@ -11,6 +11,7 @@ command line.
 from models.generators import GENERATORS
 from utils.synthetic_world.generator import COARSE_LAYERS, N_LATENT, SyntheticGenerator
 from utils.synthetic_world import NUM_FACTORS, add_world_options, factors_from_options
+from utils.synthetic_world.deformation import DEFORMATION_FACTORS
 
 DEMO_DEFAULTS = dict(
     dataset_mode='synthetic',
@@ -58,12 +59,16 @@ class SyntheticComponent:
         """Rejects a W space too narrow for the world's factors (parser.error, exit 2)."""
         if getattr(opt, 'dim_latent', NUM_FACTORS) < NUM_FACTORS:
             parser.error(f'--generator synthetic needs --dim_latent >= {NUM_FACTORS}, got {opt.dim_latent}')
+        needed = NUM_FACTORS + DEFORMATION_FACTORS
+        if getattr(opt, 'synthetic_deformation', 0) > 0 and getattr(opt, 'dim_latent', NUM_FACTORS) < needed:
+            parser.error(f'--synthetic_deformation reads its coefficients from latent coordinates beyond the '
+                         f'other factors: it needs --dim_latent >= {needed}, got {opt.dim_latent}')
 
     @staticmethod
     def ignored_options(opt):
         """The StyleGAN2 architecture flags (its mapping is fixed, its precision float32)."""
         reason = 'the synthetic generator has a fixed renderer (only --gen_size and --dim_latent shape it)'
-        return {dest: reason for dest in ('n_mlp', 'gen_channel_multiplier', 'num_fp16_res')}
+        return {dest: reason for dest in ('n_mlp', 'gen_channel_multiplier', 'gen_channel_max', 'num_fp16_res')}
 
     @staticmethod
     def build(opt):

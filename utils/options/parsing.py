@@ -40,7 +40,7 @@ def build_training_parser(argv=None, saved=None):
     return list_registered_names(parser, chosen), chosen
 
 
-def parse_training_options(argv=None, save=True, adjust_parser=None):
+def parse_training_options(argv=None, save=True, adjust_parser=None, saved_options=None):
     """Parse, validate, print and save the training options.
 
     Args:
@@ -48,12 +48,19 @@ def parse_training_options(argv=None, save=True, adjust_parser=None):
         save: write opt.txt and opt.json into <results>/<exp-name> (main process only).
         adjust_parser: optional callable given the complete parser before the
             final parse (another training program adds its flags or defaults).
+        saved_options: optional callable given the checkpoint's saved options
+            ({dest: value}, see utils.options.resume) and its path; it returns
+            the ones this program takes as defaults. A program that reads a
+            train.py checkpoint for something other than continuing that run
+            keeps only what describes the model, not the run's schedule.
     Returns:
         argparse.Namespace with every option; ``generator`` holds the resolved name.
     Bad options end the program through argparse (usage, message, exit 2).
     """
     argv = _arguments(argv)
     source = find_resume_source(base_training_argparse(add_help=False), argv)
+    if saved_options is not None:
+        source.saved = dict(saved_options(source.saved, source.path))
     parser, chosen = build_training_parser(argv, saved=source.saved)
     if adjust_parser is not None:
         adjust_parser(parser)

@@ -121,6 +121,9 @@ def add_training_options(parser):
     gen.add_argument('--n_mlp', type=int, default=8, help='layers of the mapping network')
     gen.add_argument('--gen_channel_multiplier', type=int, default=2,
                      help='channel multiplier of the generator')
+    gen.add_argument('--gen_channel_max', type=int, default=512,
+                     help='cap on the generator\'s widths (512: the standard layout; narrow models, '
+                          'e.g. those of train_stylegan2.py --channel_max, need their value)')
     gen.add_argument('--num_fp16_res', type=int, default=0,
                      help='number of final generator resolutions run in half precision on CUDA '
                           '(4 for StyleGAN2-ADA checkpoints)')

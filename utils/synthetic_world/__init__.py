@@ -11,6 +11,7 @@ Modules, one job each:
 - ``factors``: the random factors (``FACTOR_GROUPS``, ``WorldFactors``) and the
   physical parameters they give (``params_from_factors``, ``sample_params``);
 - ``keypoints``: keypoint names, the face's geometry, ``keypoints_from_params``;
+- ``deformation``: the optional smooth per-face deformation (``WorldFactors.deformation``);
 - ``drawing``: ``render(params, size)`` -> images and keypoints;
 - ``dataset``: deterministic datasets (``render_dataset``, ``indexed_params``);
 - ``generator``: ``SyntheticGenerator``, the world as a differentiable generator with
@@ -37,12 +38,12 @@ from utils.synthetic_world.dataset import PARAM_BLOCK, indexed_params, iter_rend
 from utils.synthetic_world.drawing import render
 from utils.synthetic_world.factors import (APPEARANCE_GROUPS, BACKGROUND_FRAME_SCALE, BACKGROUND_NOISE_SHAPE,
                                            COLOR_NAMES, FACTOR_GROUPS, FACTOR_SLICES, FUR_NOISE_SHAPE,
-                                           MAX_DISTRACTORS, NUM_FACTORS, POSE_SHAPE_GROUPS, WorldFactors,
-                                           canonical_params, concat_params, params_from_factors, params_to,
-                                           sample_params, slice_params)
-from utils.synthetic_world.keypoints import (KEYPOINT_NAMES, MIRROR_PERMUTATION, NUM_KEYPOINTS, SHAPE_NAMES,
-                                             canonical_keypoints, flip_keypoints, keypoints_from_params,
-                                             object_keypoints)
+                                           MAX_DISTRACTORS, MAX_MODES, MODE_FACTOR, NUM_FACTORS,
+                                           POSE_SHAPE_GROUPS, WorldFactors, canonical_params, concat_params,
+                                           params_from_factors, params_to, sample_params, slice_params)
+from utils.synthetic_world.keypoints import (KEYPOINT_NAMES, MIRROR_PERMUTATION, MODE_NAMES, NUM_KEYPOINTS,
+                                             SHAPE_NAMES, canonical_keypoints, flip_keypoints,
+                                             keypoints_from_params, object_keypoints)
 from utils.synthetic_world.options import add_world_options, factors_from_options
 
 __all__ = [
@@ -59,6 +60,8 @@ __all__ = [
     'FACTOR_SLICES',
     'FUR_NOISE_SHAPE',
     'MAX_DISTRACTORS',
+    'MAX_MODES',
+    'MODE_FACTOR',
     'NUM_FACTORS',
     'POSE_SHAPE_GROUPS',
     'WorldFactors',
@@ -70,6 +73,7 @@ __all__ = [
     'slice_params',
     'KEYPOINT_NAMES',
     'MIRROR_PERMUTATION',
+    'MODE_NAMES',
     'NUM_KEYPOINTS',
     'SHAPE_NAMES',
     'canonical_keypoints',

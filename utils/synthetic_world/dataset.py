@@ -9,6 +9,7 @@ from utils.synthetic_world.factors import concat_params, params_to, sample_param
 from utils.synthetic_world.keypoints import NUM_KEYPOINTS
 
 PARAM_BLOCK = 256  # parameters are drawn in blocks of this many images
+MODES_FILE = 'modes.pt'  # a dataset's true modes: long tensor (N,), written by prepare_data.py --synthetic
 
 
 def _block_seed(seed, block):
@@ -35,6 +36,11 @@ def indexed_params(indices, seed, factors=None):
     if not drawn:
         drawn = [sample_params(0, torch.Generator(), factors)]
     return slice_params(concat_params(drawn), rank * PARAM_BLOCK + indices % PARAM_BLOCK)
+
+
+def dataset_modes(n, seed, factors=None):
+    """(n,) long tensor: the true mode (utils.synthetic_world.MODE_NAMES) of faces 0 .. n-1 of dataset ``seed``."""
+    return indexed_params(range(n), seed, factors)['mode'].long()
 
 
 def iter_render_dataset(n, size, seed, factors=None, batch_size=64, device=None):

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from utils.errors import UserError
+from utils.synthetic_world.deformation import deform
 from utils.synthetic_world.factors import BACKGROUND_FRAME_SCALE, COLOR_NAMES, MAX_DISTRACTORS, slice_params
 from utils.synthetic_world.keypoints import HEAD_CENTRE_Y, face_layout, keypoints_from_params
 
@@ -141,7 +142,9 @@ def _draw_face(image, params, size, x, y, edge_softness):
     def cover(sd):
         return _coverage(sd * sharp)
 
-    lay = face_layout(params['shape'])
+    mode = params.get('mode')
+    moded = mode is not None and bool((mode != 0).any())  # a world of several modes (else the cat alone)
+    lay = face_layout(params['shape'], mode)
     colors = params['colors']
     fur, marking, light, iris, nose_color, stripe_color, dark = (colors[:, i] for i in range(len(COLOR_NAMES)))
     white = torch.full_like(fur, 0.95)
@@ -149,7 +152,8 @@ def _draw_face(image, params, size, x, y, edge_softness):
     # Ears: outer (fur) and inner (light) triangles; the head hides their bases.
     ear = [(_b(ex_), _b(ey_)) for ex_, ey_ in lay['ear']]
     ears = cover(_sd_triangle(ax, y, *ear))
-    image = _paint(image, ears, fur)
+    # Droopy-eared heads (mode 1) have ears in the marking colour, which contrasts with the fur.
+    image = _paint(image, ears, torch.where((mode == 1)[:, None], marking, fur) if moded else fur)
     # Inner ear: the outer triangle shrunk towards a point between its centroid and its base.
     anchor = [(ear[0][i] + ear[1][i] + ear[2][i]) / 6 + (ear[0][i] + ear[1][i]) / 4 for i in (0, 1)]
     inner = [tuple(anchor[i] + 0.6 * (v[i] - anchor[i]) for i in (0, 1)) for v in ear]
@@ -177,6 +181,14 @@ def _draw_face(image, params, size, x, y, edge_softness):
     mx, my = x + 0.30 * hx, y - (HEAD_CENTRE_Y - 0.30 * hy)
     patch = _sd_ellipse(mx * mc + my * ms, my * mc - mx * ms, 0.0, 0.0, 0.24 * hx, 0.19 * hy)
     image = _paint(image, cover(patch) * head, marking)
+    if moded:
+        # Each head type has its own large colour pattern, which no warp of another type can make:
+        # droopy heads a mask across the eyes (marking colour), sideways-eared heads a light lower face.
+        eye_y = _b(lay['eye'][1])
+        band = cover((y - eye_y).abs() - 0.17 * hy) * head * _b((mode == 1).to(x.dtype))
+        image = _paint(image, band, marking)
+        lower = cover(_b(lay['nose'][1]) - 0.08 - y) * head * _b((mode == 2).to(x.dtype))
+        image = _paint(image, lower, light)
 
     # Muzzle: two light lobes beside the nose.
     nose_x, nose_y = (_b(v) for v in lay['nose'])
@@ -240,6 +252,8 @@ def render(params, size, edge_softness=0.25):
         px = coords.view(1, 1, size).expand(m, size, size)
         py = coords.view(1, size, 1).expand(m, size, size)
         x, y = _object_coordinates(part, px, py)
+        if bool((part['deformation'] != 0).any()):  # the default world skips it (bit-identical renders)
+            x, y = deform(x, y, part['deformation'])
         image = _draw_background(part, size, x, y)
         images.append(_draw_face(image, part, size, x, y, edge_softness).clamp(-1, 1))
     if not images:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from utils.errors import UserError
+from utils.synthetic_world.deformation import DEFORMATION_FACTORS, MAX_DEFORMATION
 
 # Ordered groups of uniform factors; the synthetic generator reads each group
 # from its own W+ entries (pose and shape from the coarse ones).
@@ -45,6 +46,16 @@ APPEARANCE_GROUPS = ('fur_colors', 'feature_colors', 'texture')
 # carries the marking (and in mirrored textures): mirroring is an appearance
 # factor of this world, and the synthetic generator reads it from a fine entry.
 
+# Modes: with WorldFactors.modes = K > 1 every face belongs to one of K
+# visually distinct head types (utils.synthetic_world.keypoints.MODE_NAMES).
+# The mode rides on the first shape factor (head width): its uniform u gives
+# mode floor(K u) and, rescaled, K u - mode as the head width's own uniform, so
+# mode and head width stay independent and uniform, and K = 1 leaves every
+# factor (and so every face) exactly as it was. A coarse factor, so the
+# synthetic generator's pose-and-shape entries decide it.
+MAX_MODES = 3
+MODE_FACTOR = FACTOR_SLICES['shape'].start
+
 FUR_NOISE_SHAPE = (1, 16, 16)         # per image; sampled in object coordinates
 BACKGROUND_NOISE_SHAPE = (3, 6, 6)    # per image; upsampled over the canvas
 MAX_DISTRACTORS = 3
@@ -65,6 +76,12 @@ class WorldFactors:
         canonical palette.
     background: gradient, noise and distractors; off gives a flat canvas.
     distractors: how many distractor shapes (0 to 3) the background shows.
+    modes: how many distinct head types (1 to MAX_MODES) faces are drawn
+        from, in equal shares (see MODE_FACTOR).
+    deformation: largest coefficient of the smooth per-face deformation
+        (utils.synthetic_world.deformation; 0 = off, the default world).
+        Its uniform factors are drawn after all others, so switching it on
+        leaves every other factor of a dataset as it was.
     """
     rotation: float = 45.0
     scale: tuple = (0.6, 1.0)
@@ -74,6 +91,8 @@ class WorldFactors:
     appearance: bool = True
     background: bool = True
     distractors: int = MAX_DISTRACTORS
+    modes: int = 1
+    deformation: float = 0.0
 
     def validate(self):
         """Raise UserError naming the first factor outside its allowed range."""
@@ -85,6 +104,10 @@ class WorldFactors:
             (0 <= self.shape <= 0.5, f'shape must be in [0, 0.5], got {self.shape}'),
             (0 <= self.distractors <= MAX_DISTRACTORS,
              f'distractors must be between 0 and {MAX_DISTRACTORS}, got {self.distractors}'),
+            (int(self.modes) == self.modes and 1 <= self.modes <= MAX_MODES,
+             f'modes must be an integer from 1 to {MAX_MODES}, got {self.modes}'),
+            (0 <= self.deformation <= MAX_DEFORMATION,
+             f'deformation must be in [0, {MAX_DEFORMATION}], got {self.deformation}'),
         )
         for ok, message in checks:
             if not ok:
@@ -113,7 +136,7 @@ def _palette_color(name, u):
     return (canon + spread * (2 * u - 1)).clamp(-1, 1)
 
 
-def params_from_factors(u, fur_noise, background_noise, factors=None):
+def params_from_factors(u, fur_noise, background_noise, factors=None, deformation_u=None):
     """Physical world parameters from uniform factors and noise fields.
 
     Args:
@@ -122,6 +145,8 @@ def params_from_factors(u, fur_noise, background_noise, factors=None):
         background_noise: (N, *BACKGROUND_NOISE_SHAPE) standard normal.
         factors: WorldFactors (defaults if None); switched-off factors take
             their canonical value whatever ``u`` says.
+        deformation_u: (N, DEFORMATION_FACTORS) in [0, 1], or None (no
+            deformation); used only when ``factors.deformation`` > 0.
     Returns:
         dict of tensors (all on u's device), N first:
         scale (N,) canvas fraction, rotation (N,) radians, translation (N, 2)
@@ -130,7 +155,9 @@ def params_from_factors(u, fur_noise, background_noise, factors=None):
         gaze (N, 2) in [-1, 1], fur_noise_strength (N,), fur_noise,
         background (N, 2, 3), background_angle (N,), background_noise_strength
         (N,), background_noise, distractors (N, 3, 4) x/y/radius/shade and
-        distractor_opacity (N, 3). Differentiable with respect to ``u``.
+        distractor_opacity (N, 3), deformation (N, DEFORMATION_FACTORS)
+        coefficients in [-D, D] (zeros when off) and mode (N,) (0 .. modes - 1,
+        as floats). Differentiable with respect to ``u`` and ``deformation_u``.
     """
     factors = factors or WorldFactors()
     n = u.shape[0]
@@ -149,7 +176,15 @@ def params_from_factors(u, fur_noise, background_noise, factors=None):
     scale = lo + (hi - lo) * group('scale')[:, 0]
     rotation = math.radians(factors.rotation) * (2 * group('rotation')[:, 0] - 1)
     translation = factors.translation * (2 * group('translation') - 1)
-    shape = factors.shape * (2 * group('shape') - 1)
+    shape_u = group('shape')
+    if factors.modes > 1:
+        # The mode takes the head-width factor's leading part (see MODE_FACTOR).
+        spread = factors.modes * shape_u[:, 0]
+        mode = spread.detach().floor().clamp(0, factors.modes - 1)
+        shape_u = torch.cat([(spread - mode)[:, None], shape_u[:, 1:]], dim=1)
+    else:
+        mode = torch.zeros(n, dtype=u.dtype, device=u.device)
+    shape = factors.shape * (2 * shape_u - 1)
 
     fur_u = centred('fur_colors', factors.appearance).view(n, 3, 3)
     feat_u = centred('feature_colors', factors.appearance).view(n, 4, 3)
@@ -191,6 +226,10 @@ def params_from_factors(u, fur_noise, background_noise, factors=None):
         distractor_opacity = torch.zeros(n, MAX_DISTRACTORS, dtype=u.dtype, device=u.device)
 
     mirror = (group('mirror')[:, 0] < 0.5).to(u.dtype) * float(factors.mirror)
+    if factors.deformation > 0 and deformation_u is not None:
+        deformation = factors.deformation * (2 * deformation_u - 1)
+    else:
+        deformation = u.new_zeros(n, DEFORMATION_FACTORS)
     return {
         'scale': scale, 'rotation': rotation, 'translation': translation,
         'mirror': mirror, 'shape': shape, 'colors': colors, 'stripes': stripes,
@@ -198,6 +237,7 @@ def params_from_factors(u, fur_noise, background_noise, factors=None):
         'background': background, 'background_angle': background_angle,
         'background_noise_strength': background_noise_strength, 'background_noise': background_noise,
         'distractors': distractors, 'distractor_opacity': distractor_opacity,
+        'deformation': deformation, 'mode': mode,
     }
 
 
@@ -215,7 +255,9 @@ def sample_params(n, generator, factors=None):
     u = torch.rand(n, NUM_FACTORS, generator=generator)
     fur_noise = torch.randn(n, *FUR_NOISE_SHAPE, generator=generator)
     background_noise = torch.randn(n, *BACKGROUND_NOISE_SHAPE, generator=generator)
-    return params_from_factors(u, fur_noise, background_noise, factors)
+    # Drawn last, and only when used: the default world's draws stay as they were.
+    deformation_u = torch.rand(n, DEFORMATION_FACTORS, generator=generator) if factors.deformation > 0 else None
+    return params_from_factors(u, fur_noise, background_noise, factors, deformation_u)
 
 
 def canonical_params(n=1, factors=None, device=None):

@@ -29,6 +29,18 @@ mean size and shape, canonical palette, unmirrored (an estimated mean may come
 out mirrored, which moves no keypoint). Coordinates beyond the NUM_FACTORS
 used ones have no effect.
 
+With ``factors.modes`` = K > 1 the face's head type (its mode,
+``utils.synthetic_world.keypoints.MODE_NAMES``) is read from the head-width
+coordinate of entry 2, a coarse entry: a congealing target takes its mode from
+the target latent, and the mode's coordinate is W's widest (``MODE_SPREAD``),
+so clustering can find the modes.
+
+With the world's smooth deformation switched on (``WorldFactors.deformation``
+> 0), its DEFORMATION_FACTORS coefficients are shape factors too: they read
+coordinates NUM_FACTORS .. NUM_FACTORS + 7 of entries 2 and 3 (half each),
+so such a generator needs style_dim >= NUM_FACTORS + DEFORMATION_FACTORS, and
+a congealing target (coarse entries from the mean) is undeformed.
+
 Mirroring is read from a fine entry: the face's geometry is symmetric, so a
 mirrored face keeps its labelled keypoints and differs from its twin only in
 which eye carries the marking (and in mirrored textures), an appearance
@@ -53,12 +65,15 @@ from torch import nn
 
 from utils import synthetic_world as world
 from utils.errors import UserError
+from utils.synthetic_world.deformation import DEFORMATION_FACTORS
 
 N_LATENT = 8
 COARSE_LAYERS = 4  # W+ entries [0, COARSE_LAYERS) set pose and shape: the natural --inject
 MAPPING_SEED = 20220601
+MODE_SPREAD = 3.0  # W spread of the mode's coordinate in a world of several modes
 NOISE_SHARE = 0.02  # variance share of the noise inputs in the fur and background patterns
 _PATTERN_LAYERS = (6, 7)  # W+ entries setting the fur and the background patterns
+_DEFORMATION_LAYERS = (2, 3)  # W+ entries holding the deformation coefficients (shape entries)
 
 # W+ entry of each factor group; a tuple spreads the group evenly over those entries.
 _LAYER_OF_GROUP = {
@@ -76,14 +91,19 @@ def _factor_layers():
     return torch.tensor(layers, dtype=torch.long)
 
 
-def _coordinate_scales(style_dim):
+def _coordinate_scales(style_dim, modes=1):
     # Pose and shape coordinates get the largest spread so that W's principal
     # directions are, in order, scale, rotation, translation and shape (as pose
-    # dominates StyleGAN's W); unused coordinates get the smallest.
+    # dominates StyleGAN's W); unused coordinates get the smallest. In a world
+    # of several modes the mode's coordinate spreads widest of all, as the
+    # class of an object is W's dominant direction in a multi-modal GAN: PCA's
+    # first direction and a k-means split of W then run across the modes.
     scales = torch.full((style_dim,), 0.5)
     n_coarse = sum(w for name, w in world.FACTOR_GROUPS if name in world.POSE_SHAPE_GROUPS)
     scales[:n_coarse] = torch.linspace(2.0, 1.25, n_coarse)
     scales[n_coarse:world.NUM_FACTORS] = 1.0
+    if modes > 1:
+        scales[world.MODE_FACTOR] = MODE_SPREAD
     return scales
 
 
@@ -95,13 +115,13 @@ class FixedMapping(nn.Module):
     standard normal coordinates. Both are fixed (not trained).
     """
 
-    def __init__(self, style_dim, seed=MAPPING_SEED):
+    def __init__(self, style_dim, seed=MAPPING_SEED, modes=1):
         super().__init__()
         generator = torch.Generator().manual_seed(seed)
         q, r = torch.linalg.qr(torch.randn(style_dim, style_dim, generator=generator, dtype=torch.float64))
         q = q * torch.sign(torch.diagonal(r))  # the unique QR factor with a positive diagonal in R
         self.weight = nn.Parameter(q.float(), requires_grad=False)
-        self.register_buffer('scales', _coordinate_scales(style_dim))
+        self.register_buffer('scales', _coordinate_scales(style_dim, modes))
 
     def forward(self, z):
         """z (..., style_dim) -> w (..., style_dim)."""
@@ -130,13 +150,18 @@ class SyntheticGenerator(nn.Module):
             raise UserError(f'the synthetic generator needs style_dim >= {world.NUM_FACTORS}, got {style_dim}')
         if int(size) != size or size < 8:
             raise UserError(f'the synthetic generator needs an image size >= 8, got {size}')
+        factors = (factors or world.WorldFactors()).validate()
+        if factors.deformation > 0 and style_dim < world.NUM_FACTORS + DEFORMATION_FACTORS:
+            raise UserError(f'the synthetic world\'s deformation is read from latent coordinates '
+                            f'{world.NUM_FACTORS}..{world.NUM_FACTORS + DEFORMATION_FACTORS - 1}: it needs '
+                            f'--dim_latent >= {world.NUM_FACTORS + DEFORMATION_FACTORS}, got {style_dim}')
         self.size = int(size)
         self.style_dim = style_dim
         self.n_latent = N_LATENT
         self.coarse_layers = COARSE_LAYERS
-        self.factors = (factors or world.WorldFactors()).validate()
+        self.factors = factors
         self.edge_softness = edge_softness
-        self.style = FixedMapping(style_dim)
+        self.style = FixedMapping(style_dim, modes=self.factors.modes)
         self.register_buffer('factor_layer', _factor_layers(), persistent=False)
         generator = torch.Generator().manual_seed(MAPPING_SEED + 1)
         self.register_buffer('noise_fur', torch.randn(1, *world.FUR_NOISE_SHAPE, generator=generator))
@@ -218,7 +243,13 @@ class SyntheticGenerator(nn.Module):
         index = torch.arange(world.NUM_FACTORS, device=latent.device)
         uniform = 0.5 * (1 + torch.erf(coords[:, self.factor_layer, index] / math.sqrt(2)))
         fur, background = self._patterns(coords, self._noise(latent.shape[0], noise, randomize_noise))
-        return world.params_from_factors(uniform, fur, background, self.factors)
+        deformation = None
+        if self.factors.deformation > 0:
+            entries = torch.tensor(_DEFORMATION_LAYERS, device=latent.device).repeat_interleave(
+                DEFORMATION_FACTORS // len(_DEFORMATION_LAYERS))
+            index = torch.arange(world.NUM_FACTORS, world.NUM_FACTORS + DEFORMATION_FACTORS, device=latent.device)
+            deformation = 0.5 * (1 + torch.erf(coords[:, entries, index] / math.sqrt(2)))
+        return world.params_from_factors(uniform, fur, background, self.factors, deformation)
 
     def forward(self, styles, return_latents=False, inject_index=None, truncation=1, truncation_latent=None,
                 input_is_latent=False, noise=None, randomize_noise=True, return_keypoints=False):

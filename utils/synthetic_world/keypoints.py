@@ -9,6 +9,7 @@ exactly as a horizontally flipped image would.
 """
 import torch
 
+from utils.synthetic_world.deformation import undeform
 from utils.synthetic_world.factors import canonical_params
 
 KEYPOINT_NAMES = (
@@ -27,6 +28,17 @@ HEAD_CENTRE_Y = 0.10
 _HEAD_RADII = (0.70, 0.64)
 # Right ear (the left one is its mirror image): inner base, outer base, tip.
 _EAR = ((0.14, -0.46), (0.60, -0.14), (0.58, -0.92))
+# Head types of a world with several modes (WorldFactors.modes): the ears'
+# triangle (inner base, outer base, tip) and the head's radii relative to the
+# cat's. Mode 0 is the cat; the others move the ear tips far from where a warp
+# of the cat could put them, and the renderer gives each its own large colour
+# pattern (drawing.py), so one warp head cannot serve two modes well.
+MODE_NAMES = ('cat', 'droopy', 'sideways')
+_MODE_HEADS = (
+    (_EAR, (1.0, 1.0)),
+    (((0.38, -0.44), (0.70, -0.12), (0.90, 0.62)), (0.86, 1.12)),   # ears hanging beside the cheeks
+    (((0.42, -0.40), (0.62, 0.06), (1.00, -0.36)), (1.08, 0.90)),   # ears pointing sideways
+)
 # Entries of the shape vector, each a relative change in [-shape, shape].
 SHAPE_NAMES = ('head_width', 'head_height', 'ear_length', 'ear_spread', 'ear_width', 'eye_spacing',
                'eye_height', 'eye_size', 'nose_size', 'nose_height', 'mouth_width', 'mouth_drop')
@@ -35,20 +47,37 @@ _SHAPE_HEAD_W, _SHAPE_HEAD_H, _SHAPE_EAR_LEN, _SHAPE_EAR_SPREAD, _SHAPE_EAR_W, _
     range(len(SHAPE_NAMES))
 
 
-def face_layout(shape):
+def _mode_table(mode, reference):
+    # Per-face ear triangle ((3, 2) tuples of (N,) tensors) and head radii factors of each face's mode.
+    def pick(values):
+        out = torch.full_like(reference, values[0])
+        for k, value in enumerate(values[1:], start=1):
+            out = torch.where(mode == k, torch.full_like(reference, value), out)
+        return out
+    ears = tuple(tuple(pick([head[0][v][c] for head in _MODE_HEADS]) for c in (0, 1)) for v in range(3))
+    radii = tuple(pick([head[1][c] for head in _MODE_HEADS]) for c in (0, 1))
+    return ears, radii
+
+
+def face_layout(shape, mode=None):
     """Positions and sizes of every part for shape vectors (N, 12).
 
     Part positions follow the head's size (so parts stay attached); part sizes
-    change on their own, which makes the family non-rigid.
+    change on their own, which makes the family non-rigid. ``mode`` (N,)
+    picks each face's head type (MODE_NAMES; None or all 0: the cat).
     Returns a dict of (N,) tensors and (x, y) pairs of (N,) tensors.
     """
     d = [shape[:, i] for i in range(shape.shape[1])]
     hx, hy = 1 + d[_SHAPE_HEAD_W], 1 + d[_SHAPE_HEAD_H]
+    ear_triangle, radii = _EAR, _HEAD_RADII
+    if mode is not None and bool((mode != 0).any()):
+        ear_triangle, (rx_factor, ry_factor) = _mode_table(mode.to(hx.dtype), hx)
+        radii = (_HEAD_RADII[0] * rx_factor, _HEAD_RADII[1] * ry_factor)
 
     def place(x, y):
         return x * hx, HEAD_CENTRE_Y + (y - HEAD_CENTRE_Y) * hy
 
-    (ix, iy), (ox, oy), (tx, ty) = _EAR
+    (ix, iy), (ox, oy), (tx, ty) = ear_triangle
     bcx, bcy = (ix + ox) / 2, (iy + oy) / 2
     ear_w, ear_len = 1 + d[_SHAPE_EAR_W], 1 + d[_SHAPE_EAR_LEN]
     ear_inner = place(bcx + (ix - bcx) * ear_w, bcy + (iy - bcy) * ear_w)
@@ -65,7 +94,7 @@ def face_layout(shape):
     mouth_w = 0.16 * (1 + d[_SHAPE_MOUTH_W])
     return {
         'hx': hx, 'hy': hy,
-        'head_radii': (_HEAD_RADII[0] * hx, _HEAD_RADII[1] * hy),
+        'head_radii': (radii[0] * hx, radii[1] * hy),
         'ear': (ear_inner, ear_outer, ear_tip),
         'eye': eye, 'eye_size': eye_size,
         'nose': nose, 'nose_half_width': nose_half_width, 'nose_height': nose_height,
@@ -74,15 +103,16 @@ def face_layout(shape):
     }
 
 
-def object_keypoints(shape):
+def object_keypoints(shape, mode=None):
     """Keypoints of unmirrored faces in object coordinates.
 
     Args:
         shape: (N, 12) relative shape changes.
+        mode: (N,) head types (MODE_NAMES) or None (cats).
     Returns:
         (N, NUM_KEYPOINTS, 2) object coordinates (x, y), KEYPOINT_NAMES order.
     """
-    lay = face_layout(shape)
+    lay = face_layout(shape, mode)
     zero = torch.zeros_like(lay['hx'])
     ear_tip, eye, corner = lay['ear'][2], lay['eye'], lay['mouth_corner']
     nose_x, nose_y = lay['nose']
@@ -114,7 +144,9 @@ def keypoints_from_params(params, size):
         and visibility 1 when the point lies on the canvas ([0, size - 1] in
         both coordinates), else 0.
     """
-    q = object_keypoints(params['shape'])
+    q = object_keypoints(params['shape'], params.get('mode'))
+    if bool((params['deformation'] != 0).any()):
+        q = undeform(q, params['deformation'])  # where the deformed face shows each point
     mirror = params['mirror']
     mirrored = torch.stack([-q[..., 0], q[..., 1]], dim=-1)[:, MIRROR_PERMUTATION.to(q.device)]
     q = torch.where(mirror[:, None, None] > 0.5, mirrored, q)

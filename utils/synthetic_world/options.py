@@ -1,6 +1,7 @@
 """The --synthetic_* flags, shared by the synthetic generator and the synthetic dataset mode."""
 from utils.argparse_tools import has_option
-from utils.synthetic_world.factors import MAX_DISTRACTORS, WorldFactors
+from utils.synthetic_world.deformation import DEFORMATION_FACTORS, MAX_DEFORMATION
+from utils.synthetic_world.factors import MAX_DISTRACTORS, MAX_MODES, NUM_FACTORS, WorldFactors
 
 
 def add_world_options(parser):
@@ -25,6 +26,13 @@ def add_world_options(parser):
                        help='draw synthetic faces on a flat background (no gradient, noise or distractors)')
     group.add_argument('--synthetic_distractors', type=int, default=d.distractors,
                        help=f'number of distractor shapes in synthetic backgrounds (0-{MAX_DISTRACTORS})')
+    group.add_argument('--synthetic_modes', type=int, default=d.modes,
+                       help=f'number of visually distinct head types (modes) of synthetic faces (1-{MAX_MODES}): '
+                            'cats, droopy-eared and sideways-eared heads, in equal shares')
+    group.add_argument('--synthetic_deformation', type=float, default=d.deformation,
+                       help=f'largest coefficient (0-{MAX_DEFORMATION}) of a smooth per-face deformation that only '
+                            f'a dense flow can undo (0 = off); the synthetic generator reads it from extra '
+                            f'latent coordinates, so it needs --dim_latent >= {NUM_FACTORS + DEFORMATION_FACTORS}')
     return parser
 
 
@@ -40,4 +48,6 @@ def factors_from_options(opt):
         appearance=not getattr(opt, 'synthetic_no_appearance', False),
         background=not getattr(opt, 'synthetic_no_background', False),
         distractors=getattr(opt, 'synthetic_distractors', d.distractors),
+        modes=getattr(opt, 'synthetic_modes', d.modes),
+        deformation=getattr(opt, 'synthetic_deformation', d.deformation),
     ).validate()
