@@ -23,7 +23,7 @@ from training.checks import ASYNC_CHECK_EVERY, agree, nonfinite_flags
 from training.report import TrainingVisuals, evaluate_alignment
 from training.state import (CHECKPOINT_FORMAT_VERSION, checkpoint_iteration, get_rng_state, load_generator_weights,
                             set_rng_state)
-from training.step import EMA_DECAY, accumulate, training_step
+from training.step import EMA_DECAY, accumulate, step_modules, training_step
 from training.writer import ExperimentWriter
 from utils.checkpoint import checkpoint_name, load_checkpoint, save_checkpoint
 from utils.distributed import cleanup, gather_objects, is_main_process, seed_everything, setup_distributed
@@ -186,9 +186,10 @@ def run_iterations(opt, s, stop):
     health = torch.zeros(3, device=s.device)
     last_check = s.start_iter
     s.stn.train()
+    step_generator, step_stn, step_loss_fn = step_modules(opt, s.generator, s.stn, s.loss_fn)
     for i in range(s.start_iter + 1, opt.iter + 1):
         psi = anneal_psi(i, opt.anneal_psi, opt.anneal_fn)
-        terms = training_step(opt, s.generator, s.stn, s.ll, s.loss_fn, psi)
+        terms = training_step(opt, step_generator, step_stn, s.ll, step_loss_fn, psi)
         s.t_optim.zero_grad(set_to_none=True)
         s.ll_optim.zero_grad(set_to_none=True)
         terms.total.backward()

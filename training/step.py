@@ -3,6 +3,7 @@ import torch
 
 from models.gangealing import congeal_samples, sample_pairs
 from models.losses import LossTerms, gangealing_cluster_loss
+from utils.compilation import compiled
 from utils.precision import autocast
 
 EMA_DECAY = 0.5 ** (32 / (10 * 1000))  # per iteration, as in the original recipe
@@ -15,6 +16,18 @@ def accumulate(ema, model, decay):
             p_ema.lerp_(p, 1 - decay)
         for b_ema, b in zip(ema.buffers(), model.buffers()):
             b_ema.copy_(b)
+
+
+def step_modules(opt, generator, stn, loss_fn):
+    """(generator, stn, loss_fn) as ``training_step`` should call them.
+
+    With ``opt.compile`` each is a torch.compile view sharing the module's weights
+    (see utils.compilation; the plain modules stay for checkpoints and visuals);
+    without it, the modules themselves.
+    """
+    enabled = getattr(opt, 'compile', False)
+    return (compiled(generator, 'generator', enabled), compiled(stn, 'spatial transformer', enabled),
+            compiled(loss_fn, 'perceptual loss', enabled))
 
 
 def training_step(opt, generator, stn, ll, loss_fn, psi):

@@ -171,6 +171,11 @@ def add_training_options(parser):
                             'transformer and perceptual network (weights, gradients and optimiser stay '
                             'float32); auto picks per device what measured fastest (float32 on CPU and CUDA '
                             'so far, see the README)')
+    speed.add_argument('--compile', action='store_true',
+                       help='run the training step\'s generator, transformer and perceptual loss through '
+                            'torch.compile (the first iterations then take longer while they compile); '
+                            'falls back to uncompiled modules with one warning when the compiler is missing '
+                            'or fails. Off by default: it did not pay on the development CPU (see the README)')
 
     vis = parser.add_argument_group('logging and visuals')
     vis.add_argument('--vis_every', type=int, default=5000, help='iterations between visuals')
