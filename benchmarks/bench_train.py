@@ -81,6 +81,9 @@ def parse_args(argv=None):
                         help="the generator's modulated convolution: scaled activations (ours) or grouped "
                              'per-sample weights (ModulatedConv2d.fused, the official form); two values time '
                              'both in alternating rounds')
+    parser.add_argument('--compile', nargs='+', default=['off'], choices=['off', 'on'],
+                        help="train.py's --compile for our steps; two values (off on) time both in alternating "
+                             'rounds in one process (the warm-up, which compiles, is reported apart)')
     parser.add_argument('--rounds', type=int, default=3,
                         help='with --official: alternating timed rounds of --iters steps each')
     parser.add_argument('--single', default=None, help=argparse.SUPPRESS)  # internal: one measurement
@@ -103,11 +106,14 @@ def ensure_perceptual_weights(args):
         args.perceptual_weights = path
 
 
-def training_flags(name, args, device, precision=None):
-    """train.py's flags for configuration ``name`` on ``device`` (``precision``: default the first --precision)."""
+def training_flags(name, args, device, precision=None, compile_=None):
+    """train.py's flags for configuration ``name`` on ``device`` (``precision``, ``compile_``: default the
+    first --precision, --compile)."""
     flags, _ = CONFIGS[name]
     flags = ['--exp-name', 'bench', '--device', device, '--n_pca', '2000', '--precision',
              precision or args.precision[0], *flags]
+    if (compile_ or args.compile[0]) == 'on':
+        flags.append('--compile')
     if name != 'synthetic':
         flags += ['--loss_fn', args.loss_fn]
         if args.perceptual_weights:
@@ -121,19 +127,19 @@ def _synchronize(device):
         torch.cuda.synchronize(device)
 
 
-def build_ours(name, args, device_name, precision=None):
+def build_ours(name, args, device_name, precision=None, compile_=None):
     """Our models for configuration ``name``; returns (opt, step, parts): ``step()`` runs one
     training iteration (as train.py) and returns the detached total loss."""
     import torch
     if args.threads:
         torch.set_num_threads(args.threads)
     from training.building import build_models, build_optimizers, initialise_target
-    from training.step import EMA_DECAY, accumulate, training_step
+    from training.step import EMA_DECAY, accumulate, step_modules, training_step
     from models.perceptual import PERCEPTUAL_LOSSES
     from utils.distributed import seed_everything
     from utils.options import parse_training_options
 
-    opt = parse_training_options(training_flags(name, args, device_name, precision), save=False)
+    opt = parse_training_options(training_flags(name, args, device_name, precision, compile_), save=False)
     device = torch.device(device_name)
     seed_everything(0)
     generator, stn, t_ema, ll = build_models(opt, device)
@@ -141,9 +147,10 @@ def build_ours(name, args, device_name, precision=None):
     initialise_target(opt, generator, ll, loss_fn, device)
     t_optim, ll_optim, _, _ = build_optimizers(opt, stn, ll)
     stn.train()
+    step_generator, step_stn, step_loss_fn = step_modules(opt, generator, stn, loss_fn)
 
     def step():
-        terms = training_step(opt, generator, stn, ll, loss_fn, psi=0.0)
+        terms = training_step(opt, step_generator, step_stn, ll, step_loss_fn, psi=0.0)
         t_optim.zero_grad(set_to_none=True)
         ll_optim.zero_grad(set_to_none=True)
         terms.total.backward()
@@ -273,7 +280,8 @@ def run_in_fresh_process(name, args, device, which=None):
     peak-memory counters; the result dict, or an error string."""
     single = f'{name}@{device}' + (f'@{which}' if which else '')
     command = [sys.executable, '-m', 'benchmarks.bench_train', '--single', single,
-               '--loss_fn', args.loss_fn, '--warmup', str(args.warmup), '--precision', args.precision[0]]
+               '--loss_fn', args.loss_fn, '--warmup', str(args.warmup), '--precision', args.precision[0],
+               '--compile', args.compile[0]]
     for flag, value in (('--iters', args.iters), ('--threads', args.threads),
                         ('--perceptual_weights', args.perceptual_weights), ('--official', args.official)):
         if value:
@@ -303,21 +311,26 @@ def format_table(rows):
 
 
 def compare_variants(name, args, device_name):
-    """Our step for every (precision, modulated convolution) of ``args``, same seed and weights,
-    timed in alternating rounds; returns {label: (median seconds per step, first two losses)}."""
+    """Our step for every (precision, modulated convolution, compile) of ``args``, same seed and weights,
+    timed in alternating rounds; returns {label: (median seconds per step, first two losses, seconds of
+    the two warm-up steps)}."""
     import torch
     from models.layers import ModulatedConv2d
     device = torch.device(device_name)
     steps, losses = {}, {}
+    warmup = {}
     for precision in args.precision:
         for modconv in args.modconv:
-            label = f'{precision}, {modconv}'
-            _, steps[label], parts = build_ours(name, args, device_name, precision)
-            for module in parts.generator.modules():
-                if isinstance(module, ModulatedConv2d):
-                    module.fused = modconv == 'grouped'
-            torch.manual_seed(1)
-            losses[label] = [float(steps[label]()) for _ in range(2)]  # warm-up, the same draws for each
+            for compile_ in args.compile:
+                label = f'{precision}, {modconv}, compile {compile_}'
+                _, steps[label], parts = build_ours(name, args, device_name, precision, compile_)
+                for module in parts.generator.modules():
+                    if isinstance(module, ModulatedConv2d):
+                        module.fused = modconv == 'grouped'
+                torch.manual_seed(1)
+                start = time.perf_counter()
+                losses[label] = [float(steps[label]()) for _ in range(2)]  # warm-up, the same draws for each
+                warmup[label] = time.perf_counter() - start
     labels = list(steps)
     iters = args.iters or (20 if device.type == 'cuda' else 1)
     seconds = {label: [] for label in labels}
@@ -330,7 +343,7 @@ def compare_variants(name, args, device_name):
             _synchronize(device)
             seconds[label].append((time.perf_counter() - start) / iters)
         print('#   round ' + ', '.join(f'{label}: {seconds[label][-1]:.3f} s' for label in labels), flush=True)
-    return {label: (statistics.median(seconds[label]), losses[label]) for label in labels}
+    return {label: (statistics.median(seconds[label]), losses[label], warmup[label]) for label in labels}
 
 
 def _memory_cell(result):
@@ -368,14 +381,15 @@ def main(argv=None):
     import torch
     devices = args.devices or (['cpu'] + (['cuda'] if torch.cuda.is_available() else []))
     rows = []
-    if (len(args.precision) > 1 or len(args.modconv) > 1) and not args.official:
-        print('| configuration | device | loss | precision, modulated convolution | s / step | first two losses |')
-        print('|---|---|---|---|---|---|')
+    if (len(args.precision) > 1 or len(args.modconv) > 1 or len(args.compile) > 1) and not args.official:
+        print('| configuration | device | loss | precision, modulated convolution, compile | s / step '
+              '| first two losses | warm-up s (2 steps) |')
+        print('|---|---|---|---|---|---|---|')
         for device in devices:
             for name in args.configs:
-                for label, (seconds, losses) in compare_variants(name, args, device).items():
+                for label, (seconds, losses, warmup) in compare_variants(name, args, device).items():
                     print(f"| {CONFIGS[name][1]} | {device} | {args.loss_fn} | {label} | {seconds:.3f} "
-                          f"| {', '.join(f'{v:.4f}' for v in losses)} |", flush=True)
+                          f"| {', '.join(f'{v:.4f}' for v in losses)} | {warmup:.1f} |", flush=True)
         return
     for device in devices:
         for name in args.configs:
