@@ -57,20 +57,25 @@ def test_compiled_training_steps_equal_eager(tiny_configs, one_thread, monkeypat
 
 
 def test_generated_kernels_match_eager_on_a_small_module(one_thread):
-    # The real backend (C++ on the CPU): forward and gradients of a small conv net equal eager's.
+    # The real backend (C++ on the CPU) on the generator's modulated convolution: output and the
+    # gradients of input and style equal eager's.
+    from models.layers import ModulatedConv2d
     torch._dynamo.reset()
     torch.manual_seed(0)
-    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.LeakyReLU(0.2), nn.Conv2d(4, 2, 1))
-    view = compiled(net, 'test net')
+    conv = ModulatedConv2d(3, 4, 3, style_dim=5)
+    view = compiled(conv, 'modulated convolution')
     x = torch.randn(2, 3, 8, 8, requires_grad=True)
-    expected = net(x)
-    expected_grad, = torch.autograd.grad(expected.square().sum(), x)
-    result = view(x)
+    style = torch.randn(2, 5, requires_grad=True)
+    expected = conv(x, style)
+    expected_grads = torch.autograd.grad(expected.square().sum(), (x, style))
+    result = view(x, style)
     if view.failed:
         pytest.skip('torch.compile is unusable on this machine (its warning was printed)')
-    result_grad, = torch.autograd.grad(result.square().sum(), x)
+    result_grads = torch.autograd.grad(result.square().sum(), (x, style))
+    assert expected.abs().max() > 0.1
     assert torch.allclose(result, expected, atol=1e-5)
-    assert torch.allclose(result_grad, expected_grad, atol=1e-4)
+    for got, want in zip(result_grads, expected_grads):
+        assert torch.allclose(got, want, atol=1e-4)
 
 
 def test_failing_compiler_warns_once_per_module_and_training_goes_on(tmp_path, train_in_process, tiny_configs,
