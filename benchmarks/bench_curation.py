@@ -221,6 +221,7 @@ def clustering_measures(classifier_ckpt, samples, images, size, seed, batch=50):
     classifier = classifier_from_state_dict(ckpt['classifier'], opt.flow_size, opt.stn_channel_multiplier,
                                             opt.real_size, heads, opt.stn_max_channels).eval()
     stream = torch.Generator().manual_seed(20_000 + seed)
+    torch.manual_seed(30_000 + seed)  # the noise inputs are drawn from the global stream: same table on every run
     modes, assigned, predicted, repeated = [], [], [], []
     for start in range(0, samples, batch):
         z = torch.randn(min(batch, samples - start), generator.style_dim, generator=stream)
