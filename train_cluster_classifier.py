@@ -52,7 +52,8 @@ from training.writer import ExperimentWriter
 
 # Options describing the trained model; unless given on the command line they
 # take the values recorded in the checkpoint.
-MODEL_OPTIONS = ('gen_size', 'dim_latent', 'n_mlp', 'gen_channel_multiplier', 'num_fp16_res', 'transform',
+MODEL_OPTIONS = ('gen_size', 'dim_latent', 'n_mlp', 'gen_channel_multiplier', 'gen_channel_max', 'num_fp16_res',
+                 'transform',
                  'flow_size', 'stn_channel_multiplier', 'stn_max_channels', 'num_heads', 'ndirs', 'inject',
                  'flips', 'loss_fn', 'real_size', 'sample_from_full_res', 'padding_mode', 'laplacian_levels',
                  'perceptual_weights', 'dataset_mode')

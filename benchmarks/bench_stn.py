@@ -2,12 +2,24 @@
 
     python -m benchmarks.bench_stn                      # CPU, and CUDA when present
     python -m benchmarks.bench_stn --batches 5 --reps 2 --devices cpu
+    python -m benchmarks.bench_stn --official ../gangealing --devices cpu --threads 2   # beside the original
 
 Prints a markdown table. The default configuration is the released models'
 (similarity then flow, flow_size 128, 256-pixel inputs, channel multiplier 0.5).
+
+With ``--official PATH`` (a checkout of the original GANgealing code, imported
+as ``benchmarks/official.py`` describes) it measures inference beside the
+original instead: the transformer's forward pass on the same weights (batch 8
+by default; plain, ``iters 3``, with flips, both), and the StyleGAN2 generator's
+forward pass (``--gen_size`` 256, channel multiplier 2, random weights copied
+into both). Each row is timed in alternating rounds (ours, original, original,
+ours, ...) in one process, and the table gives images per second and the
+speed-up (ours over the original).
 """
 import argparse
+import statistics
 import time
+from types import SimpleNamespace
 
 import torch
 
@@ -21,13 +33,23 @@ def parse_args(argv=None):
     parser.add_argument('--supersize', type=int, default=256)
     parser.add_argument('--channel_multiplier', type=float, default=0.5)
     parser.add_argument('--num_heads', type=int, default=1)
-    parser.add_argument('--batches', type=int, nargs='+', default=[5, 40])
+    parser.add_argument('--batches', type=int, nargs='+', default=None,
+                        help='batch sizes (default: 5 and 40; 8 with --official)')
     parser.add_argument('--reps', type=int, default=3, help='timed repetitions per measurement')
     parser.add_argument('--cpu_reps_large', type=int, default=2,
                         help='repetitions on the CPU for batches above 8 (they are slow)')
     parser.add_argument('--devices', nargs='+', default=None,
                         help="devices to measure (default: cpu, plus cuda when available)")
-    return parser.parse_args(argv)
+    parser.add_argument('--official', default=None, metavar='PATH',
+                        help='checkout of the original GANgealing code: compare inference with it')
+    parser.add_argument('--rounds', type=int, default=3, help='with --official: alternating timed rounds')
+    parser.add_argument('--gen_size', type=int, default=256, help='with --official: generator resolution')
+    parser.add_argument('--gen_batch', type=int, default=4, help='with --official: generator batch')
+    parser.add_argument('--threads', type=int, default=None, help='torch CPU threads (default: torch decides)')
+    args = parser.parse_args(argv)
+    if args.batches is None:
+        args.batches = [8] if args.official else [5, 40]
+    return args
 
 
 def synchronize(device):
@@ -62,8 +84,91 @@ def measure(stn, batch, reps, device, supersize):
             images_per_second(forward_backward, batch, reps, device))
 
 
+def alternating(functions, batch, rounds, device):
+    """Images per second of each of ``functions`` ({name: callable}), timed in alternating rounds
+    after one warm-up call each; returns {name: median images per second}."""
+    for function in functions.values():
+        function()
+    seconds = {name: [] for name in functions}
+    names = list(functions)
+    for index in range(rounds):
+        for name in (names if index % 2 == 0 else names[::-1]):
+            synchronize(device)
+            start = time.perf_counter()
+            functions[name]()
+            synchronize(device)
+            seconds[name].append(time.perf_counter() - start)
+    return {name: batch / statistics.median(values) for name, values in seconds.items()}
+
+
+def compare_with_official(args, name):
+    """Rows (what, batch, ours img/s, original img/s) of the inference comparison on device ``name``."""
+    from benchmarks.official import load_official, official_models_like
+    from models import Generator
+    device = torch.device(name)
+    official = load_official(args.official)
+    torch.manual_seed(0)
+    stn = get_stn(args.transforms, flow_size=args.flow_size, supersize=args.supersize,
+                  channel_multiplier=args.channel_multiplier, num_heads=args.num_heads).to(device).eval()
+    opt = SimpleNamespace(gen_size=args.gen_size, dim_latent=512, n_mlp=8, gen_channel_multiplier=2,
+                          flow_size=args.flow_size, real_size=args.supersize, transform=args.transforms,
+                          stn_channel_multiplier=args.channel_multiplier, num_heads=args.num_heads, ndirs=1,
+                          inject=5)
+    generator = Generator(args.gen_size, 512, 8, channel_multiplier=2).to(device).eval()
+    from models.latent_learner import DirectionInterpolator
+    ll = DirectionInterpolator(1, 5, generator.n_latent, 512)
+    their_g, their_stn, _, _ = official_models_like(official, opt, generator, stn, ll, device)
+    their_stn.eval()
+    rows = []
+    for batch in args.batches:
+        images = torch.rand(batch, 3, args.supersize, args.supersize, device=device) * 2 - 1
+        for label, kwargs, flips in (('STN forward', {}, False), ('STN forward, iters 3', {'iters': 3}, False),
+                                     ('STN forward with flips', {}, True),
+                                     ('STN forward, iters 3, flips', {'iters': 3}, True)):
+            def run(model, kwargs=kwargs, flips=flips):
+                with torch.no_grad():
+                    return model.forward_with_flip(images, **kwargs) if flips else model(images, **kwargs)
+            with torch.no_grad():
+                ours_out, theirs_out = run(stn), run(their_stn)
+            ours_out = ours_out[0] if isinstance(ours_out, tuple) else ours_out
+            theirs_out = theirs_out[0] if isinstance(theirs_out, tuple) else theirs_out
+            difference = (ours_out - theirs_out).abs().max().item()
+            rates = alternating({'ours': lambda: run(stn), 'original': lambda: run(their_stn)}, batch,
+                                args.rounds, device)
+            rows.append((label, batch, rates['ours'], rates['original'], difference))
+            print(f"# {name} {label} batch {batch}: ours {rates['ours']:.2f}, original "
+                  f"{rates['original']:.2f} img/s (max |difference| {difference:.1e})", flush=True)
+    z = torch.randn(args.gen_batch, 512, device=device)
+
+    def generate(model):
+        with torch.no_grad():
+            return model([z], randomize_noise=False)[0]
+    difference = (generate(generator) - generate(their_g)).abs().max().item()
+    rates = alternating({'ours': lambda: generate(generator), 'original': lambda: generate(their_g)},
+                        args.gen_batch, args.rounds, device)
+    rows.append((f'StyleGAN2 {args.gen_size} px (cm 2) forward', args.gen_batch, rates['ours'],
+                 rates['original'], difference))
+    print(f"# {name} generator batch {args.gen_batch}: ours {rates['ours']:.2f}, original "
+          f"{rates['original']:.2f} img/s (max |difference| {difference:.1e})", flush=True)
+    return rows
+
+
 def main(argv=None):
     args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.official:
+        devices = args.devices or (['cpu'] + (['cuda'] if torch.cuda.is_available() else []))
+        rows = [(name, *row) for name in devices for row in compare_with_official(args, name)]
+        print(f'\nSTN {args.transforms}, flow_size {args.flow_size}, input {args.supersize}px, channel_multiplier '
+              f'{args.channel_multiplier}; random weights copied into both; torch {torch.__version__}, '
+              f'{torch.get_num_threads()} CPU threads; medians of {args.rounds} alternating rounds\n')
+        print('| device | what | batch | ours (img/s) | original (img/s) | speed-up | max abs difference |')
+        print('|---|---|---|---|---|---|---|')
+        for name, what, batch, ours, theirs, difference in rows:
+            print(f'| {name} | {what} | {batch} | {ours:.2f} | {theirs:.2f} | {ours / theirs:.2f}x '
+                  f'| {difference:.1e} |')
+        return
     devices = args.devices or (['cpu'] + (['cuda'] if torch.cuda.is_available() else []))
     rows = []
     for name in devices:

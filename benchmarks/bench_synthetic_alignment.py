@@ -1,13 +1,23 @@
-"""Quality benchmark of the embedded default.
+"""Quality benchmark of the embedded default, and of GANgealing through a learned StyleGAN2.
 
 Trains ``python train.py`` at the synthetic-world defaults (CPU unless told
-otherwise), then reports PCK-Transfer@0.1/0.05 on 500 held-out rendered pairs
+otherwise), then reports PCK-Transfer@0.1/0.05 on held-out rendered pairs
 next to the identity (no-alignment) baseline, and the wall time.
 
     python -m benchmarks.bench_synthetic_alignment [--device cpu] [extra train.py flags]
 
 Target: PCK-Transfer@0.1 >= 0.90 and >= 0.40 above the baseline within 10 CPU
 minutes on 2 cores.
+
+With ``--generator stylegan2 --ckpt X`` (a checkpoint of train_stylegan2.py
+trained on the synthetic world, e.g. pretrained/stylegan2_synthetic32.pt)
+GANgealing runs through that generator's *learned* latent space instead
+(its architecture is read from the checkpoint's ``args``), on the same
+held-out rendered pairs at the generator's resolution, and the hand-built
+generator is run at that resolution too (``--no_handbuilt`` skips it), so
+the table shows both next to the baseline:
+
+    python -m benchmarks.bench_synthetic_alignment --generator stylegan2 --ckpt pretrained/stylegan2_synthetic32.pt
 """
 import argparse
 import json
@@ -18,6 +28,39 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from utils.checkpoint import load_checkpoint  # noqa: E402  (after the path set-up)
+
+# The CPU-demo schedule of the hand-built generator (models/generators/synthetic.py),
+# spelled out for a StyleGAN2, whose component sets no synthetic-world defaults.
+STYLEGAN2_DEMO = ['--dataset_mode', 'synthetic', '--loss_fn', 'laplacian', '--padding_mode', 'border',
+                  '--stn_channel_multiplier', '0.125', '--stn_max_channels', '32',
+                  '--transform', 'similarity', 'similarity', 'flow', '--sample_from_full_res',
+                  '--batch', '10', '--stn_lr', '0.006', '--iter', '2400', '--anneal_psi', '600', '--period', '1800',
+                  '--vis_every', '1000', '--ckpt_every', '1000', '--eval_iters', '1', '--n_mean', '200',
+                  '--n_sample', '16', '--vis_batch_size', '50', '--n_pca', '20000']
+
+
+def stylegan2_flags(ckpt_path, inject):
+    """train.py flags that rebuild the checkpoint's generator and align through it."""
+    args = load_checkpoint(ckpt_path)['args']
+    size = args.size
+    return ['--generator', 'stylegan2', '--ckpt', ckpt_path, '--load_G_only', '--gen_size', str(size),
+            '--real_size', str(size), '--flow_size', str(min(32, size)), '--dim_latent', str(args.latent),
+            '--n_mlp', str(args.n_mlp), '--gen_channel_multiplier', str(args.channel_multiplier),
+            '--gen_channel_max', str(args.channel_max), '--inject', str(inject)] + STYLEGAN2_DEMO, size
+
+
+def run(name, flags, results, args):
+    command = [sys.executable, 'train.py', '--exp-name', name, '--results', results, '--device', args.device,
+               '--synthetic_eval_images', str(2 * args.pairs), '--seed', str(args.seed)] + flags
+    print('running:', ' '.join(command), flush=True)
+    start = time.time()
+    subprocess.run(command, cwd=ROOT, check=True)
+    wall = time.time() - start
+    with open(os.path.join(results, name, 'pck.json')) as f:
+        return json.load(f), wall
 
 
 def main():
@@ -25,24 +68,36 @@ def main():
     parser.add_argument('--device', default='cpu', choices=['auto', 'cpu', 'cuda'])
     parser.add_argument('--pairs', type=int, default=500, help='held-out pairs evaluated')
     parser.add_argument('--results', default=None, help='results folder (default: a temporary one)')
+    parser.add_argument('--seed', type=int, default=0, help='seed of the GANgealing runs')
+    parser.add_argument('--generator', default='synthetic', choices=['synthetic', 'stylegan2'],
+                        help='stylegan2: align through the --ckpt of train_stylegan2.py')
+    parser.add_argument('--ckpt', default=None, help='with --generator stylegan2: its checkpoint')
+    parser.add_argument('--inject', type=int, default=4,
+                        help="with --generator stylegan2: W+ entries [0, inject) take the target's pose")
+    parser.add_argument('--no_handbuilt', action='store_true',
+                        help='with --generator stylegan2: skip the hand-built generator run at its resolution')
     args, extra = parser.parse_known_args()
 
     results = args.results or tempfile.mkdtemp(prefix='bench_synthetic_')
-    command = [sys.executable, 'train.py', '--exp-name', 'bench_synthetic', '--results', results,
-               '--device', args.device, '--synthetic_eval_images', str(2 * args.pairs)] + extra
-    print('running:', ' '.join(command), flush=True)
-    start = time.time()
-    subprocess.run(command, cwd=ROOT, check=True)
-    wall = time.time() - start
+    rows = []
+    if args.generator == 'stylegan2':
+        if not args.ckpt:
+            parser.error('--generator stylegan2 needs --ckpt (a train_stylegan2.py checkpoint)')
+        flags, size = stylegan2_flags(args.ckpt, args.inject)
+        rows.append(('StyleGAN2 (learned)', *run('bench_stylegan2', flags + extra, results, args)))
+        if not args.no_handbuilt:
+            size_flags = ['--gen_size', str(size), '--real_size', str(size), '--flow_size', str(min(32, size))]
+            rows.append(('hand-built', *run('bench_synthetic', size_flags + extra, results, args)))
+    else:
+        rows.append(('hand-built', *run('bench_synthetic', extra, results, args)))
 
-    with open(os.path.join(results, 'bench_synthetic', 'pck.json')) as f:
-        report = json.load(f)
     print()
-    print("| pairs | PCK@0.1 | baseline@0.1 | PCK@0.05 | baseline@0.05 | wall time |")
-    print("|---|---|---|---|---|---|")
-    pck, base = report['pck'], report['identity_baseline']
-    print(f"| {report['pairs']} | {pck['0.1']:.3f} | {base['0.1']:.3f} | {pck['0.05']:.3f} | "
-          f"{base['0.05']:.3f} | {wall / 60:.1f} min |")
+    print("| generator | pairs | PCK@0.1 | baseline@0.1 | PCK@0.05 | baseline@0.05 | wall time |")
+    print("|---|---|---|---|---|---|---|")
+    for name, report, wall in rows:
+        pck, base = report['pck'], report['identity_baseline']
+        print(f"| {name} | {report['pairs']} | {pck['0.1']:.3f} | {base['0.1']:.3f} | {pck['0.05']:.3f} | "
+              f"{base['0.05']:.3f} | {wall / 60:.1f} min |")
 
 
 if __name__ == '__main__':

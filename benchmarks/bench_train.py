@@ -3,6 +3,7 @@
     python -m benchmarks.bench_train                          # CPU, and CUDA when present
     python -m benchmarks.bench_train --devices cpu --threads 2 --configs synthetic sg2-64
     python -m benchmarks.bench_train --loss_fn lpips --perceptual_weights vgg16-397923af.pth
+    python -m benchmarks.bench_train --official ../gangealing --configs sg2-64 --threads 2   # beside the original
 
 A step is what train.py does per iteration: draw pairs from the generator,
 warp with the STN, the loss, backward, Adam on the STN and the target, and the
@@ -17,14 +18,30 @@ Each (configuration, device) is measured in a fresh process, so the CPU peak
 (``ru_maxrss``) belongs to that configuration alone. Memory columns: CPU, the
 process's peak resident set and how much it grew during the timed steps; CUDA,
 ``torch.cuda.max_memory_allocated`` during the steps. Prints a markdown table.
+
+With ``--official PATH`` (a checkout of the original GANgealing code) each
+StyleGAN2 configuration is also run by the original's own training-step
+functions (``benchmarks/official.py`` says how it is imported and which
+stand-ins a CPU needs), in the same process and on the same weights: both are
+built, warmed up, then timed in alternating rounds (ours, theirs, theirs,
+ours, ...) so that the load of a shared machine falls on both alike; the table
+gives each one's median seconds per step and the ratio. Peak memory comes
+from two fresh child processes that both build both implementations, free
+the other one, and run the steps of one: CPU, the peak resident set's growth
+over the steps; CUDA, ``max_memory_allocated``. Without
+``--perceptual_weights`` the VGG16 trunk of lpips / vgg_ssl is a random-weight
+file both read (the aim is timing).
 """
 import argparse
 import json
 import os
 import resource
 import subprocess
+import statistics
 import sys
+import tempfile
 import time
+from types import SimpleNamespace
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -54,14 +71,43 @@ def parse_args(argv=None):
                         help='timed steps per measurement (default: 2 on the CPU, 20 on CUDA)')
     parser.add_argument('--warmup', type=int, default=1, help='untimed steps first')
     parser.add_argument('--threads', type=int, default=None, help='torch CPU threads (default: torch decides)')
+    parser.add_argument('--official', default=None, metavar='PATH',
+                        help='checkout of the original GANgealing code: time its training step beside ours '
+                             '(StyleGAN2 configurations; default loss lpips)')
+    parser.add_argument('--precision', nargs='+', default=['fp32'], choices=['fp32', 'bf16'],
+                        help="train.py's --precision for our steps; two values (fp32 bf16) time both in "
+                             'alternating rounds in one process (with --official: the first is used)')
+    parser.add_argument('--modconv', nargs='+', default=['scaled'], choices=['scaled', 'grouped'],
+                        help="the generator's modulated convolution: scaled activations (ours) or grouped "
+                             'per-sample weights (ModulatedConv2d.fused, the official form); two values time '
+                             'both in alternating rounds')
+    parser.add_argument('--rounds', type=int, default=3,
+                        help='with --official: alternating timed rounds of --iters steps each')
     parser.add_argument('--single', default=None, help=argparse.SUPPRESS)  # internal: one measurement
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.official and args.loss_fn == 'laplacian' and '--loss_fn' not in (argv or sys.argv[1:]):
+        args.loss_fn = 'lpips'
+    if args.official:
+        args.configs = [name for name in args.configs if name != 'synthetic']
+    return args
 
 
-def training_flags(name, args, device):
-    """train.py's flags for configuration ``name`` on ``device``."""
+def ensure_perceptual_weights(args):
+    """lpips / vgg_ssl without --perceptual_weights: a random-weight VGG16 file, made once."""
+    if args.loss_fn in ('lpips', 'vgg_ssl') and not args.perceptual_weights:
+        from benchmarks.official import write_random_vgg16
+        path = os.path.join(tempfile.gettempdir(), 'gangealing_bench_random_vgg16.pt')
+        if not os.path.exists(path):
+            write_random_vgg16(path + '.part')
+            os.replace(path + '.part', path)
+        args.perceptual_weights = path
+
+
+def training_flags(name, args, device, precision=None):
+    """train.py's flags for configuration ``name`` on ``device`` (``precision``: default the first --precision)."""
     flags, _ = CONFIGS[name]
-    flags = ['--exp-name', 'bench', '--device', device, '--n_pca', '2000', *flags]
+    flags = ['--exp-name', 'bench', '--device', device, '--n_pca', '2000', '--precision',
+             precision or args.precision[0], *flags]
     if name != 'synthetic':
         flags += ['--loss_fn', args.loss_fn]
         if args.perceptual_weights:
@@ -75,12 +121,9 @@ def _synchronize(device):
         torch.cuda.synchronize(device)
 
 
-def measure(name, args, device_name):
-    """Build the models for one configuration and time ``iters`` training steps.
-
-    Returns a dict: seconds per step, images per second, peak memory (MiB) and
-    the run's settings.
-    """
+def build_ours(name, args, device_name, precision=None):
+    """Our models for configuration ``name``; returns (opt, step, parts): ``step()`` runs one
+    training iteration (as train.py) and returns the detached total loss."""
     import torch
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -90,7 +133,7 @@ def measure(name, args, device_name):
     from utils.distributed import seed_everything
     from utils.options import parse_training_options
 
-    opt = parse_training_options(training_flags(name, args, device_name), save=False)
+    opt = parse_training_options(training_flags(name, args, device_name, precision), save=False)
     device = torch.device(device_name)
     seed_everything(0)
     generator, stn, t_ema, ll = build_models(opt, device)
@@ -108,7 +151,29 @@ def measure(name, args, device_name):
         ll_optim.step()
         accumulate(t_ema, stn, EMA_DECAY)
         return terms.total.detach()
+    parts = SimpleNamespace(generator=generator, stn=stn, t_ema=t_ema, ll=ll, loss_fn=loss_fn,
+                            t_optim=t_optim, ll_optim=ll_optim, device=device)
+    return opt, step, parts
 
+
+def build_theirs(args, opt, ours):
+    """The original's training step on our models' weights: ``step()`` as ``build_ours``'s."""
+    from benchmarks.official import build_official_training, load_official, official_training_step
+    official = load_official(args.official)
+    parts = build_official_training(official, opt, ours.generator, ours.stn, ours.ll, args.perceptual_weights,
+                                    ours.device)
+    return parts, lambda: official_training_step(official, opt, parts, psi=0.0)
+
+
+def measure(name, args, device_name):
+    """Build the models for one configuration and time ``iters`` training steps.
+
+    Returns a dict: seconds per step, images per second, peak memory (MiB) and
+    the run's settings.
+    """
+    import torch
+    opt, step, _ = build_ours(name, args, device_name)
+    device = torch.device(device_name)
     iters = args.iters or (20 if device.type == 'cuda' else 2)
     for _ in range(args.warmup):
         step()
@@ -134,12 +199,83 @@ def measure(name, args, device_name):
     return result
 
 
-def run_in_fresh_process(name, args, device):
-    """``measure`` in a child process (clean peak-memory counters); the result dict, or an error string."""
-    command = [sys.executable, '-m', 'benchmarks.bench_train', '--single', f'{name}@{device}',
-               '--loss_fn', args.loss_fn, '--warmup', str(args.warmup)]
+def _current_rss_kib():
+    with open('/proc/self/statm') as f:
+        return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE') // 1024
+
+
+def measure_memory(name, args, device_name, which):
+    """Peak memory of ``which`` ('ours' or 'original') over ``iters`` steps after a warm-up; both
+    implementations are built first (the original takes our weights), then the other one is freed."""
+    import gc
+    import torch
+    device = torch.device(device_name)
+    opt, our_step, ours = build_ours(name, args, device_name)
+    theirs, their_step = build_theirs(args, opt, ours)
+    if which == 'ours':
+        del theirs, their_step
+        step = our_step
+    else:
+        del ours, our_step
+        step = their_step
+    gc.collect()
+    step()
+    _synchronize(device)
+    if device.type == 'cuda':
+        torch.cuda.reset_peak_memory_stats(device)
+    before = _current_rss_kib()
+    for _ in range(args.iters or 1):
+        step()
+    _synchronize(device)
+    if device.type == 'cuda':
+        return {'peak_mib': torch.cuda.max_memory_allocated(device) / 2 ** 20}
+    return {'peak_mib': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            'growth_mib': (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024}
+
+
+def compare(name, args, device_name):
+    """Ours and the original's step on the same weights, timed in alternating rounds.
+
+    Returns a dict with each one's per-round seconds per step, medians and the
+    first losses (same seed, same weights: the two should start alike).
+    """
+    import torch
+    device = torch.device(device_name)
+    opt, our_step, ours = build_ours(name, args, device_name)
+    _, their_step = build_theirs(args, opt, ours)
+    steps = {'ours': our_step, 'original': their_step}
+    first = {}
+    for key, step in steps.items():  # warm-up; the same seed first, so both draw the same latents and noise
+        torch.manual_seed(1)
+        first[key] = float(step())
+    iters = args.iters or (20 if device.type == 'cuda' else 1)
+    seconds = {'ours': [], 'original': []}
+    for round_index in range(args.rounds):
+        order = ('ours', 'original') if round_index % 2 == 0 else ('original', 'ours')
+        for key in order:
+            _synchronize(device)
+            start = time.perf_counter()
+            for _ in range(iters):
+                steps[key]()
+            _synchronize(device)
+            seconds[key].append((time.perf_counter() - start) / iters)
+        print(f"#   round {round_index + 1}: ours {seconds['ours'][-1]:.3f} s, "
+              f"original {seconds['original'][-1]:.3f} s", flush=True)
+    median = {key: statistics.median(values) for key, values in seconds.items()}
+    return {'config': name, 'device': device_name, 'iters': iters, 'rounds': args.rounds, 'seconds': seconds,
+            'median': median, 'ratio': median['original'] / median['ours'], 'first_loss': first,
+            'gen_size': opt.gen_size, 'flow_size': opt.flow_size, 'batch': opt.batch, 'loss_fn': opt.loss_fn,
+            'threads': torch.get_num_threads()}
+
+
+def run_in_fresh_process(name, args, device, which=None):
+    """``measure`` (or, with ``which``, ``measure_memory``) in a child process, for clean
+    peak-memory counters; the result dict, or an error string."""
+    single = f'{name}@{device}' + (f'@{which}' if which else '')
+    command = [sys.executable, '-m', 'benchmarks.bench_train', '--single', single,
+               '--loss_fn', args.loss_fn, '--warmup', str(args.warmup), '--precision', args.precision[0]]
     for flag, value in (('--iters', args.iters), ('--threads', args.threads),
-                        ('--perceptual_weights', args.perceptual_weights)):
+                        ('--perceptual_weights', args.perceptual_weights), ('--official', args.official)):
         if value:
             command += [flag, str(value)]
     proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
@@ -166,24 +302,101 @@ def format_table(rows):
     return '\n'.join(lines)
 
 
+def compare_variants(name, args, device_name):
+    """Our step for every (precision, modulated convolution) of ``args``, same seed and weights,
+    timed in alternating rounds; returns {label: (median seconds per step, first two losses)}."""
+    import torch
+    from models.layers import ModulatedConv2d
+    device = torch.device(device_name)
+    steps, losses = {}, {}
+    for precision in args.precision:
+        for modconv in args.modconv:
+            label = f'{precision}, {modconv}'
+            _, steps[label], parts = build_ours(name, args, device_name, precision)
+            for module in parts.generator.modules():
+                if isinstance(module, ModulatedConv2d):
+                    module.fused = modconv == 'grouped'
+            torch.manual_seed(1)
+            losses[label] = [float(steps[label]()) for _ in range(2)]  # warm-up, the same draws for each
+    labels = list(steps)
+    iters = args.iters or (20 if device.type == 'cuda' else 1)
+    seconds = {label: [] for label in labels}
+    for round_index in range(args.rounds):
+        for label in (labels if round_index % 2 == 0 else labels[::-1]):
+            _synchronize(device)
+            start = time.perf_counter()
+            for _ in range(iters):
+                steps[label]()
+            _synchronize(device)
+            seconds[label].append((time.perf_counter() - start) / iters)
+        print('#   round ' + ', '.join(f'{label}: {seconds[label][-1]:.3f} s' for label in labels), flush=True)
+    return {label: (statistics.median(seconds[label]), losses[label]) for label in labels}
+
+
+def _memory_cell(result):
+    if isinstance(result, str):
+        return f'failed: {result}'
+    if 'growth_mib' in result:
+        return f"{result['peak_mib']:.0f} (+{result['growth_mib']:.0f})"
+    return f"{result['peak_mib']:.0f}"
+
+
+def format_comparison(rows):
+    """Markdown table of ``compare`` results with the two implementations' memory."""
+    lines = ['| configuration | device | loss | threads | rounds x steps | ours s / step | original s / step '
+             '| speed-up | ours peak MiB (+growth) | original peak MiB (+growth) |',
+             '|---|---|---|---|---|---|---|---|---|---|']
+    for name, device, row, memory in rows:
+        if isinstance(row, str):
+            lines.append(f'| {name} | {device} | failed: {row} | | | | | | | |')
+            continue
+        lines.append(f"| {CONFIGS[name][1]} | {device} | {row['loss_fn']} | {row['threads'] if device == 'cpu' else ''} "
+                     f"| {row['rounds']} x {row['iters']} | {row['median']['ours']:.3f} "
+                     f"| {row['median']['original']:.3f} | {row['ratio']:.2f}x "
+                     f"| {_memory_cell(memory['ours'])} | {_memory_cell(memory['original'])} |")
+    return '\n'.join(lines)
+
+
 def main(argv=None):
     args = parse_args(argv)
+    ensure_perceptual_weights(args)
     if args.single:
-        name, device = args.single.split('@')
-        print('RESULT ' + json.dumps(measure(name, args, device)), flush=True)
+        name, device, *which = args.single.split('@')
+        result = measure_memory(name, args, device, which[0]) if which else measure(name, args, device)
+        print('RESULT ' + json.dumps(result), flush=True)
         return
     import torch
     devices = args.devices or (['cpu'] + (['cuda'] if torch.cuda.is_available() else []))
     rows = []
+    if (len(args.precision) > 1 or len(args.modconv) > 1) and not args.official:
+        print('| configuration | device | loss | precision, modulated convolution | s / step | first two losses |')
+        print('|---|---|---|---|---|---|')
+        for device in devices:
+            for name in args.configs:
+                for label, (seconds, losses) in compare_variants(name, args, device).items():
+                    print(f"| {CONFIGS[name][1]} | {device} | {args.loss_fn} | {label} | {seconds:.3f} "
+                          f"| {', '.join(f'{v:.4f}' for v in losses)} |", flush=True)
+        return
     for device in devices:
         for name in args.configs:
+            if args.official:
+                memory = {which: run_in_fresh_process(name, args, device, which) for which in ('ours', 'original')}
+                row = compare(name, args, device)
+                rows.append((name, device, row, memory))
+                print(f"# {name} on {device}: ours {row['median']['ours']:.3f} s/step, original "
+                      f"{row['median']['original']:.3f} s/step ({row['ratio']:.2f}x); first losses "
+                      f"{row['first_loss']['ours']:.5f} / {row['first_loss']['original']:.5f}", flush=True)
+                continue
             row = run_in_fresh_process(name, args, device)
             rows.append((name, device, row))
             summary = row if isinstance(row, str) else f"{row['seconds_per_step']:.3f} s/step"
             print(f'# {name} on {device}: {summary}', flush=True)
     print(f'\ntorch {torch.__version__}; StyleGAN2 loss {args.loss_fn}; random-weight generators; '
           f'warm-up {args.warmup} step(s)\n')
-    print(format_table(rows))
+    print(format_comparison(rows) if args.official else format_table(rows))
+    if args.official:
+        print('\nspeed-up: the original\'s median seconds per step over ours, timed in alternating rounds in one '
+              'process on the same weights')
 
 
 if __name__ == '__main__':

@@ -24,17 +24,23 @@ __all__ = ['Generator', 'channel_table', 'generator_config_from_state_dict',
 FP16_CLAMP = 256.0
 
 
-def channel_table(channel_multiplier):
+# Widest layers of the standard configurations (the 4 to 32 px blocks).
+CHANNEL_MAX = 512
+
+
+def channel_table(channel_multiplier, channel_max=CHANNEL_MAX):
     """Feature channels per resolution {4: 512, ..., 1024: 16 * cm}.
 
     Resolutions up to 32 have 512 channels; from 64 on the width is
     16384 / resolution * channel_multiplier (64 -> 256 cm, 128 -> 128 cm, ...).
+    Every width is then capped at ``channel_max`` (512 in the standard
+    configurations; smaller values make narrow models, e.g. for a CPU).
     """
     table = {4: 512, 8: 512, 16: 512, 32: 512}
     for log_res in range(6, 11):
         res = 2 ** log_res
         table[res] = int(round(16384 // res * channel_multiplier))
-    return table
+    return {res: min(width, channel_max) for res, width in table.items()}
 
 
 def _describe(config):
@@ -51,7 +57,8 @@ def generator_config_from_state_dict(state_dict):
         dict with ``size`` (from the number of ``to_rgbs``), ``style_dim``,
         ``n_mlp`` (number of ``style.N.weight``) and ``channel_multiplier``
         (from the channel count at the top resolution; None below size 64,
-        where the multiplier changes nothing).
+        where the multiplier changes nothing) and ``channel_max`` (the width
+        of the 4 x 4 block).
     Raises:
         UserError when the mapping is not a StyleGAN2 generator state dict.
     """
@@ -74,8 +81,11 @@ def generator_config_from_state_dict(state_dict):
         channel_multiplier = top_channels * size / 16384
         if channel_multiplier == int(channel_multiplier):
             channel_multiplier = int(channel_multiplier)
+    channel_max = state_dict['conv1.conv.weight'].shape[1]
+    if channel_multiplier is not None and channel_max < CHANNEL_MAX and top_channels == channel_max:
+        channel_multiplier = None  # capped at the top: the multiplier cannot be read off
     return OrderedDict(size=size, style_dim=style_dim, n_mlp=n_mlp,
-                       channel_multiplier=channel_multiplier)
+                       channel_multiplier=channel_multiplier, channel_max=channel_max)
 
 
 def check_generator_state(generator, state_dict):
@@ -87,7 +97,7 @@ def check_generator_state(generator, state_dict):
         built['channel_multiplier'] = None  # it changes no shape there
     same_widths = (found['channel_multiplier'] is None or built['channel_multiplier'] is None
                    or found['channel_multiplier'] == built['channel_multiplier'])
-    if not same_widths or any(found[k] != built[k] for k in ('size', 'style_dim', 'n_mlp')):
+    if not same_widths or any(found[k] != built[k] for k in ('size', 'style_dim', 'n_mlp', 'channel_max')):
         raise WeightsMismatchError(
             f'the generator weights are for a StyleGAN2 with {_describe(found)}, but the model '
             f'was built with {_describe(built)}')
@@ -105,13 +115,14 @@ class Generator(nn.Module):
         lr_mlp: learning-rate multiplier of the mapping network.
         num_fp16_res: run the last ``num_fp16_res`` resolutions in float16 on
             CUDA (float32 elsewhere); the RGB skip path stays float32.
+        channel_max: cap on every block's width (512: the standard layout).
 
     Attributes: ``n_latent`` = 2 log2(size) - 2 style inputs, ``num_layers``
     noise inputs, ``style`` the mapping network (PixelNorm + n_mlp EqualLinear).
     """
 
     def __init__(self, size, style_dim, n_mlp, channel_multiplier=2, blur_kernel=(1, 3, 3, 1),
-                 lr_mlp=0.01, num_fp16_res=0):
+                 lr_mlp=0.01, num_fp16_res=0, channel_max=CHANNEL_MAX):
         super().__init__()
         log_size = math.log2(size) if size > 0 else -1
         if log_size != int(log_size) or not 2 <= log_size <= 10:
@@ -126,7 +137,8 @@ class Generator(nn.Module):
         self.log_size = int(log_size)
         self.num_layers = (self.log_size - 2) * 2 + 1
         self.n_latent = self.log_size * 2 - 2
-        self.channels = channel_table(channel_multiplier)
+        self.channel_max = channel_max
+        self.channels = channel_table(channel_multiplier, channel_max)
 
         self.style = nn.Sequential(PixelNorm(), *[
             EqualLinear(style_dim, style_dim, lr_mul=lr_mlp, activation='fused_lrelu')
@@ -158,7 +170,8 @@ class Generator(nn.Module):
     def config(self):
         """The constructor arguments that decide the state-dict shapes."""
         return OrderedDict(size=self.size, style_dim=self.style_dim, n_mlp=self.n_mlp,
-                           channel_multiplier=self.channel_multiplier)
+                           channel_multiplier=self.channel_multiplier,
+                           channel_max=self.channels[4])
 
     # ---- latents --------------------------------------------------------------
 

@@ -202,3 +202,22 @@ def test_styled_conv_and_to_rgb():
     assert 'upsample.kernel' not in first.state_dict()
     assert first.state_dict()['bias'].shape == (1, 3, 1, 1)
     assert first(feats, style).shape == (2, 3, 16, 16)
+
+
+@pytest.mark.parametrize('mode', ['same', 'up', 'down', 'plain'])
+def test_modulated_conv_scaled_form_equals_grouped_form(mode):
+    # The default (activations scaled by the style) and the official grouped
+    # form give the same outputs and the same gradients for x and the style.
+    torch.manual_seed(0)
+    conv = ModulatedConv2d(4, 6, 1 if mode == 'plain' else 3, style_dim=5, demodulate=mode != 'plain',
+                           upsample=mode == 'up', downsample=mode == 'down')
+    x = torch.randn(3, 4, 8, 8, requires_grad=True)
+    style = torch.randn(3, 5, requires_grad=True)
+    results = []
+    for fused in (False, True):
+        conv.fused = fused
+        out = conv(x, style)
+        grads = torch.autograd.grad(out.sin().sum(), (x, style))
+        results.append((out, *grads))
+    for scaled, grouped in zip(*results):
+        assert torch.allclose(scaled, grouped, rtol=1e-4, atol=1e-5)

@@ -63,6 +63,18 @@ def test_channel_table():
     assert channel_table(2) == {4: 512, 8: 512, 16: 512, 32: 512, 64: 512, 128: 256, 256: 128,
                                 512: 64, 1024: 32}
     assert channel_table(1)[64] == 256 and channel_table(1)[256] == 64
+    assert channel_table(2, channel_max=64) == {4: 64, 8: 64, 16: 64, 32: 64, 64: 64, 128: 64, 256: 64,
+                                                512: 64, 1024: 32}
+
+
+def test_narrow_generator_is_recognised_and_refused_by_a_wide_one():
+    narrow = Generator(32, 16, 2, channel_max=24)
+    assert narrow.channels[4] == 24 and narrow.convs[-1].conv.weight.shape[1] == 24
+    found = generator_config_from_state_dict(narrow.state_dict())
+    assert dict(found) == dict(size=32, style_dim=16, n_mlp=2, channel_multiplier=None, channel_max=24)
+    Generator(32, 16, 2, channel_max=24).load_state_dict(narrow.state_dict())
+    with pytest.raises(UserError, match='channel_max=24'):
+        Generator(32, 16, 2, channel_max=32).load_state_dict(narrow.state_dict())
 
 
 @pytest.mark.parametrize('size', [256, 128])
@@ -82,7 +94,7 @@ def test_official_schema_loads_strictly_and_is_recognised():
         G = Generator(256, 512, 8)
         G.load_state_dict(state, strict=True)
     assert dict(generator_config_from_state_dict(state)) == dict(
-        size=256, style_dim=512, n_mlp=8, channel_multiplier=2)
+        size=256, style_dim=512, n_mlp=8, channel_multiplier=2, channel_max=512)
 
 
 def test_state_dict_round_trip_through_file():
@@ -279,6 +291,8 @@ def test_registered_component_builds_from_options():
     assert isinstance(G, Generator)
     assert (G.size, G.style_dim, G.n_mlp, G.num_fp16_res) == (16, STYLE_DIM, 3, 1)
     assert component.n_latent(opt) == G.n_latent == 6
+    opt.gen_channel_max = 8
+    assert component.build(opt).channels[4] == 8
     assert component.n_latent(argparse.Namespace(gen_size=256)) == 14
 
 

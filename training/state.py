@@ -116,8 +116,8 @@ def load_generator_weights(generator, ckpt, path):
     try:
         generator.load_state_dict(state)
     except WeightsMismatchError as e:
-        raise UserError(f'{path}: {e}; set --gen_size, --dim_latent, --n_mlp and --gen_channel_multiplier '
-                        f'to match it') from None
+        raise UserError(f'{path}: {e}; set --gen_size, --dim_latent, --n_mlp, --gen_channel_multiplier '
+                        f'and --gen_channel_max to match it') from None
     except UserError as e:
         raise UserError(f'{path}: {e}') from None
     except RuntimeError as e:

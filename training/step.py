@@ -2,7 +2,8 @@
 import torch
 
 from models.gangealing import congeal_samples, sample_pairs
-from models.losses import gangealing_cluster_loss
+from models.losses import LossTerms, gangealing_cluster_loss
+from utils.precision import autocast
 
 EMA_DECAY = 0.5 ** (32 / (10 * 1000))  # per iteration, as in the original recipe
 
@@ -20,8 +21,17 @@ def training_step(opt, generator, stn, ll, loss_fn, psi):
     """One evaluation of the GANgealing objective; returns LossTerms of scalars.
 
     Every head warps every input (and its mirror with --flips); each input keeps
-    its smallest distance and only that pair's flow is regularised.
+    its smallest distance and only that pair's flow is regularised. The forward
+    pass runs at ``opt.precision`` (see utils.precision); the returned terms are
+    float32 (call ``backward`` outside this function, as autocast wants).
     """
+    device = next(stn.parameters()).device
+    with autocast(getattr(opt, 'precision', 'fp32'), device):
+        terms = _objective(opt, generator, stn, ll, loss_fn, psi)
+    return LossTerms(*(term.float() for term in terms))
+
+
+def _objective(opt, generator, stn, ll, loss_fn, psi):
     x, y = sample_pairs(generator, ll, psi, opt.batch, opt.flow_size, freeze_ll=opt.freeze_ll)
     aligned, flow = congeal_samples(stn, x, opt.flow_size, opt.sample_from_full_res, flips=opt.flips,
                                     padding_mode=opt.padding_mode)

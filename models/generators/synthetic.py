@@ -68,7 +68,7 @@ class SyntheticComponent:
     def ignored_options(opt):
         """The StyleGAN2 architecture flags (its mapping is fixed, its precision float32)."""
         reason = 'the synthetic generator has a fixed renderer (only --gen_size and --dim_latent shape it)'
-        return {dest: reason for dest in ('n_mlp', 'gen_channel_multiplier', 'num_fp16_res')}
+        return {dest: reason for dest in ('n_mlp', 'gen_channel_multiplier', 'gen_channel_max', 'num_fp16_res')}
 
     @staticmethod
     def build(opt):

@@ -12,6 +12,7 @@ from models.perceptual import PERCEPTUAL_LOSSES
 from models.spatial_transformers.sampling import PADDING_MODES
 from models.spatial_transformers.transformer import TRANSFORMS
 from utils.distributed import DEVICE_CHOICES
+from utils.precision import PRECISIONS
 from utils.schedules import ANNEAL_FUNCTIONS
 
 # The transformer's architecture flags and their training defaults (the original
@@ -120,6 +121,9 @@ def add_training_options(parser):
     gen.add_argument('--n_mlp', type=int, default=8, help='layers of the mapping network')
     gen.add_argument('--gen_channel_multiplier', type=int, default=2,
                      help='channel multiplier of the generator')
+    gen.add_argument('--gen_channel_max', type=int, default=512,
+                     help='cap on the generator\'s widths (512: the standard layout; narrow models, '
+                          'e.g. those of train_stylegan2.py --channel_max, need their value)')
     gen.add_argument('--num_fp16_res', type=int, default=0,
                      help='number of final generator resolutions run in half precision on CUDA '
                           '(4 for StyleGAN2-ADA checkpoints)')
@@ -160,6 +164,13 @@ def add_training_options(parser):
     optim.add_argument('--decay', type=float, default=0.9,
                        help='factor on the peak learning rate at each restart, in (0, 1]')
     optim.add_argument('--tm', type=int, default=2, help='each period is this many times longer than the last')
+
+    speed = parser.add_argument_group('speed')
+    speed.add_argument('--precision', type=str, default='auto', choices=PRECISIONS,
+                       help='arithmetic of the training forward pass: fp32, or bf16 autocast of the generator, '
+                            'transformer and perceptual network (weights, gradients and optimiser stay '
+                            'float32); auto picks per device what measured fastest (float32 on CPU and CUDA '
+                            'so far, see the README)')
 
     vis = parser.add_argument_group('logging and visuals')
     vis.add_argument('--vis_every', type=int, default=5000, help='iterations between visuals')

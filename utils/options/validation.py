@@ -120,7 +120,7 @@ def training_problems(opt, parser, explicit, chosen):
     problem = _experiment_name_problem(opt.exp_name)
     if problem:
         c.fail(f'--exp-name {problem} (got {opt.exp_name!r})')
-    for dest in ('batch', 'iter', 'num_heads', 'ndirs', 'dim_latent', 'n_mlp', 'gen_channel_multiplier',
+    for dest in ('batch', 'iter', 'num_heads', 'ndirs', 'dim_latent', 'n_mlp', 'gen_channel_multiplier', 'gen_channel_max',
                  'tm', 'vis_every', 'ckpt_every', 'log_every', 'n_mean', 'n_sample', 'vis_batch_size',
                  'n_pca', 'kmeans_candidates', 'eval_iters'):
         c.at_least(dest, 1)

@@ -1,0 +1,82 @@
+"""Speed flags keep the numbers: each against float32 / eager on tiny shapes."""
+import pytest
+import torch
+
+from training.building import build_models
+from training.step import training_step
+from utils.distributed import seed_everything
+from utils.options import parse_training_options
+from utils.precision import AUTO_PRECISION, autocast, resolve_precision
+
+
+def _first_losses(argv, steps=3):
+    """Loss terms of the first ``steps`` training iterations (same seed, Adam on the STN and target)."""
+    opt = parse_training_options(argv, save=False)
+    seed_everything(opt.seed)
+    generator, stn, _, ll = build_models(opt, torch.device('cpu'))
+    ll.assign_pca((torch.randn(1, opt.dim_latent), torch.randn(1, opt.dim_latent)))
+    from models.perceptual import PERCEPTUAL_LOSSES
+    loss_fn = PERCEPTUAL_LOSSES.get(opt.loss_fn).build(opt)
+    optimiser = torch.optim.Adam(list(stn.parameters()) + list(ll.parameters()), lr=1e-3)
+    stn.train()
+    history = []
+    for _ in range(steps):
+        terms = training_step(opt, generator, stn, ll, loss_fn, psi=0.0)
+        assert all(term.dtype == torch.float32 for term in terms)
+        optimiser.zero_grad()
+        terms.total.backward()
+        assert all(p.grad is None or p.grad.dtype == torch.float32 for p in stn.parameters())
+        optimiser.step()
+        history.append(torch.stack([t.detach() for t in terms]))
+    return torch.stack(history), stn
+
+
+def test_bf16_training_step_matches_fp32(tiny_configs, one_thread):
+    argv = tiny_configs.stylegan2 + ['--exp-name', 'p']
+    fp32, stn32 = _first_losses(argv + ['--precision', 'fp32'])
+    bf16, stn16 = _first_losses(argv + ['--precision', 'bf16'])
+    assert torch.isfinite(bf16).all()
+    # bfloat16 keeps 8 bits of mantissa: the losses agree to a few per cent, step after step.
+    assert torch.allclose(bf16[:, :2], fp32[:, :2], rtol=0.05, atol=1e-4), (bf16, fp32)
+    # The weights stay float32 and move alike (Adam moves each by at most ~lr per step: 3 steps of 1e-3).
+    for p32, p16 in zip(stn32.parameters(), stn16.parameters()):
+        assert p16.dtype == torch.float32
+        assert torch.allclose(p16, p32, atol=7e-3)
+    # And bf16 really ran: the results are not bit-identical.
+    assert not torch.equal(bf16, fp32)
+
+
+def test_auto_precision_is_the_measured_choice_per_device():
+    assert resolve_precision('auto', 'cpu') == AUTO_PRECISION['cpu']
+    assert resolve_precision('auto', torch.device('cuda')) == AUTO_PRECISION['cuda']
+    assert resolve_precision('bf16', 'cpu') == 'bf16'
+    with pytest.raises(ValueError):
+        resolve_precision('fp8', 'cpu')
+    with autocast('bf16', 'cpu'):
+        assert torch.mm(torch.ones(2, 2), torch.ones(2, 2)).dtype == torch.bfloat16
+    with autocast('fp32', 'cpu'):
+        assert torch.mm(torch.ones(2, 2), torch.ones(2, 2)).dtype == torch.float32
+
+
+def test_precision_flag_is_parsed_and_refuses_unknown_values(tiny_configs, capsys):
+    argv = tiny_configs.stylegan2 + ['--exp-name', 'p']
+    assert parse_training_options(argv, save=False).precision == 'auto'
+    assert parse_training_options(argv + ['--precision', 'bf16'], save=False).precision == 'bf16'
+    with pytest.raises(SystemExit) as exit_info:
+        parse_training_options(argv + ['--precision', 'fp8'], save=False)
+    assert exit_info.value.code == 2
+    assert '--precision' in capsys.readouterr().err
+
+
+def test_official_loader_refuses_a_folder_that_is_not_the_original(tmp_path):
+    import sys
+    from benchmarks.official import load_official, write_random_vgg16
+    import models
+    with pytest.raises(SystemExit) as exit_info:
+        load_official(str(tmp_path))
+    assert str(exit_info.value).startswith('error:') and 'networks.py' in str(exit_info.value)
+    assert sys.modules['models'] is models  # our packages stay in place
+    # The random VGG16 file both implementations read loads into our trunk.
+    from models.perceptual._vgg import load_vgg16_trunk
+    trunk = load_vgg16_trunk(write_random_vgg16(str(tmp_path / 'vgg.pt')))
+    assert trunk[0].weight.shape == (64, 3, 3, 3)
