@@ -175,8 +175,8 @@ def add_training_options(parser):
                        help='run the training step\'s generator, transformer and perceptual loss through '
                             'torch.compile (the first iterations then take longer while they compile); '
                             'falls back to uncompiled modules with one warning when the compiler is missing '
-                            'or fails. Off by default: on the development CPU a step ran about 2x faster but compiling '
-                            'took longer than the whole demo run (see the README)')
+                            'or fails. Off by default: on the development CPU steps ran 1.4-2x faster but compiling '
+                            'costs minutes first (see the README)')
 
     vis = parser.add_argument_group('logging and visuals')
     vis.add_argument('--vis_every', type=int, default=5000, help='iterations between visuals')
