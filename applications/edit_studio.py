@@ -29,9 +29,11 @@ def main(argv=None):
     from applications.studio.server import build_app
 
     sock = bind_socket(opt.host, opt.port)
-    engine.request_average(engine.default_cluster())
+    # The URL line first: the template's background thread prints too, and print() from two threads can
+    # interleave within a line.
     print(f'Edit studio: open {page_url(sock)} in a browser (Ctrl+C stops it). Exports go to {opt.out}',
           flush=True)
+    engine.request_average(engine.default_cluster())
     config = uvicorn.Config(build_app(engine), log_level='warning', access_log=False)
     uvicorn.Server(config).run(sockets=[sock])
 

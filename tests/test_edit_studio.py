@@ -6,9 +6,11 @@ pixels, so the propagated label's place is known to the pixel.
 """
 import io
 import os
+import queue
 import re
 import subprocess
 import sys
+import threading
 import time
 import zipfile
 
@@ -292,15 +294,18 @@ def test_command_line_serves_the_page_on_a_synthetic_dataset(world, tmp_path):
                                 '--real_data_path', str(data), '--real_size', str(SIZE), '--device', 'cpu',
                                 '--port', '0', '--out', str(tmp_path / 'out')],
                                cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = queue.Queue()
+    # Read the output on a thread so that a studio that never prints its URL fails the test, not hangs it.
+    threading.Thread(target=lambda: [lines.put(line) for line in process.stdout], daemon=True).start()
     try:
-        url = None
-        lines = []
+        url, seen, deadline = None, [], time.monotonic() + 120
         while url is None:
-            line = process.stdout.readline()
-            assert line, f'the studio exited: {"".join(lines)}'
-            lines.append(line)
-            if line.startswith('Edit studio: open http://127.0.0.1:'):
-                url = line.split()[3]
+            try:
+                seen.append(lines.get(timeout=max(deadline - time.monotonic(), 0.01)))
+            except queue.Empty:
+                raise AssertionError(f'no URL printed within 120 s: {"".join(seen)}') from None
+            found = re.search(r'Edit studio: open (http://127\.0\.0\.1:\d+/)', seen[-1])
+            url = found and found.group(1)
         page = httpx.get(url, timeout=30)
         assert page.status_code == 200 and '<canvas id="label">' in page.text
         assert httpx.get(url + 'api/info', timeout=30).json()['num_images'] == 6
