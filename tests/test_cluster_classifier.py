@@ -232,14 +232,8 @@ def test_classifier_options_take_the_model_but_not_the_schedule_of_a_train_check
 SIZE = 32
 
 
-@pytest.fixture(scope='module')
-def clustered(tmp_path_factory):
-    """Synthetic data, a 2-head transformer with image-dependent flows, and its
-    checkpoint with and without a classifier that always picks (head 1, mirrored)."""
-    root = tmp_path_factory.mktemp('clustered')
-    data = root / 'data'
-    result = run('prepare_data.py', '--synthetic', '--size', SIZE, '--max_images', 6, '--out', data)
-    assert result.returncode == 0, result.stderr
+def two_head_transformer():
+    """A seeded 2-head similarity + flow transformer whose flows depend on the image, and its options."""
     torch.manual_seed(0)
     t = get_stn(['similarity', 'flow'], flow_size=16, supersize=SIZE, channel_multiplier=0.5, num_heads=2,
                 max_channels=32)
@@ -248,6 +242,18 @@ def clustered(tmp_path_factory):
         weight.copy_(torch.randn(weight.shape) * 2)
     args = argparse.Namespace(transform=['similarity', 'flow'], flow_size=16, real_size=SIZE,
                               stn_channel_multiplier=0.5, num_heads=2, flips=True, padding_mode='border')
+    return t, args
+
+
+@pytest.fixture(scope='module')
+def clustered(tmp_path_factory):
+    """Synthetic data, a 2-head transformer with image-dependent flows, and its
+    checkpoint with and without a classifier that always picks (head 1, mirrored)."""
+    root = tmp_path_factory.mktemp('clustered')
+    data = root / 'data'
+    result = run('prepare_data.py', '--synthetic', '--size', SIZE, '--max_images', 6, '--out', data)
+    assert result.returncode == 0, result.stderr
+    t, args = two_head_transformer()
     plain = save_checkpoint({'t_ema': t.state_dict(), 'args': args}, str(root / 'plain.pt'))
     classifier = biased_classifier(favourite=3)
     with_classifier = save_checkpoint({'t_ema': t.state_dict(), 'classifier': classifier.state_dict(), 'args': args},

@@ -1,5 +1,4 @@
 """--cluster K as a selection: with a cluster classifier the applications keep the images it assigns to K."""
-import argparse
 import os
 
 import numpy as np
@@ -7,9 +6,8 @@ import pytest
 import torch
 from PIL import Image
 
-from models import get_stn
 from models.cluster_classifier import ResnetClassifier
-from tests.test_cluster_classifier import biased_classifier, run
+from tests.test_cluster_classifier import biased_classifier, run, two_head_transformer
 from utils.checkpoint import save_checkpoint
 
 SIZE = 32
@@ -31,14 +29,7 @@ def world(tmp_path_factory):
     data = root / 'data'
     result = run('prepare_data.py', '--synthetic', '--size', SIZE, '--max_images', 8, '--out', data)
     assert result.returncode == 0, result.stderr
-    torch.manual_seed(0)
-    t = get_stn(['similarity', 'flow'], flow_size=16, supersize=SIZE, channel_multiplier=0.5, num_heads=2,
-                max_channels=32)
-    with torch.no_grad():
-        weight = t.stns[1].warp_head.flow_out[-1].weight
-        weight.copy_(torch.randn(weight.shape) * 2)
-    args = argparse.Namespace(transform=['similarity', 'flow'], flow_size=16, real_size=SIZE,
-                              stn_channel_multiplier=0.5, num_heads=2, flips=True, padding_mode='border')
+    t, args = two_head_transformer()
     classifier = splitting_classifier()
     paths = {
         'split': save_checkpoint({'t_ema': t.state_dict(), 'classifier': classifier.state_dict(), 'args': args},

@@ -5,32 +5,9 @@ import pytest
 import torch
 from torch import nn
 
-from models.perceptual import PERCEPTUAL_LOSSES
-from training.building import build_models
-from training.step import step_modules, training_step
+from tests.test_speed_flags import first_losses
 from utils.compilation import CompiledView, compiled
-from utils.distributed import seed_everything
 from utils.options import parse_training_options
-
-
-def _first_losses(argv, steps=3):
-    """Loss terms of the first ``steps`` iterations through ``step_modules`` (same seed each call)."""
-    opt = parse_training_options(argv, save=False)
-    seed_everything(opt.seed)
-    generator, stn, _, ll = build_models(opt, torch.device('cpu'))
-    ll.assign_pca((torch.randn(1, opt.dim_latent), torch.randn(1, opt.dim_latent)))
-    loss_fn = PERCEPTUAL_LOSSES.get(opt.loss_fn).build(opt)
-    step_generator, step_stn, step_loss_fn = step_modules(opt, generator, stn, loss_fn)
-    optimiser = torch.optim.Adam(list(stn.parameters()) + list(ll.parameters()), lr=1e-3)
-    stn.train()
-    history = []
-    for _ in range(steps):
-        terms = training_step(opt, step_generator, step_stn, ll, step_loss_fn, psi=0.0)
-        optimiser.zero_grad()
-        terms.total.backward()
-        optimiser.step()
-        history.append(torch.stack([t.detach() for t in terms]))
-    return torch.stack(history), (step_generator, step_stn, step_loss_fn)
 
 
 def _failing_compile(*args, **kwargs):
@@ -48,8 +25,8 @@ def test_compiled_training_steps_equal_eager(tiny_configs, one_thread, monkeypat
     monkeypatch.setattr(torch, 'compile', functools.partial(torch.compile, backend='aot_eager'))
     torch._dynamo.reset()
     argv = tiny_configs.stylegan2 + ['--exp-name', 'c']
-    eager, eager_modules = _first_losses(argv, steps=2)
-    compiled_losses, modules = _first_losses(argv + ['--compile'], steps=2)
+    eager, _, eager_modules = first_losses(argv, steps=2)
+    compiled_losses, _, modules = first_losses(argv + ['--compile'], steps=2)
     assert not any(isinstance(m, CompiledView) for m in eager_modules)  # off: the modules themselves
     assert all(isinstance(m, CompiledView) and not m.failed for m in modules)  # on: compiled, no fallback
     assert torch.isfinite(eager).all() and eager[:, 0].abs().min() > 0

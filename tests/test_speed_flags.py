@@ -9,32 +9,37 @@ from utils.options import parse_training_options
 from utils.precision import AUTO_PRECISION, autocast, resolve_precision
 
 
-def _first_losses(argv, steps=3):
-    """Loss terms of the first ``steps`` training iterations (same seed, Adam on the STN and target)."""
+def first_losses(argv, steps=3):
+    """Loss terms of the first ``steps`` training iterations (same seed, Adam on the STN and target), through
+    the modules ``step_modules`` gives (the plain ones without --compile).
+
+    Returns (history (steps, terms), the STN, the (generator, STN, loss) modules the steps ran)."""
+    from models.perceptual import PERCEPTUAL_LOSSES
+    from training.step import step_modules
     opt = parse_training_options(argv, save=False)
     seed_everything(opt.seed)
     generator, stn, _, ll = build_models(opt, torch.device('cpu'))
     ll.assign_pca((torch.randn(1, opt.dim_latent), torch.randn(1, opt.dim_latent)))
-    from models.perceptual import PERCEPTUAL_LOSSES
     loss_fn = PERCEPTUAL_LOSSES.get(opt.loss_fn).build(opt)
+    modules = step_modules(opt, generator, stn, loss_fn)
     optimiser = torch.optim.Adam(list(stn.parameters()) + list(ll.parameters()), lr=1e-3)
     stn.train()
     history = []
     for _ in range(steps):
-        terms = training_step(opt, generator, stn, ll, loss_fn, psi=0.0)
+        terms = training_step(opt, *modules[:2], ll, modules[2], psi=0.0)
         assert all(term.dtype == torch.float32 for term in terms)
         optimiser.zero_grad()
         terms.total.backward()
         assert all(p.grad is None or p.grad.dtype == torch.float32 for p in stn.parameters())
         optimiser.step()
         history.append(torch.stack([t.detach() for t in terms]))
-    return torch.stack(history), stn
+    return torch.stack(history), stn, modules
 
 
 def test_bf16_training_step_matches_fp32(tiny_configs, one_thread):
     argv = tiny_configs.stylegan2 + ['--exp-name', 'p']
-    fp32, stn32 = _first_losses(argv + ['--precision', 'fp32'])
-    bf16, stn16 = _first_losses(argv + ['--precision', 'bf16'])
+    fp32, stn32, _ = first_losses(argv + ['--precision', 'fp32'])
+    bf16, stn16, _ = first_losses(argv + ['--precision', 'bf16'])
     assert torch.isfinite(bf16).all()
     # bfloat16 keeps 8 bits of mantissa: the losses agree to a few per cent, step after step.
     assert torch.allclose(bf16[:, :2], fp32[:, :2], rtol=0.05, atol=1e-4), (bf16, fp32)

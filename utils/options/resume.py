@@ -39,6 +39,21 @@ def _saved_options(ckpt):
     return {dest: value for dest, value in vars(args).items() if dest not in NOT_RESUMED}
 
 
+def latest_readable_checkpoint(results, exp_name):
+    """(path, loaded checkpoint) of the newest readable checkpoint in results/exp_name/checkpoints, or None.
+
+    Unreadable files (a checkpoint cut by a crash) are skipped with a warning, so that a run resumes from the
+    last good one.
+    """
+    folder = os.path.join(results, exp_name, 'checkpoints')
+    for _, path in training_checkpoints(folder):
+        try:
+            return path, load_checkpoint(path)
+        except CheckpointError as e:
+            print(f'warning: skipping an unreadable checkpoint: {e}', file=sys.stderr)
+    return None
+
+
 def find_resume_source(parser, argv):
     """The checkpoint ``argv`` asks to continue from, and its saved options.
 
@@ -53,14 +68,9 @@ def find_resume_source(parser, argv):
     """
     values = preliminary_values(parser, argv, ['exp_name', 'results', 'ckpt', 'resume', 'load_G_only'])
     if values['resume'] and values['exp_name']:
-        folder = os.path.join(values['results'], values['exp_name'], 'checkpoints')
-        for _, path in training_checkpoints(folder):
-            try:
-                ckpt = load_checkpoint(path)
-            except CheckpointError as e:
-                print(f'warning: skipping an unreadable checkpoint: {e}', file=sys.stderr)
-                continue
-            return ResumeSource(path, True, _saved_options(ckpt))
+        latest = latest_readable_checkpoint(values['results'], values['exp_name'])
+        if latest is not None:
+            return ResumeSource(latest[0], True, _saved_options(latest[1]))
     path = values['ckpt']
     if path and not values['load_G_only'] and os.path.isfile(path):
         return ResumeSource(path, False, _saved_options(load_checkpoint(path)))

@@ -17,9 +17,9 @@ import os
 import sys
 
 from utils.argparse_tools import explicitly_given, flag_name, preliminary_values
-from utils.checkpoint import CheckpointError, load_checkpoint, training_checkpoints
 from utils.distributed import DEVICE_CHOICES, is_main_process
 from utils.options.persistence import format_options, save_options
+from utils.options.resume import latest_readable_checkpoint
 from utils.options.validation import is_power_of_two
 
 # Options that say where and how this process runs, never taken from a checkpoint.
@@ -100,14 +100,9 @@ def _resume_source(parser, argv):
     """(checkpoint path or None, its saved options {dest: value}) for --resume / --ckpt."""
     values = preliminary_values(parser, argv, ['exp_name', 'results', 'resume', 'ckpt'])
     if values['resume'] and values['exp_name']:
-        folder = os.path.join(values['results'], values['exp_name'], 'checkpoints')
-        for _, path in training_checkpoints(folder):
-            try:
-                ckpt = load_checkpoint(path)
-            except CheckpointError as e:
-                print(f'warning: skipping an unreadable checkpoint: {e}', file=sys.stderr)
-                continue
-            return path, _saved(ckpt)
+        latest = latest_readable_checkpoint(values['results'], values['exp_name'])
+        if latest is not None:
+            return latest[0], _saved(latest[1])
     if values['ckpt']:  # the start of a run (with --resume: until it has checkpoints of its own)
         return values['ckpt'], {}
     return None, {}
