@@ -20,6 +20,7 @@ from applications.mixed_reality import main as mixed_reality_main  # noqa: E402
 from applications.studio.launch import build_engine  # noqa: E402
 from applications.studio.server import build_app  # noqa: E402
 from tests.studio_world import SHIFT_PIXELS, SIZE, decode_data_url, make_world, png_bytes  # noqa: E402
+from tests.test_video import write_frameless_mp4  # noqa: E402
 from utils.synthetic_world.video import iter_synthetic_video  # noqa: E402
 from utils.video_io import VideoReader, VideoWriter  # noqa: E402
 
@@ -230,8 +231,6 @@ def single_error(capsys):
 
 
 def test_bad_videos_are_refused_at_launch(world, tmp_path, capsys):
-    import av
-
     def launch(path, *extra):
         with pytest.raises(SystemExit) as info:
             studio_main(['--ckpt', world['ckpt'], '--real_data_path', str(path), '--real_size', str(SIZE),
@@ -243,11 +242,7 @@ def test_bad_videos_are_refused_at_launch(world, tmp_path, capsys):
     broken.write_bytes(b'\x00\x00\x00\x18ftypmp42' + os.urandom(2000))
     assert 'could not be opened as a video' in launch(broken)
     empty = str(tmp_path / 'empty.mp4')
-    with av.open(empty, 'w') as container:  # an mp4 header without a single frame
-        stream = container.add_stream('libx264', rate=30)
-        stream.width = stream.height = 32
-        stream.pix_fmt = 'yuv420p'
-        container.start_encoding()
+    write_frameless_mp4(empty)
     message = launch(empty)
     assert 'no frames' in message or 'no video stream' in message
     assert '--pad applies to a video file' in launch(world['data'], '--pad', 'zero')

@@ -64,6 +64,16 @@ pytestmark = pytest.mark.usefixtures('one_thread')
 
 # ----------------------------------------------------------------------------- video I/O
 
+
+def write_frameless_mp4(path):
+    """An mp4 file with a video stream's header and not a single frame."""
+    import av
+    with av.open(path, 'w') as container:
+        stream = container.add_stream('libx264', rate=30)
+        stream.width = stream.height = 32
+        stream.pix_fmt = 'yuv420p'
+        container.start_encoding()
+
 def test_writer_and_reader_round_trip(tmp_path):
     frames = clip_frames(count=5, height=21, width=30)  # odd height: padded by one edge row
     path = write_clip(tmp_path / 'out.mp4', frames, fps=25)
@@ -97,13 +107,8 @@ def test_reader_refuses_bad_files(tmp_path):
         VideoReader(str(tmp_path / 'text.mp4'))
     with pytest.raises(VideoError, match='does not exist'):
         VideoReader(str(tmp_path / 'missing.mp4'))
-    import av
     empty = str(tmp_path / 'empty.mp4')
-    with av.open(empty, 'w') as container:  # an mp4 header without a single frame
-        stream = container.add_stream('libx264', rate=30)
-        stream.width = stream.height = 32
-        stream.pix_fmt = 'yuv420p'
-        container.start_encoding()
+    write_frameless_mp4(empty)
     assert os.path.getsize(empty) > 0
     with pytest.raises(VideoError, match='no frames|no video stream'):
         VideoReader(empty)
