@@ -19,7 +19,7 @@ from torch import nn
 
 from models.perceptual import PERCEPTUAL_LOSSES
 from training.building import build_models, build_optimizers, initialise_target, load_optimizer_state
-from training.checks import ASYNC_CHECK_EVERY, agree, nonfinite_flags
+from training.checks import ASYNC_CHECK_EVERY, agree, nonfinite_error, nonfinite_flags
 from training.report import TrainingVisuals, evaluate_alignment
 from training.state import (CHECKPOINT_FORMAT_VERSION, checkpoint_iteration, get_rng_state, load_generator_weights,
                             set_rng_state)
@@ -213,11 +213,8 @@ def run_iterations(opt, s, stop):
         losses = torch.stack([terms.perceptual, terms.total_variation, terms.flow_identity]).detach()
         bad, signal_number, values = agree(health, stop.signal or 0, losses)
         if any(bad):
-            what = ', '.join(name for name, flag in zip(('the loss', 'the gradients', 'the weights'), bad) if flag)
-            when = f'iteration {i}' if last_check == i - 1 else f'iterations {last_check + 1}-{i}'
-            raise UserError(f'{what} became non-finite at {when}; nothing was saved for it. The last good '
-                            f'checkpoint is {s.last_good or "(none yet)"}. Try a lower --stn_lr / --ll_lr or '
-                            f'resume from that checkpoint.')
+            raise nonfinite_error(bad, i, last_check, s.last_good,
+                                  'Try a lower --stn_lr / --ll_lr or resume from that checkpoint.')
         last_check = i
         values = dict(zip(LOSS_NAMES, values))
         progress.update(i, f"rec {values['reconstruction']:.4f} tv {values['total_variation']:.5f} "

@@ -19,7 +19,7 @@ import sys
 import torch
 from torch import nn
 
-from training.checks import ASYNC_CHECK_EVERY, agree, nonfinite_flags
+from training.checks import ASYNC_CHECK_EVERY, agree, nonfinite_error, nonfinite_flags
 from training.state import checkpoint_iteration, get_rng_state, set_rng_state
 from training.stylegan2 import (Networks, RunningState, batch_loader, build_networks, check_checkpoint_architecture,
                                 checkpoint_content, lazy_adam, load_training_checkpoint, train_iteration,
@@ -168,10 +168,7 @@ def run_iterations(run, stop):
         losses = torch.stack([terms[name].float() for name in LOSS_NAMES])
         bad, signal_number, values = agree(health, stop.signal or 0, losses)
         if any(bad):
-            what = ', '.join(name for name, flag in zip(('the loss', 'the gradients', 'the weights'), bad) if flag)
-            when = f'iteration {i}' if last_check == i - 1 else f'iterations {last_check + 1}-{i}'
-            raise UserError(f'{what} became non-finite at {when}; nothing was saved for it. The last good '
-                            f'checkpoint is {run.last_good or "(none yet)"}. Try a lower --lr or resume from it.')
+            raise nonfinite_error(bad, i, last_check, run.last_good, 'Try a lower --lr or resume from it.')
         last_check = i
         values = dict(zip(LOSS_NAMES, values))
         progress.update(i, f"d {values['d']:.3f} g {values['g']:.3f} r1 {values['r1']:.3f} "

@@ -54,6 +54,16 @@ TV_WEIGHT = 1000.0
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def print_table(command, rows):
+    """Print the command line and a two-column markdown table of (measure, value) rows."""
+    width = max(len(name) for name, _ in rows)
+    print(f'command: {command}'.rstrip())
+    print(f"| {'measure'.ljust(width)} | value |")
+    print(f"|{'-' * (width + 2)}|-------|")
+    for name, value in rows:
+        print(f'| {name.ljust(width)} | {value} |')
+
+
 def run(args, threads):
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONPATH=REPO)
     for name in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'MASTER_ADDR', 'MASTER_PORT'):
@@ -164,12 +174,7 @@ def main():
         ('keypoint spread (ordinary images, / image side) before -> after congealing', f'{before:.3f} -> {after:.3f}'),
         ('wall time: training / curation', f'{(trained - start) / 60:.1f} min / {(done - trained) / 60:.1f} min'),
     ]
-    width = max(len(name) for name, _ in rows)
-    print(f"command: python -m benchmarks.bench_curation {' '.join(sys.argv[1:])}".rstrip())
-    print(f"| {'measure'.ljust(width)} | value |")
-    print(f"|{'-' * (width + 2)}|-------|")
-    for name, value in rows:
-        print(f'| {name.ljust(width)} | {value} |')
+    print_table(f"python -m benchmarks.bench_curation {' '.join(sys.argv[1:])}", rows)
     with open(os.path.join(work, 'bench_curation.json'), 'w') as f:
         json.dump({'auc': auc, 'auc_per_kind': per_kind, 'spread_before': before, 'spread_after': after,
                    'outlier_fraction_before': float(outlier.float().mean()),
@@ -310,12 +315,7 @@ def clustering_main(argv):
          ' / '.join(f'{minutes / 60:.1f} min' for minutes in (trained - start, classified - trained,
                                                                done - classified))),
     ]
-    width = max(len(name) for name, _ in rows)
-    print(f"command: python -m benchmarks.bench_curation --clustering {' '.join(argv)}".rstrip())
-    print(f"| {'measure'.ljust(width)} | value |")
-    print(f"|{'-' * (width + 2)}|-------|")
-    for name, value in rows:
-        print(f'| {name.ljust(width)} | {value} |')
+    print_table(f"python -m benchmarks.bench_curation --clustering {' '.join(argv)}", rows)
     with open(os.path.join(work, 'bench_clustering.json'), 'w') as f:
         json.dump(measures, f, indent=2)
 

@@ -7,6 +7,7 @@ stops them all at the same iteration.
 import torch
 
 from utils.distributed import all_gather_tensor
+from utils.errors import UserError
 
 # Where the device runs ahead of the host (CUDA), the flags are read every this
 # many iterations instead of after each one.
@@ -46,3 +47,15 @@ def agree(health, signal_number, losses):
     every = all_gather_tensor(local.unsqueeze(0))  # (world size, 4 + K)
     worst, mean = every.max(0).values.tolist(), every.mean(0).tolist()
     return [flag > 0 for flag in worst[:3]], int(worst[3]), mean[4:]
+
+
+def nonfinite_error(bad, iteration, last_check, last_good, advice):
+    """The UserError for a non-finite loss / gradients / weights found at ``iteration``.
+
+    bad: three flags (loss, gradients, weights) as ``agree`` returns them; last_check: the last iteration
+    checked before; last_good: the newest checkpoint written (or None); advice: what to try, one sentence.
+    """
+    what = ', '.join(name for name, flag in zip(('the loss', 'the gradients', 'the weights'), bad) if flag)
+    when = f'iteration {iteration}' if last_check == iteration - 1 else f'iterations {last_check + 1}-{iteration}'
+    return UserError(f'{what} became non-finite at {when}; nothing was saved for it. The last good checkpoint '
+                     f'is {last_good or "(none yet)"}. {advice}')
