@@ -257,7 +257,8 @@ def load_stn(args, device, with_classifier=False):
         with_classifier: also return the checkpoint's cluster classifier
             (models.cluster_classifier.ResnetClassifier, None when it has none).
     Returns:
-        The transformer (t_ema) in eval mode on ``device``, gradients off;
+        The transformer (t_ema) in eval mode on ``device``, gradients off, its trunk at
+        ``args.precision``;
         with ``with_classifier`` a tuple (t_ema, classifier or None).
     Raises:
         UserError: unknown name or missing file, unreadable checkpoint, no
@@ -292,7 +293,7 @@ def load_stn(args, device, with_classifier=False):
     except WeightsMismatchError as e:
         raise UserError(f'{path}: {e}; pass the configuration it was trained with (--transform, --flow_size, '
                         f'--stn_channel_multiplier, --num_heads), or leave them out to take the checkpoint\'s') from None
-    t_ema = t_ema.to(device).eval().requires_grad_(False)
+    t_ema = t_ema.to(device).eval().requires_grad_(False).set_precision(getattr(args, 'precision', 'fp32'))
     if not with_classifier:
         return t_ema
     classifier = None

@@ -14,7 +14,10 @@ by default; plain, ``iters 3``, with flips, both), and the StyleGAN2 generator's
 forward pass (``--gen_size`` 256, channel multiplier 2, random weights copied
 into both). Each row is timed in alternating rounds (ours, original, original,
 ours, ...) in one process, and the table gives images per second and the
-speed-up (ours over the original).
+speed-up (ours over the original). Ours runs at ``--precision`` (default
+auto, as the applications: bf16 trunks on a CPU with native bfloat16); when
+that is not fp32, our fp32 is timed in the same rounds too, and every row
+gives the largest difference from the original's output.
 """
 import argparse
 import statistics
@@ -24,6 +27,7 @@ from types import SimpleNamespace
 import torch
 
 from models import get_stn
+from utils.precision import PRECISIONS, autocast, resolve_precision
 
 
 def parse_args(argv=None):
@@ -46,6 +50,10 @@ def parse_args(argv=None):
     parser.add_argument('--gen_size', type=int, default=256, help='with --official: generator resolution')
     parser.add_argument('--gen_batch', type=int, default=4, help='with --official: generator batch')
     parser.add_argument('--threads', type=int, default=None, help='torch CPU threads (default: torch decides)')
+    parser.add_argument('--precision', default='auto', choices=PRECISIONS,
+                        help="our transformer trunk's (and, with --official, our generator's) arithmetic, as the "
+                             "applications' --precision; with --official a precision other than fp32 is timed "
+                             'beside our fp32 and the original')
     args = parser.parse_args(argv)
     if args.batches is None:
         args.batches = [8] if args.official else [5, 40]
@@ -102,7 +110,8 @@ def alternating(functions, batch, rounds, device):
 
 
 def compare_with_official(args, name):
-    """Rows (what, batch, ours img/s, original img/s) of the inference comparison on device ``name``."""
+    """Rows (what, batch, precision, ours img/s, original img/s, max |difference|) of the inference comparison
+    on device ``name``."""
     from benchmarks.official import load_official, official_models_like
     from models import Generator
     device = torch.device(name)
@@ -119,6 +128,9 @@ def compare_with_official(args, name):
     ll = DirectionInterpolator(1, 5, generator.n_latent, 512)
     their_g, their_stn, _, _ = official_models_like(official, opt, generator, stn, ll, device)
     their_stn.eval()
+    variants = [resolve_precision(args.precision, device)]
+    if variants[0] != 'fp32':
+        variants.append('fp32')
     rows = []
     for batch in args.batches:
         images = torch.rand(batch, 3, args.supersize, args.supersize, device=device) * 2 - 1
@@ -127,29 +139,35 @@ def compare_with_official(args, name):
                                      ('STN forward, iters 3, flips', {'iters': 3}, True)):
             def run(model, kwargs=kwargs, flips=flips):
                 with torch.no_grad():
-                    return model.forward_with_flip(images, **kwargs) if flips else model(images, **kwargs)
-            with torch.no_grad():
-                ours_out, theirs_out = run(stn), run(their_stn)
-            ours_out = ours_out[0] if isinstance(ours_out, tuple) else ours_out
-            theirs_out = theirs_out[0] if isinstance(theirs_out, tuple) else theirs_out
-            difference = (ours_out - theirs_out).abs().max().item()
-            rates = alternating({'ours': lambda: run(stn), 'original': lambda: run(their_stn)}, batch,
-                                args.rounds, device)
-            rows.append((label, batch, rates['ours'], rates['original'], difference))
-            print(f"# {name} {label} batch {batch}: ours {rates['ours']:.2f}, original "
-                  f"{rates['original']:.2f} img/s (max |difference| {difference:.1e})", flush=True)
+                    out = model.forward_with_flip(images, **kwargs) if flips else model(images, **kwargs)
+                return out[0] if isinstance(out, tuple) else out
+            functions = {'original': lambda: run(their_stn)}
+            functions.update({v: (lambda v=v: run(stn.set_precision(v))) for v in variants})
+            rows += _compare(name, label, batch, functions, variants, args, device)
+
     z = torch.randn(args.gen_batch, 512, device=device)
 
-    def generate(model):
-        with torch.no_grad():
-            return model([z], randomize_noise=False)[0]
-    difference = (generate(generator) - generate(their_g)).abs().max().item()
-    rates = alternating({'ours': lambda: generate(generator), 'original': lambda: generate(their_g)},
-                        args.gen_batch, args.rounds, device)
-    rows.append((f'StyleGAN2 {args.gen_size} px (cm 2) forward', args.gen_batch, rates['ours'],
-                 rates['original'], difference))
-    print(f"# {name} generator batch {args.gen_batch}: ours {rates['ours']:.2f}, original "
-          f"{rates['original']:.2f} img/s (max |difference| {difference:.1e})", flush=True)
+    def generate(model, precision='fp32'):
+        with torch.no_grad(), autocast(precision, device):
+            return model([z], randomize_noise=False)[0].float()
+    functions = {'original': lambda: generate(their_g)}
+    functions.update({v: (lambda v=v: generate(generator, v)) for v in variants})
+    rows += _compare(name, f'StyleGAN2 {args.gen_size} px (cm 2) forward', args.gen_batch, functions, variants,
+                     args, device)
+    return rows
+
+
+def _compare(name, label, batch, functions, variants, args, device):
+    """Rows (what, batch, precision, ours img/s, original img/s, max |ours - original|) for one workload:
+    ``functions`` maps 'original' and each of our precision ``variants`` to a callable returning the output."""
+    reference = functions['original']()
+    differences = {v: (functions[v]() - reference).abs().max().item() for v in variants}
+    rates = alternating(functions, batch, args.rounds, device)
+    rows = []
+    for v in variants:
+        rows.append((label, batch, v, rates[v], rates['original'], differences[v]))
+        print(f"# {name} {label} batch {batch}: ours ({v}) {rates[v]:.2f}, original {rates['original']:.2f} img/s "
+              f'(max |difference| {differences[v]:.1e})', flush=True)
     return rows
 
 
@@ -163,10 +181,11 @@ def main(argv=None):
         print(f'\nSTN {args.transforms}, flow_size {args.flow_size}, input {args.supersize}px, channel_multiplier '
               f'{args.channel_multiplier}; random weights copied into both; torch {torch.__version__}, '
               f'{torch.get_num_threads()} CPU threads; medians of {args.rounds} alternating rounds\n')
-        print('| device | what | batch | ours (img/s) | original (img/s) | speed-up | max abs difference |')
-        print('|---|---|---|---|---|---|---|')
-        for name, what, batch, ours, theirs, difference in rows:
-            print(f'| {name} | {what} | {batch} | {ours:.2f} | {theirs:.2f} | {ours / theirs:.2f}x '
+        print('| device | what | batch | our precision | ours (img/s) | original (img/s) | speed-up | '
+              'max abs difference |')
+        print('|---|---|---|---|---|---|---|---|')
+        for name, what, batch, precision, ours, theirs, difference in rows:
+            print(f'| {name} | {what} | {batch} | {precision} | {ours:.2f} | {theirs:.2f} | {ours / theirs:.2f}x '
                   f'| {difference:.1e} |')
         return
     devices = args.devices or (['cpu'] + (['cuda'] if torch.cuda.is_available() else []))
@@ -176,7 +195,7 @@ def main(argv=None):
         torch.manual_seed(0)
         stn = get_stn(args.transforms, flow_size=args.flow_size, supersize=args.supersize,
                       channel_multiplier=args.channel_multiplier,
-                      num_heads=args.num_heads).to(device)
+                      num_heads=args.num_heads).to(device).set_precision(args.precision)
         for batch in args.batches:
             reps = args.cpu_reps_large if device.type == 'cpu' and batch > 8 else args.reps
             fwd, fwd_bwd = measure(stn, batch, reps, device, args.supersize)
@@ -184,7 +203,7 @@ def main(argv=None):
             print(f'# {name} batch {batch}: {fwd:.1f} / {fwd_bwd:.1f} images/s', flush=True)
     threads = torch.get_num_threads()
     print(f'\nSTN {args.transforms}, flow_size {args.flow_size}, input {args.supersize}px, '
-          f'channel_multiplier {args.channel_multiplier}, heads {args.num_heads}, '
+          f'channel_multiplier {args.channel_multiplier}, heads {args.num_heads}, precision {args.precision}, '
           f'torch {torch.__version__}, {threads} CPU threads\n')
     print('| device | batch | reps | forward (img/s) | forward+backward (img/s) |')
     print('|---|---|---|---|---|')

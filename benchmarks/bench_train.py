@@ -74,9 +74,10 @@ def parse_args(argv=None):
     parser.add_argument('--official', default=None, metavar='PATH',
                         help='checkout of the original GANgealing code: time its training step beside ours '
                              '(StyleGAN2 configurations; default loss lpips)')
-    parser.add_argument('--precision', nargs='+', default=['fp32'], choices=['fp32', 'bf16'],
-                        help="train.py's --precision for our steps; two values (fp32 bf16) time both in "
-                             'alternating rounds in one process (with --official: the first is used)')
+    parser.add_argument('--precision', nargs='+', default=['auto'], choices=['auto', 'fp32', 'bf16'],
+                        help="train.py's --precision for our steps (default auto, as train.py); two values "
+                             '(fp32 bf16) time both in alternating rounds in one process (with --official: each '
+                             "beside the original in the same rounds; memory is measured for the first)")
     parser.add_argument('--modconv', nargs='+', default=['scaled'], choices=['scaled', 'grouped'],
                         help="the generator's modulated convolution: scaled activations (ours) or grouped "
                              'per-sample weights (ModulatedConv2d.fused, the official form); two values time '
@@ -247,18 +248,21 @@ def compare(name, args, device_name):
     first losses (same seed, same weights: the two should start alike).
     """
     import torch
+    from utils.precision import resolve_precision
     device = torch.device(device_name)
     opt, our_step, ours = build_ours(name, args, device_name)
     _, their_step = build_theirs(args, opt, ours)
     steps = {'ours': our_step, 'original': their_step}
+    for precision in args.precision[1:]:  # the same seed, so the same weights
+        steps[f'ours {resolve_precision(precision, device)}'] = build_ours(name, args, device_name, precision)[1]
     first = {}
     for key, step in steps.items():  # warm-up; the same seed first, so both draw the same latents and noise
         torch.manual_seed(1)
         first[key] = float(step())
     iters = args.iters or (20 if device.type == 'cuda' else 1)
-    seconds = {'ours': [], 'original': []}
+    seconds = {key: [] for key in steps}
     for round_index in range(args.rounds):
-        order = ('ours', 'original') if round_index % 2 == 0 else ('original', 'ours')
+        order = list(steps) if round_index % 2 == 0 else list(steps)[::-1]
         for key in order:
             _synchronize(device)
             start = time.perf_counter()
@@ -266,13 +270,13 @@ def compare(name, args, device_name):
                 steps[key]()
             _synchronize(device)
             seconds[key].append((time.perf_counter() - start) / iters)
-        print(f"#   round {round_index + 1}: ours {seconds['ours'][-1]:.3f} s, "
-              f"original {seconds['original'][-1]:.3f} s", flush=True)
+        print(f'#   round {round_index + 1}: ' + ', '.join(f'{key} {seconds[key][-1]:.3f} s' for key in steps),
+              flush=True)
     median = {key: statistics.median(values) for key, values in seconds.items()}
     return {'config': name, 'device': device_name, 'iters': iters, 'rounds': args.rounds, 'seconds': seconds,
             'median': median, 'ratio': median['original'] / median['ours'], 'first_loss': first,
             'gen_size': opt.gen_size, 'flow_size': opt.flow_size, 'batch': opt.batch, 'loss_fn': opt.loss_fn,
-            'threads': torch.get_num_threads()}
+            'threads': torch.get_num_threads(), 'precision': resolve_precision(opt.precision, device)}
 
 
 def run_in_fresh_process(name, args, device, which=None):
@@ -356,17 +360,22 @@ def _memory_cell(result):
 
 def format_comparison(rows):
     """Markdown table of ``compare`` results with the two implementations' memory."""
-    lines = ['| configuration | device | loss | threads | rounds x steps | ours s / step | original s / step '
-             '| speed-up | ours peak MiB (+growth) | original peak MiB (+growth) |',
-             '|---|---|---|---|---|---|---|---|---|---|']
+    lines = ['| configuration | device | loss | our precision | threads | rounds x steps | ours s / step '
+             '| original s / step | speed-up | ours peak MiB (+growth) | original peak MiB (+growth) |',
+             '|---|---|---|---|---|---|---|---|---|---|---|']
     for name, device, row, memory in rows:
         if isinstance(row, str):
-            lines.append(f'| {name} | {device} | failed: {row} | | | | | | | |')
+            lines.append(f'| {name} | {device} | failed: {row} | | | | | | | | |')
             continue
-        lines.append(f"| {CONFIGS[name][1]} | {device} | {row['loss_fn']} | {row['threads'] if device == 'cpu' else ''} "
-                     f"| {row['rounds']} x {row['iters']} | {row['median']['ours']:.3f} "
-                     f"| {row['median']['original']:.3f} | {row['ratio']:.2f}x "
-                     f"| {_memory_cell(memory['ours'])} | {_memory_cell(memory['original'])} |")
+        ours_keys = [key for key in row['median'] if key.startswith('ours')]
+        for key in ours_keys:
+            precision = row['precision'] if key == 'ours' else key.split(' ', 1)[1]
+            ours_memory = _memory_cell(memory['ours']) if key == 'ours' else ''
+            lines.append(f"| {CONFIGS[name][1]} | {device} | {row['loss_fn']} | {precision} "
+                         f"| {row['threads'] if device == 'cpu' else ''} "
+                         f"| {row['rounds']} x {row['iters']} | {row['median'][key]:.3f} "
+                         f"| {row['median']['original']:.3f} | {row['median']['original'] / row['median'][key]:.2f}x "
+                         f"| {ours_memory} | {_memory_cell(memory['original'])} |")
     return '\n'.join(lines)
 
 

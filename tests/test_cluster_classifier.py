@@ -264,7 +264,8 @@ def clustered(tmp_path_factory):
     return dict(root=root, data=data, t=t.eval(), plain=plain, classified=with_classifier, images=images)
 
 
-COMMON = ('--real_size', SIZE, '--batch', 4, '--num_workers', 0, '--device', 'cpu')
+# float32 trunks: the outputs are compared with the transformer run here in float32.
+COMMON = ('--real_size', SIZE, '--batch', 4, '--num_workers', 0, '--device', 'cpu', '--precision', 'fp32')
 
 
 def test_flow_scores_use_the_classifier(clustered, tmp_path):

@@ -11,7 +11,8 @@ from tests.test_cluster_classifier import biased_classifier, run, two_head_trans
 from utils.checkpoint import save_checkpoint
 
 SIZE = 32
-COMMON = ('--real_size', SIZE, '--batch', 4, '--num_workers', 0, '--device', 'cpu')
+# float32 trunks: the outputs are compared with the transformer run here in float32.
+COMMON = ('--real_size', SIZE, '--batch', 4, '--num_workers', 0, '--device', 'cpu', '--precision', 'fp32')
 
 
 def splitting_classifier():

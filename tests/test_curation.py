@@ -56,7 +56,8 @@ def error_line(result):
     return lines[-1]
 
 
-COMMON = ('--real_size', SIZE, '--batch', 4, '--num_workers', 0, '--device', 'cpu')
+# float32 trunks: the outputs are compared with the transformer run here in float32.
+COMMON = ('--real_size', SIZE, '--batch', 4, '--num_workers', 0, '--device', 'cpu', '--precision', 'fp32')
 
 
 @pytest.fixture(scope='module')

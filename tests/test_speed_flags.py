@@ -6,7 +6,7 @@ from training.building import build_models
 from training.step import training_step
 from utils.distributed import seed_everything
 from utils.options import parse_training_options
-from utils.precision import AUTO_PRECISION, autocast, resolve_precision
+from utils.precision import at_least_float32, autocast, full_precision, resolve_precision
 
 
 def first_losses(argv, steps=3):
@@ -51,16 +51,73 @@ def test_bf16_training_step_matches_fp32(tiny_configs, one_thread):
     assert not torch.equal(bf16, fp32)
 
 
-def test_auto_precision_is_the_measured_choice_per_device():
-    assert resolve_precision('auto', 'cpu') == AUTO_PRECISION['cpu']
-    assert resolve_precision('auto', torch.device('cuda')) == AUTO_PRECISION['cuda']
+def test_auto_precision_is_the_measured_choice_per_device(monkeypatch):
+    import utils.precision as precision
+    monkeypatch.setattr(precision, 'cpu_has_native_bf16', lambda: True)
+    assert resolve_precision('auto', 'cpu') == 'bf16'
+    monkeypatch.setattr(precision, 'cpu_has_native_bf16', lambda: False)
+    assert resolve_precision('auto', 'cpu') == 'fp32'  # emulated bfloat16 is slower than float32
+    assert resolve_precision('auto', torch.device('cuda')) == 'fp32'  # not measured on a GPU yet
     assert resolve_precision('bf16', 'cpu') == 'bf16'
     with pytest.raises(ValueError):
         resolve_precision('fp8', 'cpu')
     with autocast('bf16', 'cpu'):
         assert torch.mm(torch.ones(2, 2), torch.ones(2, 2)).dtype == torch.bfloat16
+        with autocast('fp32', 'cpu'):  # fp32 leaves an enclosing autocast on
+            assert torch.mm(torch.ones(2, 2), torch.ones(2, 2)).dtype == torch.bfloat16
+        with full_precision('cpu'):
+            assert torch.mm(torch.ones(2, 2), torch.ones(2, 2)).dtype == torch.float32
     with autocast('fp32', 'cpu'):
         assert torch.mm(torch.ones(2, 2), torch.ones(2, 2)).dtype == torch.float32
+    assert at_least_float32(torch.ones(1, dtype=torch.bfloat16)).dtype == torch.float32
+    assert at_least_float32(torch.ones(1, dtype=torch.float64)).dtype == torch.float64
+    assert at_least_float32(torch.ones(1, dtype=torch.long)).dtype == torch.long
+
+
+def _transformer_with_moving_heads(transforms=('similarity', 'flow')):
+    from models import get_stn
+    torch.manual_seed(0)
+    stn = get_stn(list(transforms), flow_size=16, supersize=32, channel_multiplier=0.125, max_channels=32)
+    with torch.no_grad():
+        for name, p in stn.named_parameters():
+            if 'warp_head' in name and not p.abs().sum():  # the zero-initialised last layers
+                p.normal_(0, 0.02)
+    return stn.eval()
+
+
+def test_bf16_trunk_keeps_the_warp_float32_and_close_to_fp32():
+    stn = _transformer_with_moving_heads()
+    images = torch.rand(3, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        out32, grid32, flow32 = stn(images, return_warp=True, return_flow=True)
+        stn.set_precision('bf16')
+        out16, grid16, flow16 = stn(images, return_warp=True, return_flow=True)
+        # An enclosing autocast (the training step's) gives the same as the trunk's own setting.
+        with autocast('bf16', 'cpu'):
+            enclosed = stn.set_precision('fp32')(images, return_warp=True)[1]
+    assert out16.dtype == grid16.dtype == flow16.dtype == enclosed.dtype == torch.float32
+    assert torch.equal(enclosed, grid16)
+    assert not torch.equal(grid16, grid32)  # the trunk really ran in bfloat16
+    # Trunk features rounded to 8 bits of mantissa move the warp by a small fraction of a pixel.
+    assert (grid16 - grid32).abs().max() * 16 < 0.05
+    assert (out16 - out32).abs().max() < 0.05
+    with pytest.raises(ValueError):
+        stn.set_precision('fp8')
+
+
+def test_applications_run_the_trunk_at_the_precision_flag(tiny_configs, tmp_path):
+    from applications import load_stn
+    from utils.options import base_eval_argparse, parse_eval_options
+    ckpt = tmp_path / 'model.pt'
+    stn = _transformer_with_moving_heads(['similarity'])
+    torch.save({'t_ema': stn.state_dict(), 'args': None}, ckpt)
+    for flag, expected in (('fp32', 'fp32'), ('bf16', 'bf16'), ('auto', 'auto')):
+        parser = base_eval_argparse()
+        opt = parse_eval_options(parser, ['--ckpt', str(ckpt), '--real_size', '32', '--flow_size', '16',
+                                          '--transform', 'similarity', '--stn_channel_multiplier', '0.125',
+                                          '--precision', flag])
+        t = load_stn(opt, torch.device('cpu'))
+        assert {m.trunk_precision for m in t.modules() if hasattr(m, 'trunk_precision')} == {expected}
 
 
 def test_precision_flag_is_parsed_and_refuses_unknown_values(tiny_configs, capsys):

@@ -5,6 +5,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from utils.errors import UserError
+from utils.precision import resolve_precision
 from models.spatial_transformers.batching import repeat_rows
 from models.spatial_transformers.geometry import (
     convert_points, normalize_points, resize_grid, unnormalize_points)
@@ -49,6 +50,15 @@ class STNBase(nn.Module):
     normalize = staticmethod(normalize_points)
     unnormalize = staticmethod(unnormalize_points)
     convert = staticmethod(convert_points)
+
+    def set_precision(self, precision):
+        """Run the trunks' convolutions at ``precision`` ('auto', 'fp32' or 'bf16', see
+        utils.precision) from now on; the warp heads stay float32. Returns ``self``."""
+        resolve_precision(precision, 'cpu')  # refuses unknown names now, not at the first forward pass
+        for module in self.modules():
+            if hasattr(module, 'trunk_precision'):
+                module.trunk_precision = precision
+        return self
 
     def load_state_dict(self, state_dict, strict=True, assign=False):
         """Load our or official weights (fixed buffers optional, see state_dicts).

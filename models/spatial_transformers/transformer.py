@@ -2,6 +2,7 @@
 import torch
 
 from utils.errors import UserError
+from utils.precision import at_least_float32, autocast, full_precision
 from models.spatial_transformers.base import STNBase, pack_outputs
 from models.spatial_transformers.batching import alpha_per_row, repeat_rows, resolve_warp_policy
 from models.spatial_transformers.geometry import (
@@ -89,6 +90,7 @@ class SpatialTransformer(STNBase):
         self.stn_in_size = flow_size
         self.supersize = supersize
         self.num_heads = num_heads
+        self.trunk_precision = 'fp32'  # see STNBase.set_precision
         self.config = dict(transforms=[transform], flow_size=flow_size, supersize=supersize,
                            channel_multiplier=channel_multiplier, num_heads=num_heads)
         if supersize > flow_size:
@@ -129,20 +131,29 @@ class SpatialTransformer(STNBase):
                         f'to {self.stn_in_size} or an even multiple of it (e.g. {self.supersize})')
 
     def features(self, img):
-        """Trunk features: (N, D) for similarity, (N, D, h, w) for flow."""
-        out = self.final_conv(self.convs(self.regression_input(img)))
-        if self.is_flow:
-            return out
-        return self.final_linear(out.flatten(1))
+        """Trunk features, float32: (N, D) for similarity, (N, D, h, w) for flow.
+
+        The trunk runs at ``trunk_precision`` (see ``set_precision``) or under an
+        enclosing autocast.
+        """
+        with autocast(self.trunk_precision, img.device):
+            out = self.final_conv(self.convs(self.regression_input(img)))
+            if not self.is_flow:
+                out = self.final_linear(out.flatten(1))
+        return at_least_float32(out)
 
     def _stage(self, img, source, output_resolution, head_index, base_warp, alpha, stop_grad,
                padding_mode):
         """One regression and warp: (images, grid, residual flow or matrix)."""
         rows = img.shape[0] * (self.num_heads if head_index is None else 1)
-        return self.warp_head(source, self.features(img), output_resolution,
-                              head_index=head_index, base_warp=base_warp,
-                              alpha=alpha_per_row(alpha, rows, img), stop_grad=stop_grad,
-                              padding_mode=padding_mode)
+        features = self.features(img)
+        # The warp itself is float32 whatever the trunk ran at: bfloat16 would round
+        # sampling positions to about half a pixel at 256 px.
+        with full_precision(img.device):
+            return self.warp_head(at_least_float32(source), features, output_resolution,
+                                  head_index=head_index, base_warp=base_warp,
+                                  alpha=alpha_per_row(alpha, rows, img), stop_grad=stop_grad,
+                                  padding_mode=padding_mode)
 
     def iterate(self, img, source, output_resolution, iters, head_index, base_warp, alpha,
                  stop_grad, padding_mode, intermediate_resolution=None):

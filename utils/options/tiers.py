@@ -168,9 +168,9 @@ def add_training_options(parser):
     speed = parser.add_argument_group('speed')
     speed.add_argument('--precision', type=str, default='auto', choices=PRECISIONS,
                        help='arithmetic of the training forward pass: fp32, or bf16 autocast of the generator, '
-                            'transformer and perceptual network (weights, gradients and optimiser stay '
-                            'float32); auto picks per device what measured fastest (float32 on CPU and CUDA '
-                            'so far, see the README)')
+                            "transformer trunks and perceptual network (weights, gradients, optimiser and the "
+                            'warps stay float32); auto picks per device what measured fastest with unchanged '
+                            'PCK (bf16 on CPUs with native bfloat16, float32 elsewhere; see the README)')
     speed.add_argument('--compile', action='store_true',
                        help='run the training step\'s generator, transformer and perceptual loss through '
                             'torch.compile (the first iterations then take longer while they compile); '
@@ -212,6 +212,10 @@ def add_eval_options(parser):
     group.add_argument('--output_resolution', type=int, default=None,
                        help='resolution of the aligned output images (unset: --real_size)')
     group.add_argument('--out', type=str, default='visuals', help='folder for the outputs')
+    group.add_argument('--precision', type=str, default='auto', choices=PRECISIONS,
+                       help="arithmetic of the transformer's trunk: fp32, or bf16 autocast (the warps "
+                            'themselves stay float32); auto picks per device what measured fastest with '
+                            'unchanged PCK (bf16 on CPUs with native bfloat16, float32 elsewhere; see the README)')
     # Unset spatial-transformer flags are read from the checkpoint.
     parser.set_defaults(batch=40, padding_mode='border', transform=None, flow_size=None,
                         stn_channel_multiplier=None, stn_max_channels=None, num_heads=None)
