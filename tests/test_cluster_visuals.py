@@ -13,7 +13,8 @@ def test_clustering_visuals_show_each_heads_images(tiny_configs, tmp_path):
     import training.report as report
     argv = tiny_configs.synthetic + tiny_configs.kmeans + [
         '--exp-name', 'vis', '--results', str(tmp_path), '--num_heads', '2', '--n_sample', '4', '--n_mean', '12',
-        '--vis_batch_size', '6', '--synthetic_modes', '2']
+        '--vis_batch_size', '6', '--synthetic_modes', '2',
+        '--precision', 'fp32']  # the visuals are compared with float32 passes below
     opt = parse_training_options(argv, save=False)
     seed_everything(opt.seed)
     generator, _, t_ema, ll = build_models(opt, torch.device('cpu'))

@@ -15,6 +15,7 @@ from utils.atomic_io import atomic_write
 from utils.distributed import is_main_process, rank_share
 from utils.flow_vis import flow_to_rgb
 from utils.pck_metric import evaluate_pck_transfer, format_pck_table
+from utils.precision import autocast
 
 
 class TrainingVisuals:
@@ -62,7 +63,8 @@ class TrainingVisuals:
         afterwards, so visuals never change the training stream (a resumed run
         continues exactly as an uninterrupted one, with or without visuals)."""
         devices = [self.device] if self.device.type == 'cuda' else []
-        with torch.random.fork_rng(devices=devices):
+        # At the training step's --precision: the start-up visuals alone are a few hundred generator passes.
+        with torch.random.fork_rng(devices=devices), autocast(getattr(self.opt, 'precision', 'fp32'), self.device):
             self._log(generator, t_ema, ll, loss_fn, vis_z, psi, step)
 
     def _log(self, generator, t_ema, ll, loss_fn, vis_z, psi, step):
@@ -102,7 +104,8 @@ class TrainingVisuals:
             n = min(opt.vis_batch_size, n_local - done)
             fixed = vis_z[done:done + n]  # the shown samples come from the fixed latents, the rest are fresh
             z = fixed if fixed.size(0) == n else torch.randn(n, vis_z.size(1), device=self.device)
-            x, y = sample_pairs(generator, ll, psi, n, opt.flow_size, z=z, freeze_ll=True)
+            x, y = (images.float() for images in sample_pairs(generator, ll, psi, n, opt.flow_size, z=z,
+                                                                 freeze_ll=True))
             aligned = t_ema(resize_for_stn(x, opt.flow_size), input_img_for_sampling=x,
                             output_resolution=opt.flow_size, **self.stn_kwargs)
             if heads > 1:  # keep each sample's best head (mirrors are shown unmirrored)
