@@ -11,6 +11,7 @@ with equal results (``auto_precision``; the README's speed section has the
 measurements).
 """
 import contextlib
+import functools
 
 import torch
 
@@ -19,6 +20,7 @@ PRECISIONS = ('auto', 'fp32', 'bf16')
 _DTYPES = {'bf16': torch.bfloat16}
 
 
+@functools.lru_cache(maxsize=None)  # asked at every forward pass of an 'auto' trunk
 def cpu_has_native_bf16():
     """True when this CPU computes in bfloat16 natively (AVX-512 BF16 or AMX); without it
     oneDNN emulates bfloat16 and float32 is faster."""
