@@ -44,6 +44,7 @@ from utils.distributed import (all_gather_tensor, cleanup, get_rank, get_world_s
 from utils.errors import UserError, exit_on_user_error
 from utils.options import parse_training_options
 from utils.options.resume import NOT_RESUMED
+from utils.precision import autocast
 from utils.pretrained import resolve_checkpoint
 from utils.schedules import DecayingCosineAnnealingWarmRestarts, zero_lr_iterations
 from training.building import build_models as build_training_models
@@ -231,9 +232,10 @@ def main(argv=None):
     if is_main_process():
         pbar = tqdm(pbar, initial=start_iter, total=opt.iter, dynamic_ncols=True, smoothing=0.1)
     for i in pbar:
-        x, target, _ = assign_samples(generator, t_ema, ll, loss_fn, opt.batch, opt.flow_size, opt.num_heads,
-                                      opt.flips, opt.sample_from_full_res, **stn_kwargs)
-        logits = classifier(resize_for_stn(x, opt.flow_size))
+        with autocast(opt.precision, device):  # labels and classifier at --precision, as train.py's step
+            x, target, _ = assign_samples(generator, t_ema, ll, loss_fn, opt.batch, opt.flow_size, opt.num_heads,
+                                          opt.flips, opt.sample_from_full_res, **stn_kwargs)
+            logits = classifier(resize_for_stn(x, opt.flow_size)).float()
         loss = F.cross_entropy(logits, target)
         cls_optim.zero_grad(set_to_none=True)
         loss.backward()
@@ -264,9 +266,10 @@ def main(argv=None):
         pbar.close()
     classifier_module.eval()
     n_eval = max(opt.batch, opt.n_mean // get_world_size())  # --debug has made --n_mean 200
-    result = classifier_agreement(classifier_module, generator, t_ema, ll, loss_fn, n_eval, opt.vis_batch_size,
-                                  opt.flow_size, opt.num_heads, opt.flips, opt.sample_from_full_res,
-                                  seed=opt.seed * get_world_size() + get_rank(), **stn_kwargs)
+    with autocast(opt.precision, device):
+        result = classifier_agreement(classifier_module, generator, t_ema, ll, loss_fn, n_eval, opt.vis_batch_size,
+                                      opt.flow_size, opt.num_heads, opt.flips, opt.sample_from_full_res,
+                                      seed=opt.seed * get_world_size() + get_rank(), **stn_kwargs)
     counts = all_gather_tensor(torch.tensor([[result['accuracy'] * result['samples'],
                                               result['cluster_accuracy'] * result['samples'],
                                               result['samples']]], dtype=torch.float64, device=device)).sum(0)

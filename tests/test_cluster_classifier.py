@@ -181,6 +181,18 @@ def test_train_cluster_classifier_end_to_end_and_resume(tmp_path):
     for key, value in final['classifier'].items():
         assert torch.equal(resumed['classifier'][key], value), key
 
+    # --precision is used: bfloat16 labels and classifier train another, close, classifier than float32.
+    trained = {}
+    for precision in ('fp32', 'bf16'):
+        result = run('train_cluster_classifier.py', '--exp-name', precision, '--results', tmp_path, '--ckpt', model,
+                     *common, '--iter', '2', '--precision', precision)
+        assert result.returncode == 0, result.stderr
+        trained[precision] = torch.load(tmp_path / precision / 'checkpoints' / '0000002.pt', map_location='cpu',
+                                        weights_only=False)['classifier']
+    assert any(not torch.equal(trained['bf16'][key], value) for key, value in trained['fp32'].items())
+    for key, value in trained['fp32'].items():  # two Adam steps of lr 1e-3 apart at most
+        torch.testing.assert_close(trained['bf16'][key], value, atol=5e-3, rtol=0)
+
     # A model with one head and no mirrors has nothing to classify.
     single = TINY[:TINY.index('--kmeans_candidates')]  # no centroids to pick with one head
     result = run('train.py', '--exp-name', 'single', '--results', tmp_path, '--batch', '2', '--iter', '1', *single)
