@@ -44,6 +44,7 @@ import torch
 from utils.checkpoint import checkpoint_name
 from utils.synthetic_world import NUM_FACTORS
 from utils.synthetic_world.deformation import DEFORMATION_FACTORS
+from utils.precision import PRECISIONS
 
 # The curation model's world and regulariser, chosen on data seed 2 (reported on seed 1; see the README):
 # the demo's world and --tv_weight scored best there (0.713); deformed worlds (--synthetic_deformation 0.1 with
@@ -113,6 +114,8 @@ def main():
     parser.add_argument('--tv_weight', type=float, default=TV_WEIGHT, help="the trained model's --tv_weight")
     parser.add_argument('--seed', type=int, default=1, help='seed of the benchmark dataset')
     parser.add_argument('--threads', type=int, default=2)
+    parser.add_argument('--precision', default='auto', choices=PRECISIONS,
+                        help="--precision of the training run and the applications")
     parser.add_argument('--workdir', default=None, help='keep the intermediate files here (default: a temp folder)')
     args = parser.parse_args()
     work = args.workdir or tempfile.mkdtemp(prefix='bench_curation_')
@@ -131,10 +134,11 @@ def main():
             # The deformation's coefficients live in latent coordinates beyond the other factors.
             wide = ['--dim_latent', NUM_FACTORS + DEFORMATION_FACTORS] if args.synthetic_deformation > 0 else []
             run(['train.py', '--exp-name', 'model', '--results', work, '--iter', args.train_iters,
-                 '--tv_weight', args.tv_weight, *world, *wide], args.threads)
+                 '--tv_weight', args.tv_weight, '--precision', args.precision, *world, *wide], args.threads)
     trained = time.time()
 
-    common = ['--ckpt', ckpt, '--real_data_path', data, '--real_size', args.size, '--num_workers', 0]
+    common = ['--ckpt', ckpt, '--real_data_path', data, '--real_size', args.size, '--num_workers', 0,
+              '--precision', args.precision]
     run(['-m', 'applications.flow_scores', *common, '--recompute'], args.threads)
     scores = torch.load(os.path.join(data, 'flow_scores.pt'), weights_only=True)
     labels = torch.load(os.path.join(data, 'outliers.pt'), weights_only=True)
@@ -275,6 +279,9 @@ def clustering_main(argv):
     parser.add_argument('--seed', type=int, default=1, help='seed of the training runs and the held-out data '
                                                             '(settings were chosen on seed 0)')
     parser.add_argument('--threads', type=int, default=2)
+    parser.add_argument('--precision', default='auto', choices=PRECISIONS,
+                        help="--precision of the transformer's and the classifier's training runs (the measures "
+                             'here run in float32)')
     parser.add_argument('--workdir', default=None, help='keep the intermediate files here (default: a temp folder)')
     args = parser.parse_args(argv)
     work = args.workdir or tempfile.mkdtemp(prefix='bench_clustering_')
@@ -285,7 +292,8 @@ def clustering_main(argv):
         model = os.path.join(work, 'model', 'checkpoints', checkpoint_name(args.train_iters))
         if not os.path.isfile(model):
             run(['train.py', '--exp-name', 'model', '--results', work, '--seed', args.seed,
-                 '--real_size', args.size, '--gen_size', args.size, *clustering_schedule(args.train_iters)],
+                 '--real_size', args.size, '--gen_size', args.size, '--precision', args.precision,
+                 *clustering_schedule(args.train_iters)],
                 args.threads)
     trained = time.time()
     classifier = args.classifier_ckpt
@@ -295,7 +303,7 @@ def clustering_main(argv):
             iters = args.classifier_iters
             run(['train_cluster_classifier.py', '--exp-name', 'classifier', '--results', work, '--ckpt', model,
                  '--seed', args.seed, '--iter', iters, '--period', iters, '--ckpt_every', iters,
-                 '--vis_every', iters], args.threads)
+                 '--vis_every', iters, '--precision', args.precision], args.threads)
     classified = time.time()
     torch.set_num_threads(args.threads)
     measures = clustering_measures(classifier, args.samples, args.images, args.size, 50_000 + args.seed)
