@@ -39,6 +39,7 @@ import importlib.machinery
 import os
 import sys
 import types
+import time
 from types import SimpleNamespace
 
 import torch
@@ -238,3 +239,33 @@ def build_official_training(official, opt, generator, stn, ll, vgg_path, device)
         loss_fn=official_perceptual_loss(official, opt.loss_fn, vgg_path, device),
         t_optim=torch.optim.Adam(t.parameters(), lr=opt.stn_lr, betas=(0.9, 0.999), eps=1e-8),
         ll_optim=torch.optim.Adam(l.parameters(), lr=opt.ll_lr, betas=(0.9, 0.999), eps=1e-8))
+
+
+def official_startup_work(official, vgg_path, device, gen_size=64, flow_size=64, n_sample=64, inject=5):
+    """Seconds the original's train.py spends, with ``--debug`` and a 64 px StyleGAN2 (channel multiplier 2)
+    on one head, on its start-up work before the first iteration, run through its own functions: the
+    generator, two transformers (similarity + flow, channel multiplier 0.5) and the target learner, its LPIPS,
+    the 1000 W samples for the PCA, and the first generated-sample visuals (``n_sample`` pairs drawn and
+    congealed, as its create_fake_visuals). Left out: process start and imports, writing files, the
+    real-image visuals and the PCA fit itself (sklearn's IncrementalPCA on 1000 x 512, which may be
+    missing here): a lower bound of the original's start-up."""
+    sample_pairs = official.modules['models.losses.loss'].sample_gan_supervised_pairs
+    start = time.perf_counter()
+    with _cpu_cuda_calls():
+        g = official.Generator(gen_size, 512, 8, channel_multiplier=2).to(device).eval()
+        kwargs = dict(flow_size=flow_size, supersize=gen_size, channel_multiplier=0.5, num_heads=1)
+        t = official.get_stn(['similarity', 'flow'], **kwargs).to(device)
+        t_ema = official.get_stn(['similarity', 'flow'], **kwargs).to(device)
+        official.accumulate(t_ema, t, 0)
+        ll = official.DirectionInterpolator(pca_path=None, n_comps=1, inject_index=inject, n_latent=g.n_latent,
+                                            num_heads=1).to(device)
+        official_perceptual_loss(official, 'lpips', vgg_path, device)
+        with torch.no_grad():
+            g.batch_latent(1000)
+        resize = (official.BilinearDownsample(gen_size // flow_size, 3).to(device) if gen_size > flow_size
+                  else torch.nn.Sequential())
+        with torch.inference_mode():
+            z = torch.randn(n_sample, 512, device=device)
+            sample, _ = sample_pairs(g, ll, lambda x: x, 1.0, n_sample, None, True, device, z=z)
+            t_ema(resize(sample))
+    return time.perf_counter() - start
