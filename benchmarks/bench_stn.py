@@ -13,8 +13,9 @@ original instead: the transformer's forward pass on the same weights (batch 8
 by default; plain, ``iters 3``, with flips, both), and the StyleGAN2 generator's
 forward pass (``--gen_size`` 256, channel multiplier 2, random weights copied
 into both; the transformer's zero-initialised last layers get small random
-weights, so that its warps are not the identity). Each row is timed in alternating rounds (ours, original, original,
-ours, ...) in one process, and the table gives images per second and the
+weights, so that its warps are not the identity). Each row is timed in
+alternating rounds (ours, original, original, ours, ...) in one process, and
+the table gives images per second and the
 speed-up (ours over the original). Ours runs at ``--precision`` (default
 auto, as the applications: bf16 trunks on a CPU with native bfloat16); when
 that is not fp32, our fp32 is timed in the same rounds too, and every row
