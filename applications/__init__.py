@@ -293,7 +293,7 @@ def load_stn(args, device, with_classifier=False):
     except WeightsMismatchError as e:
         raise UserError(f'{path}: {e}; pass the configuration it was trained with (--transform, --flow_size, '
                         f'--stn_channel_multiplier, --num_heads), or leave them out to take the checkpoint\'s') from None
-    t_ema = t_ema.to(device).eval().requires_grad_(False).set_precision(getattr(args, 'precision', 'fp32'))
+    t_ema = t_ema.to(device).eval().requires_grad_(False).set_precision(args.precision)
     if not with_classifier:
         return t_ema
     classifier = None

@@ -21,6 +21,8 @@ import sys
 import tempfile
 import time
 
+from utils.precision import PRECISIONS
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -63,7 +65,7 @@ def main(argv=None):
     parser.add_argument('--official', default=None, metavar='PATH', help='checkout of the original GANgealing code')
     parser.add_argument('--threads', type=int, default=None, help='CPU threads of both (default: torch decides)')
     parser.add_argument('--runs', type=int, default=3, help='timed launches (and original start-ups) each')
-    parser.add_argument('--precision', default='auto', choices=['auto', 'fp32', 'bf16'], help="train.py's --precision")
+    parser.add_argument('--precision', default='auto', choices=PRECISIONS, help="train.py's --precision")
     args = parser.parse_args(argv)
     from benchmarks.bench_train import ensure_perceptual_weights
     args.loss_fn, args.perceptual_weights = 'lpips', None

@@ -43,6 +43,8 @@ import tempfile
 import time
 from types import SimpleNamespace
 
+from utils.precision import PRECISIONS, resolve_precision
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # name -> (training flags, short description); every StyleGAN2 one is (gen_size, flow_size, batch).
@@ -74,7 +76,7 @@ def parse_args(argv=None):
     parser.add_argument('--official', default=None, metavar='PATH',
                         help='checkout of the original GANgealing code: time its training step beside ours '
                              '(StyleGAN2 configurations; default loss lpips)')
-    parser.add_argument('--precision', nargs='+', default=['auto'], choices=['auto', 'fp32', 'bf16'],
+    parser.add_argument('--precision', nargs='+', default=['auto'], choices=PRECISIONS,
                         help="train.py's --precision for our steps (default auto, as train.py); two values "
                              '(fp32 bf16) time both in alternating rounds in one process (with --official: each '
                              "beside the original in the same rounds; memory is measured for the first)")
@@ -248,7 +250,6 @@ def compare(name, args, device_name):
     first losses (same seed, same weights: the two should start alike).
     """
     import torch
-    from utils.precision import resolve_precision
     device = torch.device(device_name)
     opt, our_step, ours = build_ours(name, args, device_name)
     _, their_step = build_theirs(args, opt, ours)

@@ -64,7 +64,7 @@ class TrainingVisuals:
         continues exactly as an uninterrupted one, with or without visuals)."""
         devices = [self.device] if self.device.type == 'cuda' else []
         # At the training step's --precision: the start-up visuals alone are a few hundred generator passes.
-        with torch.random.fork_rng(devices=devices), autocast(getattr(self.opt, 'precision', 'fp32'), self.device):
+        with torch.random.fork_rng(devices=devices), autocast(self.opt.precision, self.device):
             self._log(generator, t_ema, ll, loss_fn, vis_z, psi, step)
 
     def _log(self, generator, t_ema, ll, loss_fn, vis_z, psi, step):
