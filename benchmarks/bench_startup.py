@@ -29,22 +29,22 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def time_ours(args):
     """Seconds from launching train.py --debug to its first iteration line."""
     from benchmarks.bench_train import CONFIGS
-    results = tempfile.mkdtemp(prefix='bench_startup_')
-    command = [sys.executable, 'train.py', '--exp-name', 'startup', '--results', results, '--debug', '--device',
-               'cpu', '--iter', '2', '--loss_fn', 'lpips', '--perceptual_weights', args.perceptual_weights,
-               '--precision', args.precision, *CONFIGS['sg2-64'][0]]
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads)) if args.threads else None
-    start = time.perf_counter()
-    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               env=env)
-    seconds, tail = None, []
-    for line in process.stdout:
-        if line.startswith('iteration 1/'):
-            seconds = time.perf_counter() - start
-            break
-        tail = (tail + [line])[-5:]
-    process.kill()
-    process.wait()
+    with tempfile.TemporaryDirectory(prefix='bench_startup_') as results:  # the killed run's files go with it
+        command = [sys.executable, 'train.py', '--exp-name', 'startup', '--results', results, '--debug', '--device',
+                   'cpu', '--iter', '2', '--loss_fn', 'lpips', '--perceptual_weights', args.perceptual_weights,
+                   '--precision', args.precision, *CONFIGS['sg2-64'][0]]
+        env = dict(os.environ, OMP_NUM_THREADS=str(args.threads)) if args.threads else None
+        start = time.perf_counter()
+        process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                   env=env)
+        seconds, tail = None, []
+        for line in process.stdout:
+            if line.startswith('iteration 1/'):
+                seconds = time.perf_counter() - start
+                break
+            tail = (tail + [line])[-5:]
+        process.kill()
+        process.wait()
     if seconds is None:
         raise SystemExit('error: train.py ended before its first iteration:\n' + ''.join(tail))
     return seconds
