@@ -148,7 +148,7 @@ def run(*args):
                           timeout=300)
 
 
-def test_train_cluster_classifier_end_to_end_and_resume(tmp_path):
+def test_train_cluster_classifier_end_to_end_and_resume(tmp_path, capsys):
     result = run('train.py', '--exp-name', 'model', '--results', tmp_path, '--num_heads', '2', '--flips',
                  '--batch', '2', '--iter', '2', *TINY)
     assert result.returncode == 0, result.stderr
@@ -192,6 +192,21 @@ def test_train_cluster_classifier_end_to_end_and_resume(tmp_path):
     assert any(not torch.equal(trained['bf16'][key], value) for key, value in trained['fp32'].items())
     for key, value in trained['fp32'].items():  # two Adam steps of lr 1e-3 apart at most
         torch.testing.assert_close(trained['bf16'][key], value, atol=5e-3, rtol=0)
+
+    # benchmarks/classifier_bank.py labels samples by the trainer's rule and fits the classifier to them.
+    from benchmarks import classifier_bank
+    for name, samples in (('bank', 12), ('held', 6)):
+        classifier_bank.main(['label', '--ckpt', str(model), '--out', str(tmp_path / f'{name}.pt'),
+                              '--samples', str(samples), '--chunk', '5', '--seed', str(samples)])
+    bank = torch.load(tmp_path / 'bank.pt', weights_only=True)
+    assert bank['inputs'].shape == (12, 3, 16, 16) and bank['distances'].shape == (12, 4)
+    assert torch.equal(bank['labels'], bank['distances'].argmin(dim=1))
+    capsys.readouterr()
+    classifier_bank.main(['fit', '--ckpt', str(model), '--bank', str(tmp_path / 'bank.pt'), '--held_out',
+                          str(tmp_path / 'held.pt'), '--steps', '3', '--eval_every', '2', '--targets', 'soft'])
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith('step ')]
+    assert [line.split(':')[0] for line in lines] == ['step 2', 'step 3']
+    assert all(0 <= float(line.split('agreement ')[1].split()[0]) <= 1 for line in lines)
 
     # A model with one head and no mirrors has nothing to classify.
     single = TINY[:TINY.index('--kmeans_candidates')]  # no centroids to pick with one head
