@@ -13,12 +13,15 @@ transformer on a held-out bank every ``--eval_every`` steps:
     python -m benchmarks.classifier_bank label --ckpt MODEL.pt --out bank.pt --samples 30000 --seed 100
     python -m benchmarks.classifier_bank label --ckpt MODEL.pt --out held.pt --samples 2000 --seed 200
     python -m benchmarks.classifier_bank fit --ckpt MODEL.pt --bank bank.pt --held_out held.pt \
-        --cls_lr 0.01 --steps 6000 [--batch 10] [--targets hard|soft] [--linear_logits]
+        --cls_lr 0.01 --steps 6000 [--batch 10] [--targets hard|soft|modes] [--linear_logits]
 
 ``--targets soft`` trains on the softmax of the negated distances with the
 median gap between a sample's best and worst distance as temperature (the
 transformer's margins, not only its choice); ``--linear_logits`` drops the
-leaky ReLU the released classifier applies to its logits.
+leaky ReLU the released classifier applies to its logits. ``--targets modes``
+teaches the synthetic world's true modes instead of the transformer's choice
+(what the classifier can learn where the boundary is clean; agreement is then
+with the true modes).
 """
 import argparse
 import time
@@ -49,26 +52,32 @@ def load(ckpt, cls_lr=0.001):
 def label(args):
     opt, generator, t_ema, ll, _, _, loss_fn = load(args.ckpt)
     torch.manual_seed(args.seed)
-    inputs, labels, distances = [], [], []
+    inputs, labels, distances, modes = [], [], [], []
     for start in range(0, args.samples, args.chunk):
         n = min(args.chunk, args.samples - start)
+        z = torch.randn(n, generator.style_dim)  # as assign_samples would draw it
         with autocast(opt.precision, torch.device('cpu')):  # the trainer labels its batches at --precision
             x, target, dist = assign_samples(generator, t_ema, ll, loss_fn, n, opt.flow_size, opt.num_heads,
-                                             opt.flips, opt.sample_from_full_res, padding_mode=opt.padding_mode)
+                                             opt.flips, opt.sample_from_full_res, z=z, padding_mode=opt.padding_mode)
+        if hasattr(generator, 'world_params'):  # the synthetic world knows each sample's true mode
+            w_plus = generator.style(z).unsqueeze(1).expand(-1, generator.n_latent, -1)
+            modes.append(generator.world_params(w_plus, randomize_noise=False)['mode'].long())
         inputs.append(resize_for_stn(x.float(), opt.flow_size).half())  # what the classifier sees
         labels.append(target)
         distances.append(dist.float())
     bank = {'inputs': torch.cat(inputs), 'labels': torch.cat(labels), 'distances': torch.cat(distances)}
+    if modes:
+        bank['modes'] = torch.cat(modes)
     torch.save(bank, args.out)
     print(f"{args.samples} samples labelled; class counts {torch.bincount(bank['labels']).tolist()}")
 
 
-def agreement(classifier, bank, precision):
+def agreement(classifier, bank, key, precision):
     classifier.eval()
     with torch.no_grad(), autocast(precision, torch.device('cpu')):
         predicted = torch.cat([classifier(chunk.float()).float().argmax(1) for chunk in bank['inputs'].split(200)])
     classifier.train()
-    return float((predicted == bank['labels']).float().mean())
+    return float((predicted == bank[key]).float().mean())
 
 
 def fit(args):
@@ -79,7 +88,10 @@ def fit(args):
     sched = DecayingCosineAnnealingWarmRestarts(cls_optim, T_0=1, T_mult=1, decay=1)
     bank = torch.load(args.bank, weights_only=True)
     held_out = torch.load(args.held_out, weights_only=True)
-    inputs, labels, distances = bank['inputs'], bank['labels'], bank['distances']
+    key = 'modes' if args.targets == 'modes' else 'labels'
+    if key not in bank or key not in held_out:
+        raise SystemExit(f'error: the banks hold no {key} (true modes are known for the synthetic world only)')
+    inputs, labels, distances = bank['inputs'], bank[key], bank['distances']
     gaps = distances.max(1).values - distances.min(1).values
     temperature = gaps.median()
     print(f'{labels.numel()} training samples, {held_out["labels"].numel()} held out; median distance gap '
@@ -98,7 +110,7 @@ def fit(args):
         cls_optim.step()
         sched.step(step / args.steps)
         if step % args.eval_every == 0 or step == args.steps:
-            print(f'step {step}: held-out agreement {agreement(classifier, held_out, opt.precision):.3f} '
+            print(f'step {step}: held-out agreement {agreement(classifier, held_out, key, opt.precision):.3f} '
                   f'({time.time() - start:.0f} s)', flush=True)
 
 
@@ -118,7 +130,7 @@ def main(argv=None):
     train.add_argument('--cls_lr', type=float, default=0.01)
     train.add_argument('--steps', type=int, default=6000)
     train.add_argument('--batch', type=int, default=10)
-    train.add_argument('--targets', choices=('hard', 'soft'), default='hard')
+    train.add_argument('--targets', choices=('hard', 'soft', 'modes'), default='hard')
     train.add_argument('--linear_logits', action='store_true')
     train.add_argument('--eval_every', type=int, default=1000)
     train.add_argument('--seed', type=int, default=0)

@@ -201,12 +201,14 @@ def test_train_cluster_classifier_end_to_end_and_resume(tmp_path, capsys):
     bank = torch.load(tmp_path / 'bank.pt', weights_only=True)
     assert bank['inputs'].shape == (12, 3, 16, 16) and bank['distances'].shape == (12, 4)
     assert torch.equal(bank['labels'], bank['distances'].argmin(dim=1))
-    capsys.readouterr()
-    classifier_bank.main(['fit', '--ckpt', str(model), '--bank', str(tmp_path / 'bank.pt'), '--held_out',
-                          str(tmp_path / 'held.pt'), '--steps', '3', '--eval_every', '2', '--targets', 'soft'])
-    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith('step ')]
-    assert [line.split(':')[0] for line in lines] == ['step 2', 'step 3']
-    assert all(0 <= float(line.split('agreement ')[1].split()[0]) <= 1 for line in lines)
+    assert bank['modes'].shape == (12,)  # the synthetic world's true modes (one mode here: all 0)
+    for targets in ('soft', 'modes'):
+        capsys.readouterr()
+        classifier_bank.main(['fit', '--ckpt', str(model), '--bank', str(tmp_path / 'bank.pt'), '--held_out',
+                              str(tmp_path / 'held.pt'), '--steps', '3', '--eval_every', '2', '--targets', targets])
+        lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith('step ')]
+        assert [line.split(':')[0] for line in lines] == ['step 2', 'step 3']
+        assert all(0 <= float(line.split('agreement ')[1].split()[0]) <= 1 for line in lines)
 
     # A model with one head and no mirrors has nothing to classify.
     single = TINY[:TINY.index('--kmeans_candidates')]  # no centroids to pick with one head
