@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from models.gangealing import assign_samples, resize_for_stn
 from models.perceptual import PERCEPTUAL_LOSSES
+from utils.atomic_io import atomic_write
 from utils.precision import autocast
 from utils.schedules import DecayingCosineAnnealingWarmRestarts
 
@@ -68,7 +69,7 @@ def label(args):
     bank = {'inputs': torch.cat(inputs), 'labels': torch.cat(labels), 'distances': torch.cat(distances)}
     if modes:
         bank['modes'] = torch.cat(modes)
-    torch.save(bank, args.out)
+    atomic_write(args.out, lambda f: torch.save(bank, f))
     print(f"{args.samples} samples labelled; class counts {torch.bincount(bank['labels']).tolist()}")
 
 
