@@ -241,8 +241,7 @@ def clustering_measures(classifier_ckpt, samples, images, size, seed, batch=50):
         # the assignment repeats says how far it is decided by the image's content rather than by noise.
         repeated.append(assign_samples(generator, t_ema, ll, loss_fn, z.shape[0], opt.flow_size, heads, opt.flips,
                                        opt.sample_from_full_res, z=z, padding_mode=opt.padding_mode)[1] == target)
-        w_plus = generator.style(z).unsqueeze(1).expand(-1, generator.n_latent, -1)
-        modes.append(generator.world_params(w_plus, randomize_noise=False)['mode'].long())
+        modes.append(generator.true_modes(z))
         assigned.append(target)
         predicted.append(classifier(resize_for_stn(x, opt.flow_size)).argmax(dim=1))
     modes, assigned, predicted = torch.cat(modes), torch.cat(assigned), torch.cat(predicted)

@@ -60,9 +60,8 @@ def label(args):
         with autocast(opt.precision, torch.device('cpu')):  # the trainer labels its batches at --precision
             x, target, dist = assign_samples(generator, t_ema, ll, loss_fn, n, opt.flow_size, opt.num_heads,
                                              opt.flips, opt.sample_from_full_res, z=z, padding_mode=opt.padding_mode)
-        if hasattr(generator, 'world_params'):  # the synthetic world knows each sample's true mode
-            w_plus = generator.style(z).unsqueeze(1).expand(-1, generator.n_latent, -1)
-            modes.append(generator.world_params(w_plus, randomize_noise=False)['mode'].long())
+        if hasattr(generator, 'true_modes'):  # the synthetic world knows each sample's true mode
+            modes.append(generator.true_modes(z))
         inputs.append(resize_for_stn(x.float(), opt.flow_size).half())  # what the classifier sees
         labels.append(target)
         distances.append(dist.float())

@@ -251,6 +251,11 @@ class SyntheticGenerator(nn.Module):
             deformation = 0.5 * (1 + torch.erf(coords[:, entries, index] / math.sqrt(2)))
         return world.params_from_factors(uniform, fur, background, self.factors, deformation)
 
+    def true_modes(self, z):
+        """(N,) long: the mode (``--synthetic_modes``) of the face each z (N, style_dim) draws; 0 with one mode."""
+        w_plus = self.style(z).unsqueeze(1).expand(-1, self.n_latent, -1)
+        return self.world_params(w_plus, randomize_noise=False)['mode'].long()
+
     def forward(self, styles, return_latents=False, inject_index=None, truncation=1, truncation_latent=None,
                 input_is_latent=False, noise=None, randomize_noise=True, return_keypoints=False):
         """Render faces from latents.
