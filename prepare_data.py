@@ -12,10 +12,10 @@ Sources:
   (or the first ``--max_images``) stored in order.
 
 ``--synthetic_video OUT.mp4 --frames N --size S --seed SEED`` renders a
-video instead: one synthetic face moving smoothly (utils/synthetic_world/video.py),
+video instead: one synthetic face moving smoothly (synthetic_world/video.py),
 with its exact keypoints beside it in OUT.keypoints.pt, a float tensor
 (N, 10, 3): x, y in pixels of the S x S frames, then visibility (0/1), in
-the keypoint order of utils/synthetic_world/keypoints.py (KEYPOINT_NAMES).
+the keypoint order of synthetic_world/keypoints.py (KEYPOINT_NAMES).
 
 Images are made square with ``--pad`` and resized to every ``--size``.
 Unreadable images are skipped and counted. The ``length`` key is written
@@ -102,7 +102,7 @@ def build_parser():
     parser.add_argument('--data_dir', type=str, default='data',
                         help='where downloaded datasets (SPair, CUB, LSUN) are kept')
     parser.add_argument('--overwrite', action='store_true', help='replace a dataset already at --out')
-    from utils.synthetic_world import add_world_options
+    from synthetic_world import add_world_options
     add_world_options(parser)  # the world --synthetic renders (same flags as training)
     return parser
 
@@ -308,13 +308,13 @@ def prepare_synthetic(out, sizes, num_images, seed, image_format, factors=None, 
     Keypoints come from the largest size; pairs are consecutive images
     (0, 1), (2, 3), ... of which neither is an outlier. ``factors``: the
     world's variation (None: defaults). ``outlier_fraction``: that fraction of
-    the images are outliers (utils.synthetic_world.outliers), labelled in outliers.pt.
+    the images are outliers (synthetic_world.outliers), labelled in outliers.pt.
     A world of several modes (``factors.modes`` > 1) records each image's true
-    mode in modes.pt (utils.synthetic_world.dataset.MODES_FILE).
+    mode in modes.pt (synthetic_world.dataset.MODES_FILE).
     """
-    from utils.synthetic_world.outliers import OUTLIERS_FILE, outlier_labels, render_outliers
-    from utils.synthetic_world import MIRROR_PERMUTATION, render_dataset
-    from utils.synthetic_world.dataset import MODES_FILE, dataset_modes
+    from synthetic_world.outliers import OUTLIERS_FILE, outlier_labels, render_outliers
+    from synthetic_world import MIRROR_PERMUTATION, render_dataset
+    from synthetic_world.dataset import MODES_FILE, dataset_modes
     if num_images < 2:
         raise UserError('--synthetic needs at least 2 images (--max_images)')
     labels = outlier_labels(num_images, outlier_fraction, seed)
@@ -376,7 +376,7 @@ def prepare_synthetic_video(path, frames, size, seed, fps, factors=None):
     Returns the keypoints path.
     """
     from utils.atomic_io import atomic_write
-    from utils.synthetic_world.video import iter_synthetic_video
+    from synthetic_world.video import iter_synthetic_video
     from utils.video_io import VideoWriter
     if frames < 1:
         raise UserError(f'--frames must be at least 1 (got {frames})')
@@ -473,7 +473,7 @@ def main(argv=None):
             raise UserError('--synthetic_video renders a video on its own; drop the other inputs')
         if len(sizes) != 1:
             raise UserError(f'--synthetic_video takes one --size (got {args.size})')
-        from utils.synthetic_world import factors_from_options
+        from synthetic_world import factors_from_options
         keypoints = prepare_synthetic_video(args.synthetic_video, args.frames, sizes[0], args.seed, args.fps,
                                             factors_from_options(args))
         print(f'wrote {args.frames} frames to {args.synthetic_video} and their keypoints to {keypoints}')
@@ -482,7 +482,7 @@ def main(argv=None):
 
     if args.synthetic:
         print(f"dataset resolutions: {', '.join(map(str, sizes))}")
-        from utils.synthetic_world import factors_from_options
+        from synthetic_world import factors_from_options
         num_images = args.max_images or SYNTHETIC_DEFAULT_IMAGES
         factors = factors_from_options(args)
         with output as out:

@@ -28,7 +28,7 @@ from training.writer import ExperimentWriter
 from utils.checkpoint import checkpoint_name, load_checkpoint, save_checkpoint
 from utils.distributed import cleanup, gather_objects, is_main_process, seed_everything, setup_distributed
 from utils.errors import UserError, WeightsMismatchError, exit_on_user_error
-from utils.options import parse_training_options
+from options import parse_training_options
 from utils.pretrained import resolve_checkpoint
 from utils.progress import Progress
 from utils.schedules import anneal_psi, zero_lr_iterations

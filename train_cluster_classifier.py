@@ -42,8 +42,8 @@ from utils.checkpoint import checkpoint_name, load_checkpoint, save_checkpoint
 from utils.distributed import (all_gather_tensor, cleanup, get_rank, get_world_size, is_main_process,
                                reduce_loss_dict, seed_everything, setup_distributed)
 from utils.errors import UserError, exit_on_user_error
-from utils.options import parse_training_options
-from utils.options.resume import NOT_RESUMED
+from options import parse_training_options
+from options.resume import NOT_RESUMED
 from utils.precision import autocast
 from utils.pretrained import resolve_checkpoint
 from utils.schedules import DecayingCosineAnnealingWarmRestarts, zero_lr_iterations

@@ -21,14 +21,14 @@ from torch import nn
 
 from training.checks import ASYNC_CHECK_EVERY, agree, nonfinite_error, nonfinite_flags
 from training.state import checkpoint_iteration, get_rng_state, set_rng_state
-from training.stylegan2 import (Networks, RunningState, batch_loader, build_networks, check_checkpoint_architecture,
+from training.gan_trainer import (Networks, RunningState, batch_loader, build_networks, check_checkpoint_architecture,
                                 checkpoint_content, lazy_adam, load_training_checkpoint, train_iteration,
                                 training_images)
 from training.writer import ExperimentWriter
 from utils.checkpoint import checkpoint_name, load_checkpoint, save_checkpoint
 from utils.distributed import cleanup, gather_objects, is_main_process, seed_everything, setup_distributed
 from utils.errors import UserError, exit_on_user_error
-from utils.options.stylegan2 import parse_stylegan2_options
+from options.stylegan2_flags import parse_stylegan2_options
 from utils.progress import Progress
 from utils.stop_signals import Interrupted, StopRequested
 

@@ -2,9 +2,9 @@
 spatial transformer, flip decisions and crash-safe image output.
 
 The applications run as ``python -m applications.NAME``. Their options are
-built in tiers: ``utils.options.base_eval_argparse()`` (base + evaluation
+built in tiers: ``options.base_eval_argparse()`` (base + evaluation
 flags), then the application's own flags added here, then the dataset mode's
-flags during ``utils.options.parse_eval_options``.
+flags during ``options.parse_eval_options``.
 """
 import argparse
 import json
@@ -21,8 +21,8 @@ from utils.checkpoint import load_checkpoint
 from utils.distributed import all_gather_tensor, is_main_process, rank_share
 from utils.errors import UserError, WeightsMismatchError
 from utils.image_io import tensor_to_uint8
-from utils.options import base_eval_argparse
-from utils.options.tiers import RELEASED_TRUNK_WIDTH, STN_ARCHITECTURE_DEFAULTS
+from options import base_eval_argparse
+from options.tiers import RELEASED_TRUNK_WIDTH, STN_ARCHITECTURE_DEFAULTS
 from utils.pretrained import apply_test_settings, resolve_checkpoint
 
 
@@ -252,7 +252,7 @@ def load_stn(args, device, with_classifier=False):
     ``args`` (transform, flow_size, stn_channel_multiplier, num_heads).
 
     Args:
-        args: evaluation options (see utils.options.base_eval_argparse).
+        args: evaluation options (see options.base_eval_argparse).
         device: torch.device for the model.
         with_classifier: also return the checkpoint's cluster classifier
             (models.cluster_classifier.ResnetClassifier, None when it has none).
@@ -435,7 +435,7 @@ def filter_by_flow_scores(opt, dataset):
             the dataset's (scores of another dataset).
     """
     from torch.utils.data import Subset
-    from utils.flow_scores import high_score_indices, load_flow_scores
+    from utils.score_files import high_score_indices, load_flow_scores
 
     if getattr(opt, 'flow_scores', None) is None:
         return dataset, torch.arange(len(dataset))

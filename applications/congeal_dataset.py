@@ -43,7 +43,7 @@ from utils.distributed import (all_gather_tensor, barrier, cleanup, get_world_si
                                setup_distributed)
 from utils.errors import UserError, exit_on_user_error
 from utils.image_io import encode_image, tensor_to_uint8
-from utils.options import parse_eval_options
+from options import parse_eval_options
 
 INDICES_FILE = 'dataset_indices.pt'
 

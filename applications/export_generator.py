@@ -9,7 +9,7 @@ float32 on load.
 """
 import argparse
 
-from training.stylegan2 import generator_export
+from training.gan_trainer import generator_export
 from utils.checkpoint import load_checkpoint, save_checkpoint
 from utils.errors import UserError, exit_on_user_error
 

@@ -20,8 +20,8 @@ import os
 from applications import base_eval_argparse, build_dataset, compute_flow_scores, load_stn
 from utils.distributed import cleanup, is_main_process, setup_distributed
 from utils.errors import exit_on_user_error
-from utils.flow_scores import flow_scores_path, load_flow_scores, save_flow_scores
-from utils.options import parse_eval_options
+from utils.score_files import flow_scores_path, load_flow_scores, save_flow_scores
+from options import parse_eval_options
 
 
 def build_parser():

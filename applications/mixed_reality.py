@@ -53,7 +53,7 @@ from applications.video_propagation import empty_outputs, propagate_frames
 from utils.atomic_io import atomic_write
 from utils.distributed import cleanup, is_main_process, setup_distributed
 from utils.errors import UserError, exit_on_user_error
-from utils.options import parse_eval_options
+from options import parse_eval_options
 from utils.video_io import VideoWriter, check_writable_folder
 
 

@@ -5,7 +5,7 @@
     python -m applications.pck --ckpt bicycle --real_data_path data/spair_bicycle_test
     torchrun --nproc_per_node=8 -m applications.pck ...
 
-Protocols (chosen by what the dataset holds, see utils.pck_metric):
+Protocols (chosen by what the dataset holds, see metrics.pck_transfer):
 - SPair-71K: the dataset's fixed pairs, threshold alpha times the larger side
   of B's bounding box (pck_thresholds.pt), one way;
 - CUB: --num_pck_pairs seeded random pairs, threshold alpha times the image
@@ -31,8 +31,8 @@ from applications import (build_dataset, load_stn, make_grid_array, pck_argparse
 from utils.distributed import cleanup, is_main_process, setup_distributed
 from utils.errors import exit_on_user_error
 from utils.image_io import tensor_to_uint8
-from utils.options import parse_eval_options
-from utils.pck_metric import bootstrap_pck, evaluate_pck_per_pair, format_pck_table, has_flow_stage, summarize
+from options import parse_eval_options
+from metrics.pck_transfer import bootstrap_pck, evaluate_pck_per_pair, format_pck_table, has_flow_stage, summarize
 
 NUM_TO_VISUALIZE = 8
 MIN_PICTURE_SIZE = 256  # small images are enlarged (nearest neighbour) before drawing on them

@@ -47,7 +47,7 @@ from utils.colour_scales import scale_for_cluster
 from utils.distributed import all_gather_tensor, cleanup, is_main_process, rank_share, setup_distributed
 from utils.errors import UserError, exit_on_user_error
 from utils.image_io import tensor_to_uint8
-from utils.options import parse_eval_options
+from options import parse_eval_options
 
 GRID_LIMIT = 100  # images shown in each grid; individual files have no limit
 

@@ -40,7 +40,7 @@ from models.spatial_transformers.geometry import identity_grid, resize_grid
 from utils.distributed import choose_device
 from utils.errors import UserError, exit_on_user_error
 from utils.image_io import tensor_to_uint8
-from utils.options import parse_eval_options
+from options import parse_eval_options
 from utils.video_io import VideoWriter, check_writable_folder
 
 NEWTON_STEPS = 3

@@ -42,8 +42,8 @@ import time
 import torch
 
 from utils.checkpoint import checkpoint_name
-from utils.synthetic_world import NUM_FACTORS
-from utils.synthetic_world.deformation import DEFORMATION_FACTORS
+from synthetic_world import NUM_FACTORS
+from synthetic_world.deformation import DEFORMATION_FACTORS
 from utils.precision import PRECISIONS
 
 # The curation model's world and regulariser, chosen on data seed 2 (reported on seed 1; see the README):
@@ -144,8 +144,8 @@ def main():
     scores = torch.load(os.path.join(data, 'flow_scores.pt'), weights_only=True)
     labels = torch.load(os.path.join(data, 'outliers.pt'), weights_only=True)
     outlier = labels > 0
-    from utils.flow_scores import high_score_indices
-    from utils.synthetic_world.outliers import OUTLIER_KINDS
+    from utils.score_files import high_score_indices
+    from synthetic_world.outliers import OUTLIER_KINDS
     kept = high_score_indices(scores, args.fraction_retained)
     auc = roc_auc(scores[~outlier], scores[outlier])
     per_kind = {kind: roc_auc(scores[~outlier], scores[labels == k + 1]) for k, kind in enumerate(OUTLIER_KINDS)
@@ -215,9 +215,9 @@ def clustering_measures(classifier_ckpt, samples, images, size, seed, batch=50):
     from models.perceptual import PERCEPTUAL_LOSSES
     from training.building import build_models
     from utils.checkpoint import load_checkpoint
-    from utils.cluster_metrics import adjusted_rand_index
-    from utils.synthetic_world import factors_from_options, render_dataset
-    from utils.synthetic_world.dataset import dataset_modes
+    from metrics.cluster_agreement import adjusted_rand_index
+    from synthetic_world import factors_from_options, render_dataset
+    from synthetic_world.dataset import dataset_modes
 
     ckpt = load_checkpoint(classifier_ckpt, map_location='cpu')
     opt = ckpt['args']

@@ -3,7 +3,7 @@
     python -m benchmarks.bench_stylegan2_train                      # CPU (and CUDA when present)
     python -m benchmarks.bench_stylegan2_train --devices cpu --threads 1 --configs 32-narrow 64-narrow
 
-An iteration is what train_stylegan2.py does (training.stylegan2.train_iteration):
+An iteration is what train_stylegan2.py does (training.gan_trainer.train_iteration):
 a discriminator step, R1 every 16 iterations, a generator step, path length
 every 4 iterations, the EMA update. ``--iters`` (a multiple of 16) are timed
 after 2 warm-up iterations, so the regularisers count at their real share.
@@ -19,7 +19,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from training.stylegan2 import (Networks, RunningState, build_networks, lazy_adam,  # noqa: E402
+from training.gan_trainer import (Networks, RunningState, build_networks, lazy_adam,  # noqa: E402
                                 train_iteration)
 
 # name -> (size, latent, n_mlp, channel_max, batch)

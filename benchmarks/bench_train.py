@@ -140,7 +140,7 @@ def build_ours(name, args, device_name, precision=None, compile_=None):
     from training.step import EMA_DECAY, accumulate, step_modules, training_step
     from models.perceptual import PERCEPTUAL_LOSSES
     from utils.distributed import seed_everything
-    from utils.options import parse_training_options
+    from options import parse_training_options
 
     opt = parse_training_options(training_flags(name, args, device_name, precision, compile_), save=False)
     device = torch.device(device_name)

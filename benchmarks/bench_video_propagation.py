@@ -80,8 +80,8 @@ def train(args):
 def template_keypoints(ckpt, size, resolution, seed, count=200):
     """Median template position (label pixels at ``resolution``) of each keypoint over ``count`` faces."""
     from applications import determine_flips, load_stn, propagation_argparse, stn_kwargs
-    from utils.options import parse_eval_options
-    from utils.synthetic_world import MIRROR_PERMUTATION, render_dataset
+    from options import parse_eval_options
+    from synthetic_world import MIRROR_PERMUTATION, render_dataset
     opt = parse_eval_options(propagation_argparse(), ['--ckpt', ckpt, '--real_size', str(size), '--device', 'cpu'],
                              verbose=False)
     t = load_stn(opt, torch.device('cpu'))
@@ -202,7 +202,7 @@ def main():
     mirrored = record['mirrored'][:, 0].numpy()
 
     from PIL import Image
-    from utils.synthetic_world import KEYPOINT_NAMES, MIRROR_PERMUTATION
+    from synthetic_world import KEYPOINT_NAMES, MIRROR_PERMUTATION
     # Which dot each label pixel belongs to, and the mean of its propagated positions.
     dots = np.asarray(Image.open(label))[..., :3].astype(np.float64)
     template = record['template_points'].long().numpy()

@@ -8,7 +8,7 @@ import importlib
 
 _EXPORTS = {
     'Generator': 'models.stylegan2',
-    'SyntheticGenerator': 'utils.synthetic_world.generator',
+    'SyntheticGenerator': 'synthetic_world.generator',
     'get_stn': 'models.spatial_transformers',
     'DirectionInterpolator': 'models.latent_learner',
 }

@@ -27,7 +27,7 @@ from models.spatial_transformers import flow_total_variation
 from tests.conftest import subprocess_env
 from utils.checkpoint import save_checkpoint
 from utils.errors import UserError
-from utils.options import parse_eval_options
+from options import parse_eval_options
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE = 32

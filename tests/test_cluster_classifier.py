@@ -148,7 +148,7 @@ def run(*args):
                           timeout=300)
 
 
-def test_train_cluster_classifier_end_to_end_and_resume(tmp_path, capsys):
+def test_train_cluster_classifier_end_to_end_and_resume(tmp_path):
     result = run('train.py', '--exp-name', 'model', '--results', tmp_path, '--num_heads', '2', '--flips',
                  '--batch', '2', '--iter', '2', *TINY)
     assert result.returncode == 0, result.stderr
@@ -193,20 +193,22 @@ def test_train_cluster_classifier_end_to_end_and_resume(tmp_path, capsys):
     for key, value in trained['fp32'].items():  # two Adam steps of lr 1e-3 apart at most
         torch.testing.assert_close(trained['bf16'][key], value, atol=5e-3, rtol=0)
 
-    # benchmarks/classifier_bank.py labels samples by the trainer's rule and fits the classifier to them.
-    from benchmarks import classifier_bank
+    # The study benchmarks/studies/classifier_bank.py, run as a command: it labels samples by the
+    # trainer's rule and fits the classifier to them.
+    study = ('-m', 'benchmarks.studies.classifier_bank')
     for name, samples in (('bank', 12), ('held', 6)):
-        classifier_bank.main(['label', '--ckpt', str(model), '--out', str(tmp_path / f'{name}.pt'),
-                              '--samples', str(samples), '--chunk', '5', '--seed', str(samples)])
+        result = run(*study, 'label', '--ckpt', model, '--out', tmp_path / f'{name}.pt', '--samples', samples,
+                     '--chunk', '5', '--seed', samples)
+        assert result.returncode == 0, result.stderr
     bank = torch.load(tmp_path / 'bank.pt', weights_only=True)
     assert bank['inputs'].shape == (12, 3, 16, 16) and bank['distances'].shape == (12, 4)
     assert torch.equal(bank['labels'], bank['distances'].argmin(dim=1))
     assert bank['modes'].shape == (12,)  # the synthetic world's true modes (one mode here: all 0)
     for targets in ('soft', 'modes'):
-        capsys.readouterr()
-        classifier_bank.main(['fit', '--ckpt', str(model), '--bank', str(tmp_path / 'bank.pt'), '--held_out',
-                              str(tmp_path / 'held.pt'), '--steps', '3', '--eval_every', '2', '--targets', targets])
-        lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith('step ')]
+        result = run(*study, 'fit', '--ckpt', model, '--bank', tmp_path / 'bank.pt', '--held_out',
+                     tmp_path / 'held.pt', '--steps', '3', '--eval_every', '2', '--targets', targets)
+        assert result.returncode == 0, result.stderr
+        lines = [line for line in result.stdout.splitlines() if line.startswith('step ')]
         assert [line.split(':')[0] for line in lines] == ['step 2', 'step 3']
         assert all(0 <= float(line.split('agreement ')[1].split()[0]) <= 1 for line in lines)
 
@@ -221,7 +223,7 @@ def test_train_cluster_classifier_end_to_end_and_resume(tmp_path, capsys):
 
 def _options_checkpoint(path, argv, **extra):
     """A checkpoint file with train.py's keys whose args are train.py's options for ``argv``."""
-    from utils.options import parse_training_options
+    from options import parse_training_options
     args = parse_training_options(argv, save=False)
     for key, value in extra.items():
         setattr(args, key, value)

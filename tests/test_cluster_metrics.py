@@ -1,9 +1,9 @@
-"""The adjusted Rand index (utils/cluster_metrics.py) on partitions with known values."""
+"""The adjusted Rand index (metrics/cluster_agreement.py) on partitions with known values."""
 import numpy as np
 import pytest
 import torch
 
-from utils.cluster_metrics import adjusted_rand_index
+from metrics.cluster_agreement import adjusted_rand_index
 
 
 def test_identical_partitions_score_one_whatever_the_names():

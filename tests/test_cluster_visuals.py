@@ -6,7 +6,7 @@ from models.losses import cluster_assignments
 from models.perceptual import PERCEPTUAL_LOSSES
 from training.building import build_models
 from utils.distributed import seed_everything
-from utils.options import parse_training_options
+from options import parse_training_options
 
 
 def test_clustering_visuals_show_each_heads_images(tiny_configs, tmp_path):

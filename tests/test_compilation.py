@@ -7,7 +7,7 @@ from torch import nn
 
 from tests.test_speed_flags import first_losses
 from utils.compilation import CompiledView, compiled
-from utils.options import parse_training_options
+from options import parse_training_options
 
 
 def _failing_compile(*args, **kwargs):

@@ -19,7 +19,7 @@ from models import get_stn
 from models.spatial_transformers import flow_total_variation
 from tests.test_applications import run_module
 from utils.checkpoint import save_checkpoint
-from utils.flow_scores import high_score_indices, load_flow_scores, save_flow_scores
+from utils.score_files import high_score_indices, load_flow_scores, save_flow_scores
 from utils.errors import UserError
 
 SIZE = 32

@@ -26,7 +26,7 @@ def build_stylegan2():
 
 
 def build_synthetic():
-    module = pytest.importorskip('utils.synthetic_world.generator')
+    module = pytest.importorskip('synthetic_world.generator')
     return module.SyntheticGenerator()
 
 

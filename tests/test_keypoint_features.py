@@ -5,8 +5,8 @@ import torch
 from models.keypoint_regressor import KeypointRegressor
 from training.keypoint_features import (feature_quality, generated_images, keypoint_error, rendered_faces,
                                         train_keypoint_regressor)
-from utils.feature_distances import frechet_distance, kernel_distance
-from utils.synthetic_world import NUM_KEYPOINTS
+from metrics.feature_distances import frechet_distance, kernel_distance
+from synthetic_world import NUM_KEYPOINTS
 
 pytestmark = pytest.mark.usefixtures('one_thread')
 

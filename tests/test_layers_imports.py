@@ -1,8 +1,8 @@
 """The import rule of docs/ARCHITECTURE.md, checked on every module of the project.
 
-Layers, lowest first: ground (``ops/``, the helpers in ``utils/``), components
-(``models/``, ``datasets/``), assembly (``utils/options/``, ``training/``, the
-applications' shared modules) and entry points (the top-level scripts and the
+Layers, lowest first: ground (``ops/``, ``utils/``, ``synthetic_world/``),
+components (``models/``, ``datasets/``), assembly (``options/``, ``training/``,
+``metrics/``, the applications' shared modules) and entry points (the top-level scripts and the
 runnable ``applications/*.py``). A module imports only from its own layer or
 below, ``models/`` and ``datasets/`` never import each other, and nothing but
 the tests imports an entry point. Imports inside functions count too.
@@ -13,7 +13,9 @@ import os
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PACKAGES = ('ops', 'utils', 'models', 'datasets', 'training', 'applications')
+PACKAGES = ('ops', 'utils', 'synthetic_world', 'models', 'datasets', 'options', 'training', 'metrics',
+            'applications')
+ASSEMBLY_PACKAGES = ('options', 'training', 'metrics')
 GROUND, COMPONENTS, ASSEMBLY, ENTRY = range(4)
 LAYER_NAMES = ('ground', 'components', 'assembly', 'entry points')
 
@@ -53,7 +55,7 @@ def layer_of(module, path):
         return ENTRY  # train.py, prepare_data.py, ...
     if top == 'applications':
         return ENTRY if is_entry_point(path) else ASSEMBLY
-    if top == 'training' or module == 'utils.options' or module.startswith('utils.options.'):
+    if top in ASSEMBLY_PACKAGES:
         return ASSEMBLY
     if top in ('models', 'datasets'):
         return COMPONENTS
@@ -115,6 +117,8 @@ def test_every_layer_is_populated():
     assert all(count > 0 for count in counts), dict(zip(LAYER_NAMES, counts))
     assert layers['train'] == ENTRY and layers['utils.errors'] == GROUND
     assert layers['models.stylegan2'] == COMPONENTS and layers['training.step'] == ASSEMBLY
+    assert layers['options'] == ASSEMBLY and layers['metrics.pck_transfer'] == ASSEMBLY
+    assert layers['synthetic_world.drawing'] == GROUND
 
 
 @pytest.mark.parametrize('source, expected', [
@@ -122,6 +126,7 @@ def test_every_layer_is_populated():
     ('def f():\n    from models.stylegan2 import Generator\n',
      'utils.probe (ground) imports models.stylegan2 (components)'),
     ('from training import step\n', 'utils.probe (ground) imports training.step (assembly)'),
+    ('from options import parse_training_options\n', 'utils.probe (ground) imports options (assembly)'),
 ])
 def test_the_checker_catches_an_upward_import(tmp_path, source, expected):
     modules = project_modules()

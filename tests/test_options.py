@@ -14,10 +14,10 @@ from datasets.modes import DATASET_MODES
 from models.generators import GENERATORS
 from models.perceptual import PERCEPTUAL_LOSSES
 from utils.errors import UserError
-from utils.options import (base_eval_argparse, base_training_argparse, build_training_parser,
+from options import (base_eval_argparse, base_training_argparse, build_training_parser,
                            load_options_json, parse_eval_options, parse_training_options,
                            resolve_generator_name, save_options)
-from utils.options import components as component_module
+from options import components as component_module
 from utils.argparse_tools import explicitly_given
 
 

@@ -4,8 +4,8 @@ import math
 import pytest
 import torch
 
-import utils.pck_metric as pck
-from utils.pck_metric import bootstrap_pck, evaluate_pck_per_pair, evaluate_pck_transfer, format_pck_table
+import metrics.pck_transfer as pck
+from metrics.pck_transfer import bootstrap_pck, evaluate_pck_per_pair, evaluate_pck_transfer, format_pck_table
 
 SIZE = 64
 ALPHAS = [0.1, 0.05, 0.01]  # radii 6.4, 3.2 and 0.64 pixels on 64-pixel images

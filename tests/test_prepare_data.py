@@ -245,7 +245,7 @@ def test_cub_acsm_conversion(tmp_path):
 # ----------------------------------------------------------------------------- synthetic
 
 def test_synthetic_dataset(tmp_path):
-    from utils.synthetic_world import MIRROR_PERMUTATION, render_dataset
+    from synthetic_world import MIRROR_PERMUTATION, render_dataset
     out = tmp_path / 'synthetic'
     result = run_prepare('--synthetic', '--seed', '2', '--out', out, '--size', '16,32', '--max_images', '5')
     assert result.returncode == 0, result.stderr

@@ -5,7 +5,7 @@ import torch
 from training.building import build_models
 from training.step import training_step
 from utils.distributed import seed_everything
-from utils.options import parse_training_options
+from options import parse_training_options
 from utils.precision import at_least_float32, autocast, full_precision, resolve_precision
 
 
@@ -107,7 +107,7 @@ def test_bf16_trunk_keeps_the_warp_float32_and_close_to_fp32():
 
 def test_applications_run_the_trunk_at_the_precision_flag(tiny_configs, tmp_path):
     from applications import load_stn
-    from utils.options import base_eval_argparse, parse_eval_options
+    from options import base_eval_argparse, parse_eval_options
     ckpt = tmp_path / 'model.pt'
     stn = _transformer_with_moving_heads(['similarity'])
     torch.save({'t_ema': stn.state_dict(), 'args': None}, ckpt)

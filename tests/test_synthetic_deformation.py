@@ -5,10 +5,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from utils import synthetic_world as W
+import synthetic_world as W
 from utils.errors import UserError
-from utils.synthetic_world.deformation import DEFORMATION_FACTORS, MAX_DEFORMATION, deform, undeform
-from utils.synthetic_world.generator import COARSE_LAYERS, SyntheticGenerator
+from synthetic_world.deformation import DEFORMATION_FACTORS, MAX_DEFORMATION, deform, undeform
+from synthetic_world.generator import COARSE_LAYERS, SyntheticGenerator
 
 D = 0.1
 WIDE = W.NUM_FACTORS + DEFORMATION_FACTORS  # latent width a deforming generator needs
@@ -116,7 +116,7 @@ def test_deformation_option_parses_and_is_checked():
 
 
 def test_training_options_ask_for_a_wide_enough_latent(tmp_path):
-    from utils.options import parse_training_options
+    from options import parse_training_options
     with pytest.raises(SystemExit):
         parse_training_options(['--exp-name', 'x', '--results', str(tmp_path), '--synthetic_deformation', '0.1'],
                                save=False)

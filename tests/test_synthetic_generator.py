@@ -5,8 +5,8 @@ import io
 import pytest
 import torch
 
-from utils.synthetic_world.generator import COARSE_LAYERS, SyntheticGenerator
-from utils import synthetic_world as W
+from synthetic_world.generator import COARSE_LAYERS, SyntheticGenerator
+import synthetic_world as W
 from utils.errors import UserError
 
 SIZE = 32
@@ -196,7 +196,7 @@ def test_registered_component_sets_demo_defaults_and_builds():
 
 
 def test_demo_switches_can_be_turned_off(tmp_path):
-    from utils.options import parse_training_options
+    from options import parse_training_options
     base = ['--exp-name', 'demo', '--results', str(tmp_path)]
     opt = parse_training_options(base, save=False)  # no --ckpt: the synthetic generator
     assert opt.generator == 'synthetic' and opt.sample_from_full_res

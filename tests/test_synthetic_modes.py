@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from utils import synthetic_world as W
+import synthetic_world as W
 from utils.errors import UserError
-from utils.synthetic_world.dataset import MODES_FILE, dataset_modes
-from utils.synthetic_world.generator import SyntheticGenerator
+from synthetic_world.dataset import MODES_FILE, dataset_modes
+from synthetic_world.generator import SyntheticGenerator
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EAR_TIPS = [W.KEYPOINT_NAMES.index('left_ear_tip'), W.KEYPOINT_NAMES.index('right_ear_tip')]

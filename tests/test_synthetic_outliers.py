@@ -7,8 +7,8 @@ import numpy as np
 import torch
 
 from datasets.lmdb_dataset import MultiResolutionDataset
-from utils.synthetic_world.outliers import OUTLIER_KINDS, outlier_labels, render_outliers
-from utils.synthetic_world import render_dataset
+from synthetic_world.outliers import OUTLIER_KINDS, outlier_labels, render_outliers
+from synthetic_world import render_dataset
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

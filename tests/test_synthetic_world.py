@@ -1,4 +1,4 @@
-"""The synthetic world renderer (utils/synthetic_world/) and its dataset mode."""
+"""The synthetic world renderer (synthetic_world/) and its dataset mode."""
 import argparse
 import math
 import os
@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from utils import synthetic_world as W
+import synthetic_world as W
 from utils.errors import UserError
 
 

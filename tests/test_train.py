@@ -24,7 +24,7 @@ from training.state import CHECKPOINT_FORMAT_VERSION
 from training.step import EMA_DECAY, accumulate, training_step
 from utils.checkpoint import load_checkpoint
 from utils.distributed import seed_everything
-from utils.options import parse_training_options
+from options import parse_training_options
 from utils.schedules import DecayingCosineAnnealingWarmRestarts, anneal_psi
 
 pytestmark = pytest.mark.usefixtures('one_thread')

@@ -157,7 +157,7 @@ def test_full_disk_keeps_the_previous_checkpoint_and_stops(tmp_path, train_in_pr
 
 
 def test_unwritable_options_file_is_one_clear_error(tmp_path, train_in_process, tiny_configs, monkeypatch):
-    import utils.options.persistence as persistence
+    import options.persistence as persistence
 
     def no_space(path, text):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))

@@ -18,7 +18,7 @@ from datasets.lmdb_dataset import write_lmdb_dataset
 from tests.conftest import REPO, subprocess_env
 from utils.checkpoint import load_checkpoint
 from utils.diff_augment import AdaptiveAugment, augment
-from utils.synthetic_world import render_dataset
+from synthetic_world import render_dataset
 
 pytestmark = pytest.mark.usefixtures('one_thread')
 

@@ -4,7 +4,7 @@
 to faces rendered from the synthetic world (exact keypoints), and
 ``feature_quality`` compares the distribution of its features over a
 generator's images with their distribution over held-out rendered faces
-(Fréchet and kernel distances, utils.feature_distances). Low values mean
+(Fréchet and kernel distances, metrics.feature_distances). Low values mean
 the generated faces are, to a network that knows where the parts of a face
 are, distributed like rendered ones: pose, shape and part layout are right
 and varied. It says nothing about qualities the network ignores.
@@ -12,9 +12,9 @@ and varied. It says nothing about qualities the network ignores.
 import torch
 
 from models.keypoint_regressor import KeypointRegressor
-from utils.feature_distances import frechet_distance, kernel_distance
+from metrics.feature_distances import frechet_distance, kernel_distance
 from utils.image_io import array_to_tensor
-from utils.synthetic_world import NUM_KEYPOINTS, render_dataset
+from synthetic_world import NUM_KEYPOINTS, render_dataset
 
 
 def rendered_faces(n, size, seed):

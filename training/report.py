@@ -14,7 +14,7 @@ from models.losses import cluster_assignments
 from utils.atomic_io import atomic_write
 from utils.distributed import is_main_process, rank_share
 from utils.flow_vis import flow_to_rgb
-from utils.pck_metric import evaluate_pck_transfer, format_pck_table
+from metrics.pck_transfer import evaluate_pck_transfer, format_pck_table
 from utils.precision import autocast
 
 

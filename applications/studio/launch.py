@@ -9,7 +9,7 @@ from applications.studio import require_studio_dependencies
 from datasets.video import SQUARE_PAD_MODES
 from utils.distributed import choose_device, launched_by_torchrun
 from utils.errors import UserError
-from utils.options import parse_eval_options
+from options import parse_eval_options
 
 DEFAULT_PORT = 7860
 DEFAULT_KEEP_WARPS = 1000  # the default --n_mean's images, ~125 MiB of warps at flow_size 128

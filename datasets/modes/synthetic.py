@@ -1,6 +1,6 @@
 """``--dataset_mode synthetic``: "real" images rendered from the synthetic world.
 
-Images come from ``utils.synthetic_world.render_dataset`` with seeds the
+Images come from ``synthetic_world.render_dataset`` with seeds the
 generator never uses (``--synthetic_seed``; the test split and the PCK set
 use the next seed), so they are held out. The PCK set is rendered once into
 ``<results>/<exp-name>/synthetic_eval`` (or a folder in the system's temporary
@@ -21,7 +21,7 @@ from datasets.lmdb_dataset import close_reader, write_lmdb_dataset
 from datasets.modes import DATASET_MODES
 from utils.argparse_tools import has_option
 from datasets.keypoint_pairs import PCKDataset, write_pck_files
-from utils.synthetic_world import (MIRROR_PERMUTATION, add_world_options, factors_from_options,
+from synthetic_world import (MIRROR_PERMUTATION, add_world_options, factors_from_options,
                                    indexed_params, render, render_dataset)
 
 DESCRIPTION_FILE = 'synthetic_world.json'
@@ -36,7 +36,7 @@ def _add_once(parser, flag, **kwargs):
 class SyntheticImages(Dataset):
     """Rendered faces as float (3, size, size) tensors in [-1, 1].
 
-    Item i is face i of the dataset ``seed`` (utils.synthetic_world.indexed_params),
+    Item i is face i of the dataset ``seed`` (synthetic_world.indexed_params),
     rendered on demand and rounded to 8 bits like an image stored by prepare_data.
     """
 

@@ -9,16 +9,16 @@ about ten minutes on two CPU cores; every one can be overridden on the
 command line.
 """
 from models.generators import GENERATORS
-from utils.synthetic_world.generator import COARSE_LAYERS, N_LATENT, SyntheticGenerator
-from utils.synthetic_world import NUM_FACTORS, add_world_options, factors_from_options
-from utils.synthetic_world.deformation import DEFORMATION_FACTORS
+from synthetic_world.generator import COARSE_LAYERS, N_LATENT, SyntheticGenerator
+from synthetic_world import NUM_FACTORS, add_world_options, factors_from_options
+from synthetic_world.deformation import DEFORMATION_FACTORS
 
 DEMO_DEFAULTS = dict(
     dataset_mode='synthetic',
     loss_fn='laplacian',        # weight-free: nothing to download
     # Faces fill up to the whole canvas, so zooming out samples beyond it, where
     # reflection padding mirrors copies of the face into the frame; the loss
-    # then held rotations back (see benchmarks/diagnose_synthetic_alignment.py).
+    # then held rotations back (see benchmarks/studies/diagnose_synthetic_alignment.py).
     padding_mode='border',
     gen_size=64, real_size=64,
     flow_size=32, stn_channel_multiplier=0.125, stn_max_channels=32,
@@ -39,7 +39,7 @@ DEMO_DEFAULTS = dict(
 
 @GENERATORS.register('synthetic')
 class SyntheticComponent:
-    """Builds ``utils.synthetic_world.generator.SyntheticGenerator`` from --gen_size,
+    """Builds ``synthetic_world.generator.SyntheticGenerator`` from --gen_size,
     --dim_latent and the --synthetic_* world flags."""
 
     @staticmethod

@@ -19,7 +19,7 @@ The synthetic world knows every face's pose, so a checkpoint of
    holds the warp back (this is how reflection padding was found to hurt the
    demo: it mirrors copies of large faces into the frame).
 
-    python -m benchmarks.diagnose_synthetic_alignment CHECKPOINT [--samples 300] [--pairs 200]
+    python -m benchmarks.studies.diagnose_synthetic_alignment CHECKPOINT [--samples 300] [--pairs 200]
 """
 import argparse
 import math
@@ -31,7 +31,7 @@ from models.gangealing import resize_for_stn, sample_pairs
 from models.perceptual import PERCEPTUAL_LOSSES
 from models.spatial_transformers.geometry import compose_affine
 from training.building import build_models
-from utils import synthetic_world as world
+import synthetic_world as world
 from utils.checkpoint import load_checkpoint
 from utils.errors import UserError, exit_on_user_error
 

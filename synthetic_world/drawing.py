@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 
 from utils.errors import UserError
-from utils.synthetic_world.deformation import deform
-from utils.synthetic_world.factors import BACKGROUND_FRAME_SCALE, COLOR_NAMES, MAX_DISTRACTORS, slice_params
-from utils.synthetic_world.keypoints import HEAD_CENTRE_Y, face_layout, keypoints_from_params
+from synthetic_world.deformation import deform
+from synthetic_world.factors import BACKGROUND_FRAME_SCALE, COLOR_NAMES, MAX_DISTRACTORS, slice_params
+from synthetic_world.keypoints import HEAD_CENTRE_Y, face_layout, keypoints_from_params
 
 _DISTRACTOR_TINTS = ((0.9, 0.35, -0.2), (-0.25, 0.55, 0.9), (0.75, 0.75, 0.75))
 

@@ -18,9 +18,9 @@ import sys
 
 from utils.argparse_tools import explicitly_given, flag_name, preliminary_values
 from utils.distributed import DEVICE_CHOICES, is_main_process
-from utils.options.persistence import format_options, save_options
-from utils.options.resume import latest_readable_checkpoint
-from utils.options.validation import is_power_of_two
+from options.persistence import format_options, save_options
+from options.resume import latest_readable_checkpoint
+from options.validation import is_power_of_two
 
 # Options that say where and how this process runs, never taken from a checkpoint.
 NOT_RESUMED = ('exp_name', 'results', 'ckpt', 'resume', 'device', 'local_rank', 'num_workers', 'real_data_path')

@@ -10,9 +10,9 @@ every class kept), then fits the classifier (the trainer's initialisation,
 Adam and one cosine cycle) to the bank and prints its agreement with the
 transformer on a held-out bank every ``--eval_every`` steps:
 
-    python -m benchmarks.classifier_bank label --ckpt MODEL.pt --out bank.pt --samples 30000 --seed 100
-    python -m benchmarks.classifier_bank label --ckpt MODEL.pt --out held.pt --samples 2000 --seed 200
-    python -m benchmarks.classifier_bank fit --ckpt MODEL.pt --bank bank.pt --held_out held.pt \
+    python -m benchmarks.studies.classifier_bank label --ckpt MODEL.pt --out bank.pt --samples 30000 --seed 100
+    python -m benchmarks.studies.classifier_bank label --ckpt MODEL.pt --out held.pt --samples 2000 --seed 200
+    python -m benchmarks.studies.classifier_bank fit --ckpt MODEL.pt --bank bank.pt --held_out held.pt \
         --cls_lr 0.01 --steps 6000 [--batch 10] [--targets hard|soft|modes] [--linear_logits]
 
 ``--targets soft`` trains on the softmax of the negated distances with the

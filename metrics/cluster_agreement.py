@@ -1,6 +1,8 @@
 """Agreement between two labellings of the same items (clusterings against ground truth)."""
 import numpy as np
 
+from metrics import METRICS
+
 
 def _pairs(counts):
     # Number of unordered pairs within each count, summed.
@@ -8,6 +10,7 @@ def _pairs(counts):
     return float((counts * (counts - 1) / 2).sum())
 
 
+@METRICS.register('adjusted_rand_index')
 def adjusted_rand_index(labels, reference):
     """Adjusted Rand index of two labellings of the same N items.
 

@@ -1,7 +1,7 @@
 """The --synthetic_* flags, shared by the synthetic generator and the synthetic dataset mode."""
 from utils.argparse_tools import has_option
-from utils.synthetic_world.deformation import DEFORMATION_FACTORS, MAX_DEFORMATION
-from utils.synthetic_world.factors import MAX_DISTRACTORS, MAX_MODES, NUM_FACTORS, WorldFactors
+from synthetic_world.deformation import DEFORMATION_FACTORS, MAX_DEFORMATION
+from synthetic_world.factors import MAX_DISTRACTORS, MAX_MODES, NUM_FACTORS, WorldFactors
 
 
 def add_world_options(parser):

@@ -18,6 +18,7 @@ unchanged as B's, on the same pairs with the same thresholds.
 import torch
 from torch.utils.data import DataLoader, Subset
 
+from metrics import METRICS
 from utils.distributed import all_gather_tensor, is_main_process, rank_share
 from utils.errors import UserError
 
@@ -216,6 +217,7 @@ def summarize(per_pair, alphas):
             'pairs': int(per_pair['counted'].numel()), 'keypoints': int(counted)}
 
 
+@METRICS.register('pck_transfer')
 def evaluate_pck_transfer(t, dataset, alphas, device, batch_size=40, flips=True, num_pairs=None,
                           transfer_both_ways=False, **stn_kwargs):
     """PCK-Transfer of transformer ``t`` on ``dataset`` at each alpha.

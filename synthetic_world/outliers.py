@@ -20,8 +20,8 @@ import torch
 
 from utils.errors import UserError
 from utils.image_io import tensor_to_uint8
-from utils.synthetic_world.dataset import indexed_params
-from utils.synthetic_world.drawing import render
+from synthetic_world.dataset import indexed_params
+from synthetic_world.drawing import render
 
 OUTLIER_KINDS = ('cut', 'tiny', 'scrambled')
 OUTLIERS_FILE = 'outliers.pt'

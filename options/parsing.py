@@ -8,20 +8,20 @@
    that applies), validation, printing and, for training, saving.
 
 Before step 2, training looks for the checkpoint it continues from
-(``--resume`` or ``--ckpt``; see ``utils.options.resume``): its saved options
+(``--resume`` or ``--ckpt``; see ``options.resume``): its saved options
 become the defaults of every pass.
 """
 import os
 import sys
 
 from utils.distributed import is_main_process
-from utils.options.components import (EVAL_COMPONENTS, TRAINING_COMPONENTS, apply_component_options,
+from options.components import (EVAL_COMPONENTS, TRAINING_COMPONENTS, apply_component_options,
                                       check_choices_unchanged, list_registered_names)
 from utils.argparse_tools import explicitly_given
-from utils.options.persistence import format_options, save_options
-from utils.options.resume import find_resume_source
-from utils.options.tiers import base_training_argparse
-from utils.options.validation import validate_eval_options, validate_training_options
+from options.persistence import format_options, save_options
+from options.resume import find_resume_source
+from options.tiers import base_training_argparse
+from options.validation import validate_eval_options, validate_training_options
 
 
 def _arguments(argv):
@@ -49,7 +49,7 @@ def parse_training_options(argv=None, save=True, adjust_parser=None, saved_optio
         adjust_parser: optional callable given the complete parser before the
             final parse (another training program adds its flags or defaults).
         saved_options: optional callable given the checkpoint's saved options
-            ({dest: value}, see utils.options.resume) and its path; it returns
+            ({dest: value}, see options.resume) and its path; it returns
             the ones this program takes as defaults. A program that reads a
             train.py checkpoint for something other than continuing that run
             keeps only what describes the model, not the run's schedule.

@@ -34,17 +34,17 @@ Coordinates:
 
 See docs/synthetic_world.md for the factors and the measurements made with them.
 """
-from utils.synthetic_world.dataset import PARAM_BLOCK, indexed_params, iter_render_dataset, render_dataset
-from utils.synthetic_world.drawing import render
-from utils.synthetic_world.factors import (APPEARANCE_GROUPS, BACKGROUND_FRAME_SCALE, BACKGROUND_NOISE_SHAPE,
+from synthetic_world.dataset import PARAM_BLOCK, indexed_params, iter_render_dataset, render_dataset
+from synthetic_world.drawing import render
+from synthetic_world.factors import (APPEARANCE_GROUPS, BACKGROUND_FRAME_SCALE, BACKGROUND_NOISE_SHAPE,
                                            COLOR_NAMES, FACTOR_GROUPS, FACTOR_SLICES, FUR_NOISE_SHAPE,
                                            MAX_DISTRACTORS, MAX_MODES, MODE_FACTOR, NUM_FACTORS,
                                            POSE_SHAPE_GROUPS, WorldFactors, canonical_params, concat_params,
                                            params_from_factors, params_to, sample_params, slice_params)
-from utils.synthetic_world.keypoints import (KEYPOINT_NAMES, MIRROR_PERMUTATION, MODE_NAMES, NUM_KEYPOINTS,
+from synthetic_world.keypoints import (KEYPOINT_NAMES, MIRROR_PERMUTATION, MODE_NAMES, NUM_KEYPOINTS,
                                              SHAPE_NAMES, canonical_keypoints, flip_keypoints,
                                              keypoints_from_params, object_keypoints)
-from utils.synthetic_world.options import add_world_options, factors_from_options
+from synthetic_world.options import add_world_options, factors_from_options
 
 __all__ = [
     'PARAM_BLOCK',

@@ -4,9 +4,9 @@ import torch
 
 from utils.errors import UserError
 from utils.image_io import tensor_to_uint8
-from utils.synthetic_world.drawing import render
-from utils.synthetic_world.factors import concat_params, params_to, sample_params, slice_params
-from utils.synthetic_world.keypoints import NUM_KEYPOINTS
+from synthetic_world.drawing import render
+from synthetic_world.factors import concat_params, params_to, sample_params, slice_params
+from synthetic_world.keypoints import NUM_KEYPOINTS
 
 PARAM_BLOCK = 256  # parameters are drawn in blocks of this many images
 MODES_FILE = 'modes.pt'  # a dataset's true modes: long tensor (N,), written by prepare_data.py --synthetic
@@ -39,7 +39,7 @@ def indexed_params(indices, seed, factors=None):
 
 
 def dataset_modes(n, seed, factors=None):
-    """(n,) long tensor: the true mode (utils.synthetic_world.MODE_NAMES) of faces 0 .. n-1 of dataset ``seed``."""
+    """(n,) long tensor: the true mode (synthetic_world.MODE_NAMES) of faces 0 .. n-1 of dataset ``seed``."""
     return indexed_params(range(n), seed, factors)['mode'].long()
 
 

@@ -9,7 +9,7 @@ import os
 
 from models.spatial_transformers.transformer import FLOW_DOWNSAMPLE, STNConfigError, validate_stn_args
 from utils.argparse_tools import flag_name
-from utils.options.components import component_ignored_options, generator_n_latent, run_component_validators
+from options.components import component_ignored_options, generator_n_latent, run_component_validators
 
 MIN_IMAGE_SIZE = 8
 WEIGHTS_NEEDING_FLOW = ('tv_weight', 'flow_identity_weight')

@@ -12,8 +12,8 @@ import math
 import torch
 
 from utils.image_io import tensor_to_uint8
-from utils.synthetic_world.drawing import render
-from utils.synthetic_world.factors import (BACKGROUND_NOISE_SHAPE, FACTOR_SLICES, FUR_NOISE_SHAPE, NUM_FACTORS,
+from synthetic_world.drawing import render
+from synthetic_world.factors import (BACKGROUND_NOISE_SHAPE, FACTOR_SLICES, FUR_NOISE_SHAPE, NUM_FACTORS,
                                            WorldFactors, params_from_factors)
 
 # Factors that move, as (group, first index inside the group, count); gaze is texture entries 5 and 6.

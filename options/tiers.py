@@ -2,7 +2,7 @@
 
 Flags of the original GANgealing trainer keep their names and defaults, so
 published recipes run unchanged. Components (generator, perceptual loss,
-dataset mode) add their flags later, see ``utils.options.components``.
+dataset mode) add their flags later, see ``options.components``.
 """
 import argparse
 

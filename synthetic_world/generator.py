@@ -23,14 +23,14 @@ Each world factor j reads coordinate j of its entry in the mapping's basis,
 divided by that coordinate's scale, which is standard normal for w = style(z);
 the normal CDF turns it into the uniform factor the renderer expects. So the
 generator's images follow exactly the distribution of
-``utils.synthetic_world.sample_params``, as a GAN trained on the rendered data
+``synthetic_world.sample_params``, as a GAN trained on the rendered data
 would, and the mean latent w = 0 gives the canonical face: upright, centred,
 mean size and shape, canonical palette, unmirrored (an estimated mean may come
 out mirrored, which moves no keypoint). Coordinates beyond the NUM_FACTORS
 used ones have no effect.
 
 With ``factors.modes`` = K > 1 the face's head type (its mode,
-``utils.synthetic_world.keypoints.MODE_NAMES``) is read from the head-width
+``synthetic_world.keypoints.MODE_NAMES``) is read from the head-width
 coordinate of entry 2, a coarse entry: a congealing target takes its mode from
 the target latent, and the mode's coordinate is W's widest (``MODE_SPREAD``),
 so clustering can find the modes.
@@ -63,9 +63,9 @@ import math
 import torch
 from torch import nn
 
-from utils import synthetic_world as world
+import synthetic_world as world
 from utils.errors import UserError
-from utils.synthetic_world.deformation import DEFORMATION_FACTORS
+from synthetic_world.deformation import DEFORMATION_FACTORS
 
 N_LATENT = 8
 COARSE_LAYERS = 4  # W+ entries [0, COARSE_LAYERS) set pose and shape: the natural --inject
@@ -137,10 +137,10 @@ class SyntheticGenerator(nn.Module):
 
     Args:
         size: output resolution (images are (N, 3, size, size) in [-1, 1]).
-        style_dim: width of z and w; at least utils.synthetic_world.NUM_FACTORS (65).
+        style_dim: width of z and w; at least synthetic_world.NUM_FACTORS (65).
         n_mlp: accepted for parity with models.Generator and ignored (the
             mapping is one fixed linear map).
-        factors: utils.synthetic_world.WorldFactors (ranges and switches).
+        factors: synthetic_world.WorldFactors (ranges and switches).
         edge_softness: anti-aliasing ramp width in pixels.
     """
 
@@ -235,7 +235,7 @@ class SyntheticGenerator(nn.Module):
 
     # -- rendering ----------------------------------------------------------
     def world_params(self, latent, noise=None, randomize_noise=True):
-        """World parameters (utils.synthetic_world.params_from_factors) of W+ latents.
+        """World parameters (synthetic_world.params_from_factors) of W+ latents.
 
         latent: (N, n_latent, style_dim). Differentiable with respect to latent.
         """

@@ -9,9 +9,12 @@ the same distribution give about 0 at any count.
 """
 import torch
 
+from metrics import METRICS
+
 __all__ = ['frechet_distance', 'kernel_distance']
 
 
+@METRICS.register('frechet_distance')
 def frechet_distance(a, b):
     """Fréchet distance between feature sets a (N, D) and b (M, D); a float."""
     a, b = a.double(), b.double()
@@ -24,6 +27,7 @@ def frechet_distance(a, b):
     return float((mu_a - mu_b).pow(2).sum() + torch.trace(cov_a) + torch.trace(cov_b) - 2 * middle)
 
 
+@METRICS.register('kernel_distance')
 def kernel_distance(a, b):
     """Unbiased squared MMD between a (N, D) and b (M, D) (N, M >= 2) with the cubic polynomial kernel."""
     a, b = a.double(), b.double()

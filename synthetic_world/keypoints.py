@@ -9,8 +9,8 @@ exactly as a horizontally flipped image would.
 """
 import torch
 
-from utils.synthetic_world.deformation import undeform
-from utils.synthetic_world.factors import canonical_params
+from synthetic_world.deformation import undeform
+from synthetic_world.factors import canonical_params
 
 KEYPOINT_NAMES = (
     'left_ear_tip', 'right_ear_tip',

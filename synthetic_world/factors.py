@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from utils.errors import UserError
-from utils.synthetic_world.deformation import DEFORMATION_FACTORS, MAX_DEFORMATION
+from synthetic_world.deformation import DEFORMATION_FACTORS, MAX_DEFORMATION
 
 # Ordered groups of uniform factors; the synthetic generator reads each group
 # from its own W+ entries (pose and shape from the coarse ones).
@@ -47,7 +47,7 @@ APPEARANCE_GROUPS = ('fur_colors', 'feature_colors', 'texture')
 # factor of this world, and the synthetic generator reads it from a fine entry.
 
 # Modes: with WorldFactors.modes = K > 1 every face belongs to one of K
-# visually distinct head types (utils.synthetic_world.keypoints.MODE_NAMES).
+# visually distinct head types (synthetic_world.keypoints.MODE_NAMES).
 # The mode rides on the first shape factor (head width): its uniform u gives
 # mode floor(K u) and, rescaled, K u - mode as the head width's own uniform, so
 # mode and head width stay independent and uniform, and K = 1 leaves every
@@ -79,7 +79,7 @@ class WorldFactors:
     modes: how many distinct head types (1 to MAX_MODES) faces are drawn
         from, in equal shares (see MODE_FACTOR).
     deformation: largest coefficient of the smooth per-face deformation
-        (utils.synthetic_world.deformation; 0 = off, the default world).
+        (synthetic_world.deformation; 0 = off, the default world).
         Its uniform factors are drawn after all others, so switching it on
         leaves every other factor of a dataset as it was.
     """
