@@ -19,44 +19,33 @@ from torch import nn
 
 from models.perceptual import PERCEPTUAL_LOSSES
 from training.building import build_models, build_optimizers, initialise_target, load_optimizer_state
-from training.checks import ASYNC_CHECK_EVERY, agree, nonfinite_error, nonfinite_flags
-from training.report import TrainingVisuals, evaluate_alignment
-from training.state import (CHECKPOINT_FORMAT_VERSION, checkpoint_iteration, get_rng_state, load_generator_weights,
-                            set_rng_state)
-from training.step import EMA_DECAY, accumulate, step_modules, training_step
-from training.writer import ExperimentWriter
-from utils.checkpoint import checkpoint_name, load_checkpoint, save_checkpoint
-from utils.distributed import cleanup, gather_objects, is_main_process, seed_everything, setup_distributed
-from utils.errors import UserError, WeightsMismatchError, exit_on_user_error
 from options import parse_training_options
+from training.ema import EMA_DECAY, accumulate
+from training.loop import Every, TrainingLoop, run_until_stopped, start_up_section
+from training.report import TrainingVisuals, evaluate_alignment
+from training.state import (CHECKPOINT_FORMAT_VERSION, checkpoint_iteration, load_generator_weights, set_rng_state,
+                            with_rng_states)
+from training.step import step_modules, training_step
+from training.writer import ExperimentWriter
+from utils.checkpoint import load_checkpoint
+from utils.distributed import cleanup, is_main_process, seed_everything, setup_distributed
+from utils.errors import UserError, WeightsMismatchError, exit_on_user_error
 from utils.pretrained import resolve_checkpoint
-from utils.progress import Progress
 from utils.schedules import anneal_psi, zero_lr_iterations
-from utils.stop_signals import Interrupted, StopRequested
+from utils.stop_signals import Interrupted
 
 LOSS_NAMES = ('reconstruction', 'total_variation', 'flow_identity')
 
 
 @exit_on_user_error
 def main():
-    with StopRequested() as stop:
-        try:
-            train(stop)
-        except Interrupted as e:
-            if is_main_process():
-                print(f'\nStopped by signal {e.signum} {e.detail}'.rstrip(), flush=True)
-            cleanup()
-            raise SystemExit(128 + e.signum) from None
+    run_until_stopped(train)
 
 
 def train(stop):
     """Parse the options and run training; ``stop`` is the active StopRequested."""
-    with stop.interruptible():  # start-up: nothing to save yet
-        try:
-            opt, state = start_up(stop)
-        except Interrupted as e:
-            e.detail = 'during start-up, before training; nothing was saved'
-            raise
+    with start_up_section(stop):
+        opt, state = start_up(stop)
     run_iterations(opt, state, stop)
 
     exp_dir = state.exp_dir
@@ -156,38 +145,27 @@ def start_up(stop):
     return opt, state
 
 
-def save(opt, state, iteration, rng_states):
-    """Write the checkpoint of ``iteration`` (main process only); ``rng_states``: every rank's."""
-    if not is_main_process():
-        return
-    s = state
-    path = os.path.join(s.ckpt_dir, checkpoint_name(iteration))
+def checkpoint_content(opt, s, iteration, rng_states):
+    """The checkpoint of ``iteration``: the original's keys plus iteration, RNG states and format version."""
     content = {'g_ema': s.generator.state_dict(), 't': s.stn_module.state_dict(), 't_ema': s.t_ema.state_dict(),
                't_optim': s.t_optim.state_dict(), 't_sched': s.t_sched.state_dict(),
                'll': s.ll_module.state_dict(), 'll_optim': s.ll_optim.state_dict(),
                'll_sched': s.ll_sched.state_dict(), 'args': opt, 'iteration': iteration,
-               'rng_state': rng_states[0], 'format_version': CHECKPOINT_FORMAT_VERSION}
-    if len(rng_states) > 1:
-        content['rank_rng_states'] = rng_states
-    try:
-        save_checkpoint(content, path)
-    except OSError as e:
-        raise UserError(f'cannot write the checkpoint {path}: {e.strerror or e}; training stopped at iteration '
-                        f'{iteration}. The previous checkpoint ({s.last_good or "none yet"}) is intact: free '
-                        f'space (or choose another --results) and continue with --resume') from None
-    s.last_good = path
+               'format_version': CHECKPOINT_FORMAT_VERSION}
+    return with_rng_states(content, rng_states)
 
 
 def run_iterations(opt, s, stop):
     """Iterations ``s.start_iter + 1 .. opt.iter``: step, check, log, save, show."""
-    checkpoint_iters = set(zero_lr_iterations(opt.anneal_psi, opt.period, opt.iter, opt.tm))
-    check_every = 1 if s.device.type == 'cpu' else ASYNC_CHECK_EVERY
-    progress = Progress(s.start_iter, opt.iter, enabled=is_main_process())
-    health = torch.zeros(3, device=s.device)
-    last_check = s.start_iter
+    every = Every(opt.ckpt_every, opt.vis_every, opt.log_every,
+                  frozenset(zero_lr_iterations(opt.anneal_psi, opt.period, opt.iter, opt.tm)))
+    loop = TrainingLoop(stop, s.device, s.start_iter, opt.iter, s.ckpt_dir,
+                        lambda i, rng_states: checkpoint_content(opt, s, i, rng_states), every,
+                        advice='Try a lower --stn_lr / --ll_lr or resume from that checkpoint.',
+                        last_good=s.last_good)
     s.stn.train()
     step_generator, step_stn, step_loss_fn = step_modules(opt, s.generator, s.stn, s.loss_fn)
-    for i in range(s.start_iter + 1, opt.iter + 1):
+    for i in loop.iterations():
         psi = anneal_psi(i, opt.anneal_psi, opt.anneal_fn)
         terms = training_step(opt, step_generator, step_stn, s.ll, step_loss_fn, psi)
         s.t_optim.zero_grad(set_to_none=True)
@@ -201,52 +179,27 @@ def run_iterations(opt, s, stop):
             s.t_sched.step(epoch)
             s.ll_sched.step(epoch)
         accumulate(s.t_ema, s.stn_module, EMA_DECAY)
-        health = torch.maximum(health, nonfinite_flags(terms.total, (s.stn_module, s.ll_module)))
+        loop.track(terms.total, (s.stn_module, s.ll_module))
 
-        due_save = i % opt.ckpt_every == 0 or i in checkpoint_iters or i == opt.iter
-        due_vis = i % opt.vis_every == 0 or i == opt.iter
-        due_log = i % opt.log_every == 0 or i in checkpoint_iters
-        if not (due_save or due_vis or due_log or i % check_every == 0):
-            progress.update(i)
+        check = loop.check(i, dict(zip(LOSS_NAMES, (terms.perceptual, terms.total_variation, terms.flow_identity))))
+        s.last_good = loop.last_good
+        if check is None:
             continue
-        # Every rank reaches this point at the same iterations: one collective decides for all.
-        losses = torch.stack([terms.perceptual, terms.total_variation, terms.flow_identity]).detach()
-        bad, signal_number, values = agree(health, stop.signal or 0, losses)
-        if any(bad):
-            raise nonfinite_error(bad, i, last_check, s.last_good,
-                                  'Try a lower --stn_lr / --ll_lr or resume from that checkpoint.')
-        last_check = i
-        values = dict(zip(LOSS_NAMES, values))
-        progress.update(i, f"rec {values['reconstruction']:.4f} tv {values['total_variation']:.5f} "
-                           f"id {values['flow_identity']:.4f} psi {psi:.3f}")
-        if is_main_process() and due_log:
+        values = check.values
+        loop.describe(i, f"rec {values['reconstruction']:.4f} tv {values['total_variation']:.5f} "
+                         f"id {values['flow_identity']:.4f} psi {psi:.3f}")
+        if is_main_process() and check.log:
             for name, value in values.items():
                 s.writer.scalar(f'Loss/{name}', value, i)
             s.writer.scalar('Progress/psi', psi, i)
             s.writer.scalar('Progress/STN_LearningRate', s.t_sched.get_last_lr()[0], i)
             s.writer.scalar('Progress/LL_LearningRate', s.ll_sched.get_last_lr()[0], i)
-            s.writer.scalar('Progress/iterations_per_second', progress.rate, i)
-        if not (due_save or due_vis or signal_number):
-            continue
-        rng_states = gather_objects(get_rng_state())  # collective: at the same iterations on every rank
-        if due_save or signal_number:
-            save(opt, s, i, rng_states)
-        if signal_number:
-            progress.close()
-            raise Interrupted(signal_number, f'at iteration {i}; checkpoint saved in {s.ckpt_dir}')
-        if not due_vis:
-            continue
-        try:
-            with stop.interruptible():
+            s.writer.scalar('Progress/iterations_per_second', loop.rate, i)
+        if check.show:
+            with loop.showing(check):
                 s.visuals.log(s.generator, s.t_ema, s.ll_module, s.loss_fn, s.vis_z, psi, i)
-        except Interrupted as e:
-            if not due_save:
-                save(opt, s, i, rng_states)
-            progress.close()
-            e.detail = f'at iteration {i} (during the visuals); checkpoint saved in {s.ckpt_dir}'
-            raise
-    progress.close()
-
+    loop.close()
+    s.last_good = loop.last_good
 
 if __name__ == '__main__':
     main()

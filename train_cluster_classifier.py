@@ -19,7 +19,8 @@ training flags of train.py apply (--batch, --iter, --period, --tm, --decay,
 
 Checkpoints (``results/<exp-name>/checkpoints/NNNNNNN.pt``) hold ``classifier,
 g_ema, t_ema, ll, cls_optim, cls_sched, args`` (the original's keys) plus
-``iteration`` and ``rng_state``; passing one as --ckpt resumes. The
+``iteration`` and every rank's RNG state; passing one as --ckpt resumes. SIGTERM or SIGINT: the
+current iteration's checkpoint is written, then the program exits with 128 + the signal number. The
 applications use the classifier of any checkpoint that has one. At the end
 the classifier's agreement with the transformer on held-out samples is
 printed and written to ``classifier_accuracy.json``.
@@ -32,24 +33,25 @@ import sys
 import torch
 import torch.nn.functional as F
 from torch import nn, optim
-from tqdm import tqdm
 
 from models.cluster_classifier import ResnetClassifier, classifier_agreement
 from models.gangealing import assign_samples, resize_for_stn
 from models.perceptual import PERCEPTUAL_LOSSES
-from utils.atomic_io import atomic_write
-from utils.checkpoint import checkpoint_name, load_checkpoint, save_checkpoint
-from utils.distributed import (all_gather_tensor, cleanup, get_rank, get_world_size, is_main_process,
-                               reduce_loss_dict, seed_everything, setup_distributed)
-from utils.errors import UserError, exit_on_user_error
 from options import parse_training_options
 from options.resume import NOT_RESUMED
+from training.building import build_models as build_training_models
+from training.loop import Every, TrainingLoop, run_until_stopped, start_up_section
+from training.state import checkpoint_iteration, load_generator_weights, set_rng_state, with_rng_states
+from training.writer import ExperimentWriter
+from utils.atomic_io import atomic_write
+from utils.checkpoint import load_checkpoint
+from utils.distributed import (all_gather_tensor, cleanup, get_rank, get_world_size, is_main_process,
+                               seed_everything, setup_distributed)
+from utils.errors import UserError, exit_on_user_error
 from utils.precision import autocast
 from utils.pretrained import resolve_checkpoint
 from utils.schedules import DecayingCosineAnnealingWarmRestarts, zero_lr_iterations
-from training.building import build_models as build_training_models
-from training.state import checkpoint_iteration, get_rng_state, load_generator_weights, set_rng_state
-from training.writer import ExperimentWriter
+from utils.stop_signals import Interrupted
 
 # Options describing the trained model; unless given on the command line they
 # take the values recorded in the checkpoint.
@@ -195,81 +197,122 @@ class ClassifierVisuals:
 
 @exit_on_user_error
 def main(argv=None):
+    run_until_stopped(train, argv)
+
+
+def train(stop, argv=None):
+    with start_up_section(stop):
+        run = start_up(argv)
+    run_iterations(run, stop)
+    try:
+        with stop.interruptible():
+            evaluate(run)
+    except Interrupted as e:
+        e.detail = f'during the final evaluation; the final checkpoint is {run.last_good}'
+        raise
+    cleanup()
+
+
+class Run:
+    """What start-up builds and the loop uses."""
+
+
+def start_up(argv):
     opt, path, ckpt = parse_options(argv)
     device, _, world_size = setup_distributed(opt.device)
-    exp_dir = os.path.join(opt.results, opt.exp_name)
-    ckpt_dir = os.path.join(exp_dir, 'checkpoints')
+    run = Run()
+    run.opt, run.device = opt, device
+    run.exp_dir = os.path.join(opt.results, opt.exp_name)
+    run.ckpt_dir = os.path.join(run.exp_dir, 'checkpoints')
     if is_main_process():
-        os.makedirs(ckpt_dir, exist_ok=True)
+        os.makedirs(run.ckpt_dir, exist_ok=True)
     seed_everything(opt.seed)
-    loss_fn = PERCEPTUAL_LOSSES.get(opt.loss_fn).build(opt).to(device)
-    generator, t_ema, ll, classifier, cls_optim, cls_sched, start_iter = build_models(opt, ckpt, path, device)
+    run.loss_fn = PERCEPTUAL_LOSSES.get(opt.loss_fn).build(opt).to(device)
+    (run.generator, run.t_ema, run.ll, run.classifier_module, run.cls_optim, run.cls_sched,
+     run.start_iter) = build_models(opt, ckpt, path, device)
+    run.last_good = path if run.start_iter else None
     saved_rng = {key: ckpt[key] for key in ('rng_state', 'rank_rng_states') if 'classifier' in ckpt and key in ckpt}
     del ckpt
-    classifier_module = classifier
+    run.classifier = run.classifier_module
     if world_size > 1:
-        classifier = nn.parallel.DistributedDataParallel(
-            classifier, device_ids=[device.index] if device.type == 'cuda' else None)
-    stn_kwargs = {'padding_mode': opt.padding_mode}
-    num_classes = classifier_module.num_heads
-    writer = ExperimentWriter(exp_dir) if is_main_process() else None
-    visuals = ClassifierVisuals(opt, writer, device)
-    checkpoint_iters = set(zero_lr_iterations(0, opt.period, opt.iter, opt.tm))
-
-    def save(iteration):
-        if is_main_process():
-            state = {'classifier': classifier_module.state_dict(), 'g_ema': generator.state_dict(),
-                     't_ema': t_ema.state_dict(), 'll': ll.state_dict(), 'cls_optim': cls_optim.state_dict(),
-                     'cls_sched': cls_sched.state_dict(), 'args': opt, 'iteration': iteration,
-                     'rng_state': get_rng_state()}
-            save_checkpoint(state, os.path.join(ckpt_dir, checkpoint_name(iteration)))
-
-    if start_iter == 0:
-        visuals.log(generator, t_ema, classifier_module, 0)
+        run.classifier = nn.parallel.DistributedDataParallel(
+            run.classifier_module, device_ids=[device.index] if device.type == 'cuda' else None)
+    run.writer = ExperimentWriter(run.exp_dir) if is_main_process() else None
+    run.visuals = ClassifierVisuals(opt, run.writer, device)
+    if run.start_iter == 0:
+        run.visuals.log(run.generator, run.t_ema, run.classifier_module, 0)
     else:  # restored last, after everything that draws random numbers while setting up
-        set_rng_state(saved_rng, opt.seed, start_iter)
-    pbar = range(start_iter + 1, opt.iter + 1)
-    if is_main_process():
-        pbar = tqdm(pbar, initial=start_iter, total=opt.iter, dynamic_ncols=True, smoothing=0.1)
-    for i in pbar:
+        set_rng_state(saved_rng, opt.seed, run.start_iter)
+    return run
+
+
+def checkpoint_content(run, iteration, rng_states):
+    """The original's keys (classifier, g_ema, t_ema, ll, cls_optim, cls_sched, args) plus iteration and
+    every rank's RNG state."""
+    content = {'classifier': run.classifier_module.state_dict(), 'g_ema': run.generator.state_dict(),
+               't_ema': run.t_ema.state_dict(), 'll': run.ll.state_dict(), 'cls_optim': run.cls_optim.state_dict(),
+               'cls_sched': run.cls_sched.state_dict(), 'args': run.opt, 'iteration': iteration}
+    return with_rng_states(content, rng_states)
+
+
+def run_iterations(run, stop):
+    opt, device = run.opt, run.device
+    num_classes = run.classifier_module.num_heads
+    loop = TrainingLoop(stop, device, run.start_iter, opt.iter, run.ckpt_dir,
+                        lambda i, rng_states: checkpoint_content(run, i, rng_states),
+                        Every(opt.ckpt_every, opt.vis_every, opt.log_every,
+                              frozenset(zero_lr_iterations(0, opt.period, opt.iter, opt.tm))),
+                        advice='Try a lower --cls_lr or resume from that checkpoint.', last_good=run.last_good)
+    for i in loop.iterations():
         with autocast(opt.precision, device):  # labels and classifier at --precision, as train.py's step
-            x, target, _ = assign_samples(generator, t_ema, ll, loss_fn, opt.batch, opt.flow_size, opt.num_heads,
-                                          opt.flips, opt.sample_from_full_res, **stn_kwargs)
-            logits = classifier(resize_for_stn(x, opt.flow_size)).float()
+            x, target, _ = assign_samples(run.generator, run.t_ema, run.ll, run.loss_fn, opt.batch, opt.flow_size,
+                                          opt.num_heads, opt.flips, opt.sample_from_full_res,
+                                          padding_mode=opt.padding_mode)
+            logits = run.classifier(resize_for_stn(x, opt.flow_size)).float()
         loss = F.cross_entropy(logits, target)
-        cls_optim.zero_grad(set_to_none=True)
+        run.cls_optim.zero_grad(set_to_none=True)
         loss.backward()
-        cls_optim.step()
-        cls_sched.step(i / opt.period)
+        run.cls_optim.step()
+        run.cls_sched.step(i / opt.period)
+        loop.track(loss, (run.classifier_module,))
+
         predicted = logits.detach().argmax(dim=1)
-        parts = {'cross_entropy': loss.detach(), 'accuracy': (predicted == target).float().mean()}
+        parts = {'cross_entropy': loss, 'accuracy': (predicted == target).float().mean()}
         assigned = torch.bincount(target, minlength=num_classes).float() / opt.batch
         chosen = torch.bincount(predicted, minlength=num_classes).float() / opt.batch
         parts.update({f'head_{k}': assigned[k] for k in range(num_classes)})
         parts.update({f'pred_head_{k}': chosen[k] for k in range(num_classes)})
-        reduced = reduce_loss_dict(parts)
-        if is_main_process():
-            values = {k: v.item() for k, v in reduced.items()}
-            pbar.set_description(f"cross entropy {values['cross_entropy']:.4f} accuracy {values['accuracy']:.3f}")
-            if i % opt.log_every == 0 or i in checkpoint_iters:
-                writer.scalar('Loss/CrossEntropy', values['cross_entropy'], i)
-                writer.scalar('Loss/Accuracy@1', values['accuracy'], i)
-                for k in range(num_classes):
-                    writer.scalar(f'Assignments/transformer_head_{k}', values[f'head_{k}'], i)
-                    writer.scalar(f'Assignments/classifier_head_{k}', values[f'pred_head_{k}'], i)
-                writer.scalar('Progress/LearningRate', cls_sched.get_last_lr()[0], i)
-        if i % opt.ckpt_every == 0 or i in checkpoint_iters or i == opt.iter:
-            save(i)
-        if i % opt.vis_every == 0 or i == opt.iter:
-            visuals.log(generator, t_ema, classifier_module, i)
-    if is_main_process():
-        pbar.close()
-    classifier_module.eval()
+        check = loop.check(i, parts)
+        run.last_good = loop.last_good
+        if check is None:
+            continue
+        values = check.values
+        loop.describe(i, f"cross entropy {values['cross_entropy']:.4f} accuracy {values['accuracy']:.3f}")
+        if is_main_process() and check.log:
+            run.writer.scalar('Loss/CrossEntropy', values['cross_entropy'], i)
+            run.writer.scalar('Loss/Accuracy@1', values['accuracy'], i)
+            for k in range(num_classes):
+                run.writer.scalar(f'Assignments/transformer_head_{k}', values[f'head_{k}'], i)
+                run.writer.scalar(f'Assignments/classifier_head_{k}', values[f'pred_head_{k}'], i)
+            run.writer.scalar('Progress/LearningRate', run.cls_sched.get_last_lr()[0], i)
+        if check.show:
+            with loop.showing(check):
+                run.visuals.log(run.generator, run.t_ema, run.classifier_module, i)
+    loop.close()
+    run.last_good = loop.last_good
+
+
+def evaluate(run):
+    """The classifier's agreement with the transformer on held-out samples: printed and written to
+    classifier_accuracy.json."""
+    opt, device = run.opt, run.device
+    run.classifier_module.eval()
     n_eval = max(opt.batch, opt.n_mean // get_world_size())  # --debug has made --n_mean 200
     with autocast(opt.precision, device):
-        result = classifier_agreement(classifier_module, generator, t_ema, ll, loss_fn, n_eval, opt.vis_batch_size,
-                                      opt.flow_size, opt.num_heads, opt.flips, opt.sample_from_full_res,
-                                      seed=opt.seed * get_world_size() + get_rank(), **stn_kwargs)
+        result = classifier_agreement(run.classifier_module, run.generator, run.t_ema, run.ll, run.loss_fn, n_eval,
+                                      opt.vis_batch_size, opt.flow_size, opt.num_heads, opt.flips,
+                                      opt.sample_from_full_res, seed=opt.seed * get_world_size() + get_rank(),
+                                      padding_mode=opt.padding_mode)
     counts = all_gather_tensor(torch.tensor([[result['accuracy'] * result['samples'],
                                               result['cluster_accuracy'] * result['samples'],
                                               result['samples']]], dtype=torch.float64, device=device)).sum(0)
@@ -278,11 +321,9 @@ def main(argv=None):
                    'held_out_samples': int(counts[2])}
         print(f"classifier agreement with the transformer on {summary['held_out_samples']} held-out samples: "
               f"{summary['accuracy']:.3f} (cluster alone: {summary['cluster_accuracy']:.3f})")
-        atomic_write(os.path.join(exp_dir, 'classifier_accuracy.json'),
+        atomic_write(os.path.join(run.exp_dir, 'classifier_accuracy.json'),
                      lambda f: f.write(json.dumps(summary, indent=2)), mode='w')
-        writer.close()
-    cleanup()
-
+        run.writer.close()
 
 if __name__ == '__main__':
     main()

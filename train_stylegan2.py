@@ -19,41 +19,28 @@ import sys
 import torch
 from torch import nn
 
-from training.checks import ASYNC_CHECK_EVERY, agree, nonfinite_error, nonfinite_flags
-from training.state import checkpoint_iteration, get_rng_state, set_rng_state
-from training.gan_trainer import (Networks, RunningState, batch_loader, build_networks, check_checkpoint_architecture,
-                                checkpoint_content, lazy_adam, load_training_checkpoint, train_iteration,
-                                training_images)
-from training.writer import ExperimentWriter
-from utils.checkpoint import checkpoint_name, load_checkpoint, save_checkpoint
-from utils.distributed import cleanup, gather_objects, is_main_process, seed_everything, setup_distributed
-from utils.errors import UserError, exit_on_user_error
 from options.stylegan2_flags import parse_stylegan2_options
-from utils.progress import Progress
-from utils.stop_signals import Interrupted, StopRequested
+from training.gan_trainer import (Networks, RunningState, batch_loader, build_networks, check_checkpoint_architecture,
+                                  checkpoint_content, lazy_adam, load_training_checkpoint, train_iteration,
+                                  training_images)
+from training.loop import Every, TrainingLoop, run_until_stopped, start_up_section
+from training.state import checkpoint_iteration, set_rng_state
+from training.writer import ExperimentWriter
+from utils.checkpoint import load_checkpoint
+from utils.distributed import cleanup, is_main_process, seed_everything, setup_distributed
+from utils.errors import UserError, exit_on_user_error
 
 LOSS_NAMES = ('d', 'g', 'r1', 'path', 'path_length', 'real_score', 'fake_score')
 
 
 @exit_on_user_error
 def main(argv=None):
-    with StopRequested() as stop:
-        try:
-            train(stop, argv)
-        except Interrupted as e:
-            if is_main_process():
-                print(f'\nStopped by signal {e.signum} {e.detail}'.rstrip(), flush=True)
-            cleanup()
-            raise SystemExit(128 + e.signum) from None
+    run_until_stopped(train, argv)
 
 
 def train(stop, argv=None):
-    with stop.interruptible():
-        try:
-            run = start_up(argv)
-        except Interrupted as e:
-            e.detail = 'during start-up, before training; nothing was saved'
-            raise
+    with start_up_section(stop):
+        run = start_up(argv)
     run_iterations(run, stop)
     if run.writer is not None:
         run.writer.close()
@@ -133,47 +120,27 @@ def log_samples(run, iteration):
     run.writer.grid(images, 'sample', iteration)
 
 
-def save(run, iteration, rng_states):
-    if not is_main_process():
-        return
-    path = os.path.join(run.ckpt_dir, checkpoint_name(iteration))
-    try:
-        save_checkpoint(checkpoint_content(run.opt, run.nets, run.state, iteration, rng_states), path)
-    except OSError as e:
-        raise UserError(f'cannot write the checkpoint {path}: {e.strerror or e}; training stopped at iteration '
-                        f'{iteration}. The previous checkpoint ({run.last_good or "none yet"}) is intact: free '
-                        f'space (or choose another --results) and continue with --resume') from None
-    run.last_good = path
-
-
 def run_iterations(run, stop):
     opt, nets, state = run.opt, run.nets, run.state
-    check_every = 1 if run.device.type == 'cpu' else ASYNC_CHECK_EVERY
-    progress = Progress(run.start_iter, opt.iter, enabled=is_main_process())
-    health = torch.zeros(3, device=run.device)
-    last_check = run.start_iter
+    loop = TrainingLoop(stop, run.device, run.start_iter, opt.iter, run.ckpt_dir,
+                        lambda i, rng_states: checkpoint_content(opt, nets, state, i, rng_states),
+                        Every(opt.ckpt_every, opt.vis_every, opt.log_every),
+                        advice='Try a lower --lr or resume from it.', last_good=run.last_good)
     nets.g.train()
     nets.d.train()
-    for i, real in zip(range(run.start_iter + 1, opt.iter + 1), run.loader):
+    for i, real in zip(loop.iterations(), run.loader):
         real = real.to(run.device, non_blocking=True)
         terms = train_iteration(opt, nets, state, real, i)
-        health = torch.maximum(health, nonfinite_flags(terms['d'] + terms['g'], (nets.g_module, nets.d_module)))
+        loop.track(terms['d'] + terms['g'], (nets.g_module, nets.d_module))
 
-        due_save = i % opt.ckpt_every == 0 or i == opt.iter
-        due_vis = i % opt.vis_every == 0 or i == opt.iter
-        due_log = i % opt.log_every == 0
-        if not (due_save or due_vis or due_log or i % check_every == 0):
-            progress.update(i)
+        check = loop.check(i, {name: terms[name] for name in LOSS_NAMES})
+        run.last_good = loop.last_good
+        if check is None:
             continue
-        losses = torch.stack([terms[name].float() for name in LOSS_NAMES])
-        bad, signal_number, values = agree(health, stop.signal or 0, losses)
-        if any(bad):
-            raise nonfinite_error(bad, i, last_check, run.last_good, 'Try a lower --lr or resume from it.')
-        last_check = i
-        values = dict(zip(LOSS_NAMES, values))
-        progress.update(i, f"d {values['d']:.3f} g {values['g']:.3f} r1 {values['r1']:.3f} "
-                           f"path {values['path']:.3f} p {state.p:.3f}")
-        if is_main_process() and due_log:
+        values = check.values
+        loop.describe(i, f"d {values['d']:.3f} g {values['g']:.3f} r1 {values['r1']:.3f} "
+                         f"path {values['path']:.3f} p {state.p:.3f}")
+        if is_main_process() and check.log:
             for name in ('d', 'g', 'r1', 'path'):
                 run.writer.scalar(f'Loss/{name}', values[name], i)
             run.writer.scalar('Scores/real', values['real_score'], i)
@@ -182,27 +149,12 @@ def run_iterations(run, stop):
             run.writer.scalar('Progress/augment_p', state.p, i)
             if state.ada is not None:
                 run.writer.scalar('Progress/ada_r_t', state.ada.r_t, i)
-            run.writer.scalar('Progress/iterations_per_second', progress.rate, i)
-        if not (due_save or due_vis or signal_number):
-            continue
-        rng_states = gather_objects(get_rng_state())
-        if due_save or signal_number:
-            save(run, i, rng_states)
-        if signal_number:
-            progress.close()
-            raise Interrupted(signal_number, f'at iteration {i}; checkpoint saved in {run.ckpt_dir}')
-        if due_vis:
-            try:
-                with stop.interruptible():
-                    log_samples(run, i)
-            except Interrupted as e:
-                if not due_save:
-                    save(run, i, rng_states)
-                progress.close()
-                e.detail = f'at iteration {i} (during the samples); checkpoint saved in {run.ckpt_dir}'
-                raise
-    progress.close()
-
+            run.writer.scalar('Progress/iterations_per_second', loop.rate, i)
+        if check.show:
+            with loop.showing(check, 'samples'):
+                log_samples(run, i)
+    loop.close()
+    run.last_good = loop.last_good
 
 if __name__ == '__main__':
     main(sys.argv[1:])

@@ -7,7 +7,7 @@
 
 A step is what train.py does per iteration: draw pairs from the generator,
 warp with the STN, the loss, backward, Adam on the STN and the target, and the
-EMA update (training.step.training_step and accumulate on models from
+EMA update (training.step.training_step and training.ema.accumulate on models from
 training.building.build_models). The StyleGAN2 configurations use a random-weight
 generator of the published shape (dim_latent 512, n_mlp 8, channel multiplier
 2) and the published STN (channel multiplier 0.5), psi = 0 (gradients reach
@@ -137,7 +137,8 @@ def build_ours(name, args, device_name, precision=None, compile_=None):
     if args.threads:
         torch.set_num_threads(args.threads)
     from training.building import build_models, build_optimizers, initialise_target
-    from training.step import EMA_DECAY, accumulate, step_modules, training_step
+    from training.ema import EMA_DECAY, accumulate
+    from training.step import step_modules, training_step
     from models.perceptual import PERCEPTUAL_LOSSES
     from utils.distributed import seed_everything
     from options import parse_training_options

@@ -3,8 +3,10 @@ training program (end to end and resumed), and the applications using it."""
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -335,3 +337,37 @@ def test_clustering_models_need_a_classifier_or_a_cluster(clustered, tmp_path):
         saved = np.asarray(Image.open(tmp_path / 'v' / 'congealed_images' / f'{i:03}.png').convert('RGB'))
         want = ((expected[i].permute(1, 2, 0).clamp(-1, 1) + 1) * 127.5).round().numpy()
         assert np.abs(saved.astype(float) - want).max() <= 1
+
+
+def test_sigterm_writes_the_current_iteration_and_exits(tmp_path):
+    # Stopped as train.py stops: the current iteration saved with every rank's RNG state, a message, 128 + signal.
+    result = run('train.py', '--exp-name', 'model', '--results', tmp_path, '--num_heads', '2', '--batch', '2',
+                 '--iter', '1', *TINY)
+    assert result.returncode == 0, result.stderr
+    env = {k: v for k, v in os.environ.items() if k not in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'MASTER_ADDR',
+                                                             'MASTER_PORT')}
+    env.update(OMP_NUM_THREADS='1', PYTHONPATH=REPO)
+    folder = tmp_path / 'stopped'
+    proc = subprocess.Popen([sys.executable, 'train_cluster_classifier.py', '--exp-name', 'stopped', '--results',
+                             str(tmp_path), '--ckpt', str(tmp_path / 'model' / 'checkpoints' / '0000001.pt'),
+                             '--device', 'cpu', '--batch', '2', '--iter', '100000', '--ckpt_every', '100000',
+                             '--vis_every', '100000', '--n_sample', '4', '--synthetic_eval_images', '8',
+                             '--synthetic_num_images', '16'],
+                            cwd=REPO, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 180
+
+    def started():  # the start-up visuals are written just before the first iteration
+        return folder.exists() and any(name.startswith('classifier_sample_cluster') for name in os.listdir(folder))
+    while time.time() < deadline and not started() and proc.poll() is None:
+        time.sleep(0.5)
+    time.sleep(3)  # into the iterations
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+    assert 'Traceback' not in err
+    saved = os.listdir(folder / 'checkpoints')
+    assert len(saved) == 1
+    ckpt = torch.load(folder / 'checkpoints' / saved[0], map_location='cpu', weights_only=False)
+    assert ckpt['iteration'] == int(saved[0][:-3]) > 0 and 'rng_state' in ckpt and 'classifier' in ckpt
+    assert f"Stopped by signal {int(signal.SIGTERM)} at iteration {ckpt['iteration']}; checkpoint saved in " \
+           f"{folder / 'checkpoints'}" in out

@@ -21,7 +21,8 @@ from models.perceptual import PERCEPTUAL_LOSSES
 from tests.test_schedules import lr_at
 from training.building import build_models, initialise_target
 from training.state import CHECKPOINT_FORMAT_VERSION
-from training.step import EMA_DECAY, accumulate, training_step
+from training.ema import EMA_DECAY, accumulate
+from training.step import training_step
 from utils.checkpoint import load_checkpoint
 from utils.distributed import seed_everything
 from options import parse_training_options

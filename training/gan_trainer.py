@@ -21,12 +21,12 @@ from datasets.lmdb_dataset import MultiResolutionDataset, is_lmdb_folder
 from models.discriminator import Discriminator
 from models.gan_losses import d_logistic_loss, g_nonsaturating_loss, path_length_penalty, r1_penalty
 from models.stylegan2 import Generator
-from training.state import CHECKPOINT_FORMAT_VERSION
+from training.ema import accumulate
+from training.state import CHECKPOINT_FORMAT_VERSION, with_rng_states
 from utils.diff_augment import AdaptiveAugment, augment
 from utils.distributed import all_gather_tensor, get_rank
 from utils.errors import DatasetError, UserError, WeightsMismatchError
 
-G_EMA_DECAY = 0.5 ** (32 / (10 * 1000))
 # Options naming places on the training machine, cleared in an exported generator.
 EXPORT_DROPPED = ('real_data_path', 'results', 'ckpt')
 # Keys of rosinality's checkpoints; ours add the rest of the training state.
@@ -121,16 +121,6 @@ def lazy_adam(module, lr, every):
 
 
 @torch.no_grad()
-def accumulate(ema, module, decay=G_EMA_DECAY):
-    """ema = decay * ema + (1 - decay) * module, parameter by parameter (buffers copied)."""
-    ema_params = dict(ema.named_parameters())
-    for name, param in module.named_parameters():
-        ema_params[name].lerp_(param.detach(), 1 - decay)
-    ema_buffers = dict(ema.named_buffers())
-    for name, buf in module.named_buffers():
-        ema_buffers[name].copy_(buf)
-
-
 def requires_grad(module, flag):
     for p in module.parameters():
         p.requires_grad_(flag)
@@ -240,12 +230,10 @@ def checkpoint_content(opt, nets, state, iteration, rng_states):
     content = {'g': nets.g_module.state_dict(), 'd': nets.d_module.state_dict(), 'g_ema': nets.g_ema.state_dict(),
                'g_optim': nets.g_optim.state_dict(), 'd_optim': nets.d_optim.state_dict(), 'args': opt,
                'ada_aug_p': state.p, 'iteration': iteration, 'mean_path_length': state.mean_path_length.cpu(),
-               'rng_state': rng_states[0], 'format_version': CHECKPOINT_FORMAT_VERSION}
+               'format_version': CHECKPOINT_FORMAT_VERSION}
     if state.ada is not None:
         content['ada_state'] = state.ada.state_dict()
-    if len(rng_states) > 1:
-        content['rank_rng_states'] = rng_states
-    return content
+    return with_rng_states(content, rng_states)
 
 
 def check_checkpoint_architecture(ckpt, path, opt):

@@ -66,6 +66,15 @@ def get_rng_state():
     return state
 
 
+def with_rng_states(content, rng_states):
+    """``content`` (a checkpoint dict) with every rank's RNG state: rank 0's as ``rng_state`` and,
+    under torchrun, all of them in rank order as ``rank_rng_states`` (what ``set_rng_state`` reads)."""
+    content['rng_state'] = rng_states[0]
+    if len(rng_states) > 1:
+        content['rank_rng_states'] = rng_states
+    return content
+
+
 def _apply_rng_state(state):
     torch.set_rng_state(state['torch'])
     np.random.set_state(_numpy_state_from_plain(state['numpy']))

@@ -1,21 +1,10 @@
-"""One training iteration's objective, and the EMA update that follows each step."""
+"""One training iteration's objective (the EMA update that follows each step is training/ema.py)."""
 import torch
 
 from models.gangealing import congeal_samples, sample_pairs
 from models.losses import LossTerms, gangealing_cluster_loss
 from utils.compilation import compiled
 from utils.precision import autocast
-
-EMA_DECAY = 0.5 ** (32 / (10 * 1000))  # per iteration, as in the original recipe
-
-
-def accumulate(ema, model, decay):
-    """ema <- decay * ema + (1 - decay) * model for parameters; buffers are copied."""
-    with torch.no_grad():
-        for p_ema, p in zip(ema.parameters(), model.parameters()):
-            p_ema.lerp_(p, 1 - decay)
-        for b_ema, b in zip(ema.buffers(), model.buffers()):
-            b_ema.copy_(b)
 
 
 def step_modules(opt, generator, stn, loss_fn):
