@@ -33,17 +33,18 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from applications import (add_flow_score_options, base_eval_argparse, build_dataset, check_cluster, decide_heads,
-                          filter_by_flow_scores, flow_score_problems, load_stn, report_option_problems, select_cluster,
-                          stn_kwargs)
+from applications.common.data import build_dataset
+from applications.common.models import check_cluster, decide_heads, load_stn, select_cluster, stn_kwargs
+from applications.common.scores import add_flow_score_options, filter_by_flow_scores, flow_score_problems
 from datasets.lmdb_dataset import LMDBWriter, is_lmdb_folder
 from models.gangealing import resize_for_stn
 from models.spatial_transformers import warp_exceeds_image_bounds
+from options import base_eval_argparse, parse_eval_options
+from utils.argparse_tools import report_option_problems
 from utils.distributed import (all_gather_tensor, barrier, cleanup, get_world_size, is_main_process, rank_share,
                                setup_distributed)
 from utils.errors import UserError, exit_on_user_error
 from utils.image_io import encode_image, tensor_to_uint8
-from options import parse_eval_options
 
 INDICES_FILE = 'dataset_indices.pt'
 

@@ -17,11 +17,13 @@ classifier to pick each image's head and mirror.
 """
 import os
 
-from applications import base_eval_argparse, build_dataset, compute_flow_scores, load_stn
+from applications.common.data import build_dataset
+from applications.common.models import load_stn
+from applications.common.scores import compute_flow_scores
+from options import base_eval_argparse, parse_eval_options
 from utils.distributed import cleanup, is_main_process, setup_distributed
 from utils.errors import exit_on_user_error
 from utils.score_files import flow_scores_path, load_flow_scores, save_flow_scores
-from options import parse_eval_options
 
 
 def build_parser():

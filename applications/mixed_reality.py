@@ -46,15 +46,49 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from applications import load_stn, mixed_reality_argparse, report_option_problems, save_grid, save_png
-from applications.frames import gather_step, open_frames, shared_batches
-from applications.propagation import cluster_label_path, label_option_problems, load_labels, splat_label
-from applications.video_propagation import empty_outputs, propagate_frames
+from applications.common.frames import gather_step, open_frames, shared_batches
+from applications.common.models import load_stn
+from applications.common.output import save_grid, save_png
+from applications.common.propagation import (add_blend_option, add_video_label_options, cluster_label_path,
+                                             label_option_problems, load_labels, splat_label)
+from applications.common.video_propagation import empty_outputs, propagate_frames
+from options import base_eval_argparse, parse_eval_options
+from utils.argparse_tools import report_option_problems
 from utils.atomic_io import atomic_write
 from utils.distributed import cleanup, is_main_process, setup_distributed
 from utils.errors import UserError, exit_on_user_error
-from options import parse_eval_options
 from utils.video_io import VideoWriter, check_writable_folder
+
+
+def add_mixed_reality_options(parser):
+    """Flags of ``applications.mixed_reality`` (the original script's names and defaults)."""
+    from datasets.video import SQUARE_PAD_MODES
+
+    group = parser.add_argument_group('mixed reality')
+    group.add_argument('--cluster', type=int, nargs='+', default=None,
+                       help='cluster(s) of a clustering model whose label is propagated onto every frame '
+                            "(several at once, e.g. --cluster 0 2); without it the checkpoint's cluster "
+                            "classifier picks each frame's cluster (required when there is none)")
+    add_video_label_options(group, resolution=128, label_required=True)
+    group.add_argument('--average_path', type=str, default=None,
+                       help="average congealed image to draw the label on (labeled_averages.png); a path "
+                            "naming 'cluster0' gives each cluster its own average")
+    group.add_argument('--save_frames', action='store_true',
+                       help='also save every output frame as a PNG (frames/, congealing_frames/)')
+    group.add_argument('--overlay_congealed', action='store_true',
+                       help='draw the label over the congealed video (congealed.mp4)')
+    group.add_argument('--save_correspondences', action='store_true',
+                       help='save where every label point lands in every frame (dense_correspondences.pt)')
+    group.add_argument('--pad', type=str, default=None, choices=SQUARE_PAD_MODES,
+                       help='how non-square video frames (or images of a folder) become square: center '
+                            'crops (the default), border/zero pad (as prepare_data.py --pad)')
+    add_blend_option(group)
+    return parser
+
+
+def mixed_reality_argparse():
+    """Evaluation parser with the mixed-reality flags (finish with parse_eval_options)."""
+    return add_mixed_reality_options(base_eval_argparse())
 
 
 def option_problems(opt):

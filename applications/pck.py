@@ -26,16 +26,43 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from applications import (build_dataset, load_stn, make_grid_array, pck_argparse, report_option_problems,
-                          save_grid, save_json, save_png, stn_kwargs)
+from applications.common.data import build_dataset
+from applications.common.models import load_stn, stn_kwargs
+from applications.common.output import make_grid_array, save_grid, save_json, save_png
+from metrics.pck_transfer import bootstrap_pck, evaluate_pck_per_pair, format_pck_table, has_flow_stage, summarize
+from options import base_eval_argparse, parse_eval_options
+from utils.argparse_tools import has_option, report_option_problems
 from utils.distributed import cleanup, is_main_process, setup_distributed
 from utils.errors import exit_on_user_error
 from utils.image_io import tensor_to_uint8
-from options import parse_eval_options
-from metrics.pck_transfer import bootstrap_pck, evaluate_pck_per_pair, format_pck_table, has_flow_stage, summarize
 
 NUM_TO_VISUALIZE = 8
 MIN_PICTURE_SIZE = 256  # small images are enlarged (nearest neighbour) before drawing on them
+
+
+def add_pck_options(parser):
+    """Flags of ``applications.pck`` (the original script's names and defaults)."""
+    group = parser.add_argument_group('PCK-Transfer')
+    group.add_argument('--alphas', type=float, nargs='+', default=[0.1, 0.05, 0.01],
+                       help='thresholds (fractions of the bounding box or image size) at which to '
+                            'evaluate PCK-Transfer')
+    if not has_option(parser, '--num_pck_pairs'):
+        group.add_argument('--num_pck_pairs', type=int, default=None,
+                           help='evaluate this many seeded random pairs (unset: the fixed pairs, or '
+                                'one random pairing of the images)')
+    group.add_argument('--transfer_both_ways', action='store_true',
+                       help='evaluate B -> A transfers as well as A -> B')
+    group.add_argument('--vis_transfer', action='store_true',
+                       help='save pictures of keypoint transfers (transfers/transfer_grid.png)')
+    group.add_argument('--num_bootstrap', type=int, default=0,
+                       help='if at least 2, also estimate standard deviations by resampling the '
+                            'evaluated pairs this many times')
+    return parser
+
+
+def pck_argparse():
+    """Evaluation parser with the PCK-Transfer flags (finish with parse_eval_options)."""
+    return add_pck_options(base_eval_argparse())
 
 
 def option_problems(opt):

@@ -38,16 +38,19 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Subset
 
-from applications import (build_dataset, check_cluster, filter_by_flow_scores, flow_score_problems, load_stn,
-                          propagation_argparse, report_option_problems, save_grid, save_png, select_cluster)
-from applications.propagation import (Label, align, cluster_label_path, load_label, option_problems,
-                                      propagate_aligned, splat_label)
+from applications.common.data import build_dataset
+from applications.common.models import check_cluster, load_stn, select_cluster
+from applications.common.output import save_grid, save_png
+from applications.common.propagation import (Label, align, cluster_label_path, load_label, option_problems,
+                                             propagate_aligned, propagation_argparse, splat_label)
+from applications.common.scores import filter_by_flow_scores, flow_score_problems
 from models.gangealing import CongealedMean
+from options import parse_eval_options
+from utils.argparse_tools import report_option_problems
 from utils.colour_scales import scale_for_cluster
 from utils.distributed import all_gather_tensor, cleanup, is_main_process, rank_share, setup_distributed
 from utils.errors import UserError, exit_on_user_error
 from utils.image_io import tensor_to_uint8
-from options import parse_eval_options
 
 GRID_LIMIT = 100  # images shown in each grid; individual files have no limit
 

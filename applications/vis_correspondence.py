@@ -31,19 +31,52 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from applications import (build_dataset, determine_flips, filter_by_flow_scores, flow_score_problems, load_stn,
-                          make_grid_array, report_option_problems, save_png, select_cluster, stn_kwargs,
-                          vis_correspondence_argparse)
-from applications.propagation import load_labels, splat_label
+from applications.common.data import build_dataset
+from applications.common.models import determine_flips, load_stn, select_cluster, stn_kwargs
+from applications.common.output import make_grid_array, save_png
+from applications.common.propagation import add_video_label_options, load_labels, splat_label
+from applications.common.scores import add_flow_score_options, filter_by_flow_scores, flow_score_problems
 from models.spatial_transformers import MipmapWarp
 from models.spatial_transformers.geometry import identity_grid, resize_grid
+from options import base_eval_argparse, parse_eval_options
+from utils.argparse_tools import report_option_problems
 from utils.distributed import choose_device
 from utils.errors import UserError, exit_on_user_error
 from utils.image_io import tensor_to_uint8
-from options import parse_eval_options
 from utils.video_io import VideoWriter, check_writable_folder
 
 NEWTON_STEPS = 3
+
+
+def add_vis_correspondence_options(parser):
+    """Flags of ``applications.vis_correspondence`` (the original script's names and defaults)."""
+    group = parser.add_argument_group('correspondence videos')
+    group.add_argument('--cluster', type=int, default=None,
+                       help="cluster to show with a clustering model (required for such models); with the "
+                            "checkpoint's cluster classifier only the images it assigns to this cluster are "
+                            'shown (--dset_indices count them), mirrored as it says')
+    group.add_argument('--length', type=int, default=240,
+                       help='frames of each congealing (and propagation) animation; more is smoother')
+    group.add_argument('--flip_length', type=int, default=40,
+                       help='frames of the mirroring animation of --stage_flip')
+    group.add_argument('--vis_in_stages', action='store_true',
+                       help="animate each stage of the transformer in turn instead of the composed warp")
+    group.add_argument('--stage_flip', action='store_true',
+                       help='animate the mirroring of flipped images as a stage of its own, first')
+    group.add_argument('--n_mean', type=int, default=-1,
+                       help='images averaged into the average-image animation (smoothly_average.mp4); '
+                            '-1: none')
+    group.add_argument('--dset_indices', type=int, nargs='+', default=[0, 1, 2, 3],
+                       help='dataset indices of the images shown')
+    add_video_label_options(group, resolution=256)
+    group.add_argument('--splat_batch', type=int, default=100,
+                       help='frames splatted at once (bounds the memory of the propagation video)')
+    return parser
+
+
+def vis_correspondence_argparse():
+    """Evaluation parser with the correspondence-video and flow-score flags (finish with parse_eval_options)."""
+    return add_flow_score_options(add_vis_correspondence_options(base_eval_argparse()))
 
 
 def option_problems(opt):

@@ -39,8 +39,8 @@ import time
 import numpy as np
 import torch
 
-from applications import determine_flips, stn_kwargs
-from applications.propagation import align, propagate, propagate_aligned
+from applications.common.models import determine_flips, stn_kwargs
+from applications.common.propagation import align, propagate, propagate_aligned
 from applications.studio.launch import build_engine
 from datasets.lmdb_dataset import write_lmdb_dataset
 from models import get_stn
@@ -187,7 +187,7 @@ def export_batch(engine):
 def propagation_seconds(engine, request, device):
     """Seconds of ``propagate_frames`` alone (what mixed_reality runs per batch) on every frame of the
     studio's video, decoded beforehand: the model's share of the export."""
-    from applications.video_propagation import propagate_frames
+    from applications.common.video_propagation import propagate_frames
 
     opt = engine.request_options(sigma=request['sigma'], opacity=request['opacity'])
     label = engine._label_tensors(opt)

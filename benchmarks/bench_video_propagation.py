@@ -79,7 +79,8 @@ def train(args):
 @torch.no_grad()
 def template_keypoints(ckpt, size, resolution, seed, count=200):
     """Median template position (label pixels at ``resolution``) of each keypoint over ``count`` faces."""
-    from applications import determine_flips, load_stn, propagation_argparse, stn_kwargs
+    from applications.common.models import determine_flips, load_stn, stn_kwargs
+    from applications.common.propagation import propagation_argparse
     from options import parse_eval_options
     from synthetic_world import MIRROR_PERMUTATION, render_dataset
     opt = parse_eval_options(propagation_argparse(), ['--ckpt', ckpt, '--real_size', str(size), '--device', 'cpu'],

@@ -16,10 +16,11 @@ import pytest
 import torch
 from PIL import Image
 
-from applications import determine_flips, load_stn, pck_argparse, propagation_argparse, stn_architecture
+from applications.common.models import determine_flips, load_stn, stn_architecture
+from applications.common.propagation import (Label, align, load_label, points_through_warp, propagate,
+                                             propagate_aligned, propagation_argparse, uncongeal_template_points)
+from applications.pck import pck_argparse
 from applications.propagate_to_images import main as propagate_main
-from applications.propagation import (Label, align, load_label, points_through_warp, propagate, propagate_aligned,
-                                      uncongeal_template_points)
 from datasets.lmdb_dataset import write_lmdb_dataset
 from datasets.keypoint_pairs import write_pck_files
 from models import get_stn

@@ -106,7 +106,7 @@ def test_bf16_trunk_keeps_the_warp_float32_and_close_to_fp32():
 
 
 def test_applications_run_the_trunk_at_the_precision_flag(tiny_configs, tmp_path):
-    from applications import load_stn
+    from applications.common.models import load_stn
     from options import base_eval_argparse, parse_eval_options
     ckpt = tmp_path / 'model.pt'
     stn = _transformer_with_moving_heads(['similarity'])

@@ -79,3 +79,9 @@ def preliminary_values(parser, argv, dests):
     except _ProbeError as e:
         parser.error(str(e))
     return {dest: getattr(values, dest, None) for dest in dests}
+
+
+def report_option_problems(parser, problems):
+    """One ``parser.error`` (exit 2) listing every problem of ``problems`` (list of str), if there are any."""
+    if problems:
+        parser.error('; '.join(problems))

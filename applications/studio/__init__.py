@@ -3,7 +3,7 @@ and preview its propagation (``python -m applications.edit_studio``).
 
 ``launch`` parses the options and loads the model and the data; ``engine``
 holds them and the label and does the work through
-``applications.propagation``; ``server`` exposes it over HTTP (a Starlette
+``applications.common.propagation``; ``server`` exposes it over HTTP (a Starlette
 app); ``static/`` is the page itself (plain HTML, CSS and JavaScript, nothing
 fetched from elsewhere).
 """

@@ -1,6 +1,6 @@
 """The studio's state and work: the template, the current label, previews and exports.
 
-Every computation goes through ``applications.propagation`` (the functions
+Every computation goes through ``applications.common.propagation`` (the functions
 ``applications.propagate_to_images`` uses), so the page shows exactly what
 the command line would write. One lock serialises use of the model and the
 dataset; the template (average congealed image) of each cluster is computed
@@ -37,14 +37,14 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 
-from applications import cluster_policy
-from applications.propagation import (Alignment, Label, align, label_from_rgba, option_problems,
-                                      propagate_aligned, splat_label)
+from applications.common.models import cluster_policy
+from applications.common.propagation import (Alignment, Label, align, label_from_rgba, option_problems,
+                                             propagate_aligned, splat_label)
 from applications.studio.video import video_facts, write_propagated_video
 from datasets.video import IndexedVideoFrames
 from models.gangealing import CongealedMean
-from utils.colour_scales import scale_for_cluster
 from utils.atomic_io import atomic_write
+from utils.colour_scales import scale_for_cluster
 from utils.errors import UserError
 from utils.image_io import (UntrustedImageError, array_to_tensor, decode_untrusted_image, encode_image,
                             read_image_file, resize_array, tensor_to_uint8)

@@ -3,13 +3,15 @@ and the listening socket (``applications.edit_studio`` is the command)."""
 import os
 import socket
 
-from applications import build_dataset, load_stn, propagation_argparse, report_option_problems
-from applications.propagation import option_problems
+from applications.common.data import build_dataset
+from applications.common.models import load_stn
+from applications.common.propagation import option_problems, propagation_argparse
 from applications.studio import require_studio_dependencies
 from datasets.video import SQUARE_PAD_MODES
+from options import parse_eval_options
+from utils.argparse_tools import report_option_problems
 from utils.distributed import choose_device, launched_by_torchrun
 from utils.errors import UserError
-from options import parse_eval_options
 
 DEFAULT_PORT = 7860
 DEFAULT_KEEP_WARPS = 1000  # the default --n_mean's images, ~125 MiB of warps at flow_size 128

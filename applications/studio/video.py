@@ -4,7 +4,7 @@ The frames come in order, one batch in memory at a time, from a video file
 (decoded as a stream) or from the dataset (a folder of frames or an LMDB,
 given a frame rate with --fps). Each batch is aligned at --real_size exactly
 as the previews are and the label splatted by
-``applications.video_propagation.propagate_frames`` (what
+``applications.common.video_propagation.propagate_frames`` (what
 ``applications.mixed_reality`` runs). For a video file the splat lands on
 the frame's square at the video's own resolution (sigma scaled with it) and
 the square goes back into the frame, so the mp4 has the input's size and
@@ -16,7 +16,7 @@ frames come and written under a temporary name, renamed when complete
 import numpy as np
 import torch
 
-from applications.video_propagation import propagate_frames
+from applications.common.video_propagation import propagate_frames
 from datasets.transforms import native_square, unsquare
 from datasets.video import IndexedVideoFrames, frame_to_tensor
 from utils.video_io import VideoReader, VideoWriter
@@ -77,7 +77,7 @@ def write_propagated_video(t, opt, frames, fps, label, path, device, hold, progr
         frames: datasets.video.IndexedVideoFrames (its path, pad mode and size are
             used), or a dataset of square images in frame order.
         fps: frames per second of the mp4.
-        label: an applications.propagation.Label.
+        label: an applications.common.propagation.Label.
         hold: a context manager factory held around each batch's model work.
         progress: called with the number of frames done after each batch.
         batch: frames per batch (default --batch; fewer for large frames, see frames_per_batch).

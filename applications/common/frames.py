@@ -11,7 +11,7 @@ import os
 
 from torch.utils.data import DataLoader, Subset
 
-from applications import build_dataset
+from applications.common.data import build_dataset
 from utils.distributed import all_gather_tensor, get_rank, get_world_size
 from utils.errors import UserError
 

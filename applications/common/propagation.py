@@ -1,7 +1,7 @@
 """Carrying a label drawn in congealed space to images: the helpers every application shares.
 
-(Not runnable: imported by propagate_to_images, mixed_reality and
-vis_correspondence.)
+(Not runnable: imported by propagate_to_images, mixed_reality,
+vis_correspondence and the edit studio, with the label flags they share.)
 
 A label is an image in the template's frame: an RGBA edit (pixels with alpha
 > 0) or a black-and-white mask. Its pixels become points; each point is sent
@@ -19,11 +19,85 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from applications import cluster_policy, decide_heads, stn_kwargs
+from applications.common.models import cluster_policy, decide_heads, stn_kwargs
+from applications.common.scores import add_flow_score_options
 from ops.splat import splat_points
+from options import base_eval_argparse
 from utils.colour_scales import scale_colours, scale_for_cluster
 from utils.errors import UserError
 from utils.image_io import image_has_alpha
+
+
+# ----------------------------------------------------------------------------- flags
+
+def add_propagation_options(parser):
+    """Flags of ``applications.propagate_to_images`` (the original script's names and defaults).
+
+    ``--output_resolution`` and ``--out`` come from the evaluation tier.
+    """
+    group = parser.add_argument_group('propagation')
+    group.add_argument('-s', '--sigma', type=float, default=1.3,
+                       help='standard deviation (pixels) of the Gaussian splat of each propagated pixel')
+    group.add_argument('-o', '--opacity', type=float, default=0.75,
+                       help='opacity of the propagated label over the image, in [0, 1]')
+    group.add_argument('--objects', action='store_true',
+                       help="propagate the label's RGB colours (an RGBA edit) instead of colouring "
+                            'the mask with a colour map')
+    group.add_argument('--cluster', type=int, default=None,
+                       help="cluster of a clustering model: with the checkpoint's cluster classifier only the "
+                            'images it assigns to this cluster are used (without --cluster it picks each '
+                            "image's head); without a classifier --cluster is required and every image goes "
+                            'to this head')
+    group.add_argument('--n_mean', type=int, default=-1,
+                       help='number of images averaged into the average congealed image '
+                            '(average.png; of the --cluster images with a classifier); -1: no average image')
+    group.add_argument('--average_path', type=str, default=None,
+                       help='an average congealed image to draw the label on '
+                            '(average_annotated_grid.png); set automatically by --n_mean')
+    group.add_argument('--resolution', type=int, default=256,
+                       help='the label is resampled to this many pixels per side before it is '
+                            'propagated; larger gives denser correspondences')
+    group.add_argument('--dset_indices', type=int, nargs='+', default=None,
+                       help='dataset indices of the images to process (default: every image)')
+    group.add_argument('--label_path', type=str, default=None,
+                       help='label in congealed space: an RGBA image (pixels with alpha > 0 are the '
+                            "label) or a black-and-white mask (white is the label); a path naming 'cluster0' "
+                            "reads --cluster K's own file ('cluster0' -> 'clusterK')")
+    group.add_argument('--save_individual_images', action='store_true',
+                       help='also save every output image as its own PNG (default: grids only)')
+    add_blend_option(group)
+    return parser
+
+
+def add_blend_option(group):
+    """``--blend_alg``: how a propagated label is composited onto images (ops.blend)."""
+    from ops.blend import BLEND_ALGORITHMS
+    group.add_argument('--blend_alg', type=str, default='alpha', choices=BLEND_ALGORITHMS,
+                       help='how the label is blended into the image: alpha compositing, or Laplacian '
+                            'blending (laplacian; laplacian_light keeps colours closer to the label)')
+
+
+def add_video_label_options(group, resolution, label_required=False):
+    """Flags the video applications share, with the original tools' defaults."""
+    group.add_argument('--label_path', type=str, default=None, required=label_required,
+                       help='dense label in congealed space: an RGBA image (pixels with alpha > 0) or a '
+                            "black-and-white mask; a path naming 'cluster0' gives each cluster its own file")
+    group.add_argument('--resolution', type=int, default=resolution,
+                       help='the label is resampled to this many pixels per side before it is propagated; '
+                            'larger finds denser correspondences')
+    group.add_argument('--fps', type=float, default=60, help='frames per second of the saved videos')
+    group.add_argument('--objects', action='store_true',
+                       help="propagate the label's own RGB colours (an RGBA object) instead of a colour scale")
+    group.add_argument('--sigma', type=float, default=1.2, help='size (pixels) of the propagated points')
+    group.add_argument('--opacity', type=float, default=0.7, help='opacity of the propagated points, in [0, 1]')
+
+
+def propagation_argparse():
+    """Evaluation parser with the propagation and flow-score flags (finish with parse_eval_options)."""
+    return add_flow_score_options(add_propagation_options(base_eval_argparse()))
+
+
+# ----------------------------------------------------------------------------- labels
 
 
 class Label:

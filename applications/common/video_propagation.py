@@ -4,7 +4,7 @@
 video export, so both write the same pixels.)
 
 Each frame is aligned on its own; every chosen cluster's label is carried
-through the inverse warp (``applications.propagation``) and splatted onto
+through the inverse warp (``applications.common.propagation``) and splatted onto
 the frame. The splat can land on a larger copy of the same square frames
 (the video's own pixels): the points are read at that size and the splat's
 size scaled with it, so the edit looks the same, only sharper.
@@ -13,8 +13,8 @@ import argparse
 
 import torch
 
-from applications import make_grid_array
-from applications.propagation import align, points_through_warp, splat_label
+from applications.common.output import make_grid_array
+from applications.common.propagation import align, points_through_warp, splat_label
 
 
 def frames_uint8(images):
