@@ -16,11 +16,12 @@ import math
 import os
 import sys
 
-from utils.argparse_tools import explicitly_given, flag_name, preliminary_values
-from utils.distributed import DEVICE_CHOICES, is_main_process
 from options.persistence import format_options, save_options
 from options.resume import latest_readable_checkpoint
+from options.run_flags import add_experiment_flags, add_interval_flags, add_runtime_flags
 from options.validation import is_power_of_two
+from utils.argparse_tools import explicitly_given, flag_name, preliminary_values
+from utils.distributed import is_main_process
 
 # Options that say where and how this process runs, never taken from a checkpoint.
 NOT_RESUMED = ('exp_name', 'results', 'ckpt', 'resume', 'device', 'local_rank', 'num_workers', 'real_data_path')
@@ -34,26 +35,13 @@ def stylegan2_parser():
                                                  'an LMDB made by prepare_data.py or a folder of images',
                                      allow_abbrev=False, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     run = parser.add_argument_group('experiment')
-    run.add_argument('--exp-name', dest='exp_name', type=str, required=True,
-                     help='name of the run; its files go to <results>/<exp-name>')
-    run.add_argument('--results', type=str, default='results', help='folder holding all experiments')
+    add_experiment_flags(run, ckpt_help='start from this StyleGAN2 checkpoint (g, d, g_ema, g_optim, d_optim), '
+                                        'continuing its iteration count')
     run.add_argument('--real_data_path', type=str, default=None,
                      help='training images: an LMDB folder made by prepare_data.py (it must hold --size) '
                           'or a folder of image files (at least --size pixels on each side)')
-    run.add_argument('--ckpt', type=str, default=None,
-                     help='start from this StyleGAN2 checkpoint (g, d, g_ema, g_optim, d_optim), '
-                          'continuing its iteration count')
-    run.add_argument('--resume', action='store_true',
-                     help='continue from the newest checkpoint in <results>/<exp-name>/checkpoints '
-                          '(none yet: start afresh); options come from it unless given')
-    run.add_argument('--iter', type=int, default=800000, help='total training iterations')
     run.add_argument('--batch', type=int, default=16, help='batch size per process')
-    run.add_argument('--seed', type=int, default=0, help='random seed; process r of W uses seed * W + r')
-    run.add_argument('--device', type=str, default='auto', choices=DEVICE_CHOICES,
-                     help='auto: CUDA when available, else CPU')
-    run.add_argument('--num_workers', type=int, default=2, help='data-loading worker processes per process')
-    run.add_argument('--local_rank', '--local-rank', type=int, default=0,
-                     help='accepted for torch.distributed.launch; the device comes from LOCAL_RANK')
+    add_runtime_flags(run)
 
     arch = parser.add_argument_group('architecture')
     arch.add_argument('--size', type=int, default=256, help='image resolution (a power of two)')
@@ -89,10 +77,8 @@ def stylegan2_parser():
     aug.add_argument('--ada_every', type=int, default=256, help='iterations between adjustments of p')
 
     out = parser.add_argument_group('logging, samples and checkpoints')
-    out.add_argument('--n_sample', type=int, default=64, help='samples in the grids (from fixed latents)')
-    out.add_argument('--vis_every', type=int, default=2000, help='iterations between sample grids')
-    out.add_argument('--ckpt_every', type=int, default=10000, help='iterations between checkpoints')
-    out.add_argument('--log_every', type=int, default=100, help='iterations between TensorBoard scalars')
+    add_interval_flags(out, vis_help='iterations between sample grids (from fixed latents)')
+    parser.set_defaults(vis_every=2000, ckpt_every=10000, log_every=100)
     return parser
 
 

@@ -11,7 +11,7 @@ from models.generators import GENERATORS
 from models.perceptual import PERCEPTUAL_LOSSES
 from models.spatial_transformers.sampling import PADDING_MODES
 from models.spatial_transformers.transformer import TRANSFORMS
-from utils.distributed import DEVICE_CHOICES
+from options.run_flags import add_experiment_flags, add_interval_flags, add_runtime_flags
 from utils.precision import PRECISIONS
 from utils.schedules import ANNEAL_FUNCTIONS
 
@@ -63,16 +63,9 @@ def add_base_options(parser):
     group.add_argument('--dataset_mode', type=DATASET_MODES.choice_type(), default='lmdb',
                        help='how real images are read (a registered dataset mode; a generator may '
                             'choose another default)')
-    group.add_argument('--num_workers', type=int, default=2, help='data-loading worker processes per process')
     group.add_argument('--batch', type=int, default=None, help='batch size per process (per GPU)')
-    group.add_argument('--seed', type=int, default=0,
-                       help='random seed; process r of W uses seed * W + r')
-    group.add_argument('--device', type=str, default='auto', choices=DEVICE_CHOICES,
-                       help='auto: CUDA when available, else CPU')
+    add_runtime_flags(group)
     group.add_argument('--debug', action='store_true', help='small, quick run for debugging')
-    group.add_argument('--local_rank', '--local-rank', type=int, default=0,
-                       help='accepted for torch.distributed.launch; the GPU is chosen from the '
-                            'LOCAL_RANK environment variable')
 
     # In evaluation these four stay unset unless given: the checkpoint's values are used.
     stn = parser.add_argument_group('spatial transformer (evaluation: unset = from the checkpoint)')
@@ -97,20 +90,11 @@ def add_training_options(parser):
     """Flags of the training phase (the original trainer's, plus our additions)."""
 
     main = parser.add_argument_group('experiment')
-    main.add_argument('--exp-name', dest='exp_name', type=str, required=True,
-                      help='name of the run; its files go to <results>/<exp-name>')
-    main.add_argument('--results', type=str, default='results', help='folder holding all experiments')
-    main.add_argument('--ckpt', type=str, default=None,
-                      help='generator to align (a pretrained name such as cat, or a StyleGAN2 '
-                           'checkpoint path), or a GANgealing checkpoint to resume (ours bring their '
-                           'options); none: the built-in synthetic generator')
-    main.add_argument('--resume', action='store_true',
-                      help='continue from the newest checkpoint in <results>/<exp-name>/checkpoints '
-                           '(none yet: start as the other flags say, so the same command can start '
-                           'and restart a job); options come from that checkpoint unless given')
+    add_experiment_flags(main, ckpt_help='generator to align (a pretrained name such as cat, or a StyleGAN2 '
+                                         'checkpoint path), or a GANgealing checkpoint to resume (ours bring '
+                                         'their options); none: the built-in synthetic generator')
     main.add_argument('--load_G_only', action='store_true',
                       help='take only the generator (g_ema) from --ckpt and start the rest afresh')
-    main.add_argument('--iter', type=int, default=800000, help='total training iterations')
 
     gen = parser.add_argument_group('generator')
     gen.add_argument('--generator', type=GENERATORS.choice_type(), default=None,
@@ -179,11 +163,8 @@ def add_training_options(parser):
                             'costs minutes first (see the README)')
 
     vis = parser.add_argument_group('logging and visuals')
-    vis.add_argument('--vis_every', type=int, default=5000, help='iterations between visuals')
-    vis.add_argument('--ckpt_every', type=int, default=50000, help='iterations between checkpoints')
-    vis.add_argument('--log_every', type=int, default=25, help='iterations between TensorBoard scalars')
+    add_interval_flags(vis, vis_help='iterations between visuals')
     vis.add_argument('--n_mean', type=int, default=8000, help='real images averaged for the mean-image visuals')
-    vis.add_argument('--n_sample', type=int, default=64, help='images (real and generated) shown in visuals')
     vis.add_argument('--vis_batch_size', type=int, default=250, help='batch size when making visuals')
     vis.add_argument('--random_reals', action='store_true',
                      help='show a random set of real images instead of the first ones')
