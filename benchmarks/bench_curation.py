@@ -46,7 +46,7 @@ from synthetic_world import NUM_FACTORS
 from synthetic_world.deformation import DEFORMATION_FACTORS
 from utils.precision import PRECISIONS
 
-# The curation model's world and regulariser, chosen on data seed 2 (reported on seed 1; see the README):
+# The curation model's world and regulariser, chosen on data seed 2 (reported on seed 1; see docs/benchmarks.md):
 # the demo's world and --tv_weight scored best there (0.713); deformed worlds (--synthetic_deformation 0.1 with
 # --tv_weight 1000, or 10 after 1200 iterations at 1000) scored 0.44 and 0.38, and a twice wider transformer
 # (--stn_channel_multiplier 0.25 --stn_max_channels 64, trained by hand and passed as --ckpt) 0.43.
@@ -270,7 +270,7 @@ def clustering_main(argv):
                                                      '(default: train one)')
     parser.add_argument('--classifier_ckpt', default=None, help="that model's classifier checkpoint (default: "
                                                                 'train one)')
-    # Both chosen on seed 0 (see the README): agreement with the transformer 0.553 / 0.754 / 0.834 after
+    # Both chosen on seed 0 (see docs/benchmarks.md): agreement with the transformer 0.553 / 0.754 / 0.834 after
     # 300 / 3000 / 12000 classifier iterations on a 600-iteration transformer, 0.825 / 0.900 after
     # 3000 / 12000 on a 2400-iteration one (whose heads follow the modes there: ARI 0.649 against 0.072).
     parser.add_argument('--train_iters', type=int, default=2400)

@@ -30,7 +30,7 @@ at that --real_size.
 Settings (dot radius 3 at resolution 128, opacity 1, sigma 1.2, detection
 thresholds: change 40, colour distance 70) were chosen on video seed 100,
 where the detected dots agree with the exact propagated positions of
-dense_correspondences.pt (also printed, as a cross-check); the README
+dense_correspondences.pt (also printed, as a cross-check); docs/benchmarks.md
 reports seed 101.
 """
 import argparse

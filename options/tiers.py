@@ -154,13 +154,13 @@ def add_training_options(parser):
                        help='arithmetic of the training forward pass: fp32, or bf16 autocast of the generator, '
                             "transformer trunks and perceptual network (weights, gradients, optimiser and the "
                             'warps stay float32); auto picks per device what measured fastest with unchanged '
-                            'PCK (bf16 on CPUs with native bfloat16, float32 elsewhere; see the README)')
+                            'PCK (bf16 on CPUs with native bfloat16, float32 elsewhere; see docs/benchmarks.md)')
     speed.add_argument('--compile', action='store_true',
                        help='run the training step\'s generator, transformer and perceptual loss through '
                             'torch.compile (the first iterations then take longer while they compile); '
                             'falls back to uncompiled modules with one warning when the compiler is missing '
                             'or fails. Off by default: on the development CPU steps ran 1.4-2x faster but compiling '
-                            'costs minutes first (see the README)')
+                            'costs minutes first (see docs/benchmarks.md)')
 
     vis = parser.add_argument_group('logging and visuals')
     add_interval_flags(vis, vis_help='iterations between visuals')
@@ -196,7 +196,7 @@ def add_eval_options(parser):
     group.add_argument('--precision', type=str, default='auto', choices=PRECISIONS,
                        help="arithmetic of the transformer's trunk: fp32, or bf16 autocast (the warps "
                             'themselves stay float32); auto picks per device what measured fastest with '
-                            'unchanged PCK (bf16 on CPUs with native bfloat16, float32 elsewhere; see the README)')
+                            'unchanged PCK (bf16 on CPUs with native bfloat16, float32 elsewhere; see docs/benchmarks.md)')
     # Unset spatial-transformer flags are read from the checkpoint.
     parser.set_defaults(batch=40, padding_mode='border', transform=None, flow_size=None,
                         stn_channel_multiplier=None, stn_max_channels=None, num_heads=None)

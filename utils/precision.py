@@ -7,7 +7,7 @@ gradients and the optimiser stay float32, and the transformers' warp heads
 (the regressed similarity and flow, the sampling grids, the warped images)
 always run in float32 (see ``full_precision``), so a warp is never rounded
 to bfloat16's 8-bit mantissa. ``auto`` picks per device what measured fastest
-with equal results (``auto_precision``; the README's speed section has the
+with equal results (``auto_precision``; docs/benchmarks.md has the
 measurements).
 """
 import contextlib
