@@ -12,7 +12,7 @@ Sources:
   (or the first ``--max_images``) stored in order.
 
 ``--synthetic_video OUT.mp4 --frames N --size S --seed SEED`` renders a
-video instead: one synthetic face moving smoothly (synthetic_world/video.py),
+video instead: one synthetic face moving smoothly (synthetic_world/moving_face.py),
 with its exact keypoints beside it in OUT.keypoints.pt, a float tensor
 (N, 10, 3): x, y in pixels of the S x S frames, then visibility (0/1), in
 the keypoint order of synthetic_world/keypoints.py (KEYPOINT_NAMES).
@@ -376,7 +376,7 @@ def prepare_synthetic_video(path, frames, size, seed, fps, factors=None):
     Returns the keypoints path.
     """
     from utils.atomic_io import atomic_write
-    from synthetic_world.video import iter_synthetic_video
+    from synthetic_world.moving_face import iter_synthetic_video
     from utils.video_io import VideoWriter
     if frames < 1:
         raise UserError(f'--frames must be at least 1 (got {frames})')

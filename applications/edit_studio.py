@@ -8,7 +8,7 @@ place an RGBA object on it, propagates it onto a chosen set of images with
 the functions ``applications.propagate_to_images`` uses, and exports the
 propagated images at full resolution as a zip (into --out); when
 --real_data_path is a video file, also the propagated mp4 of the whole video
-at its own size and frame rate (``applications.studio.video``; a folder of
+at its own size and frame rate (``applications.studio.video_export``; a folder of
 frames or an LMDB given --fps too, at --real_size). The label saved
 from the page is the ``--label_path`` file the command line takes. The warps
 of the first min(--n_mean, --keep_warps) images are kept, so their previews

@@ -154,7 +154,7 @@ def averaged_row(engine, on_demand, count, reps, device):
 
 def make_video(folder, size, frames):
     """A ``frames``-frame synthetic video (the moving face) at ``size``, 30 frames/s."""
-    from synthetic_world.video import iter_synthetic_video
+    from synthetic_world.moving_face import iter_synthetic_video
     from utils.video_io import VideoWriter
 
     path = os.path.join(folder, 'face.mp4')

@@ -19,7 +19,7 @@ Modules, one job each:
   ``models/generators/synthetic.py``);
 - ``options``: the ``--synthetic_*`` flags (``add_world_options``,
   ``factors_from_options``);
-- ``video``: one face moving smoothly, frame by frame (``iter_synthetic_video``).
+- ``moving_face``: one face moving smoothly, frame by frame (``iter_synthetic_video``).
 
 Coordinates:
 - normalised image coordinates run over [-1, 1] with pixel centres at

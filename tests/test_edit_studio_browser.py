@@ -230,7 +230,7 @@ def test_the_video_export_button_writes_the_propagated_mp4(driver, server, tmp_p
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
 
-    from synthetic_world.video import iter_synthetic_video
+    from synthetic_world.moving_face import iter_synthetic_video
     from utils.video_io import VideoReader, VideoWriter
 
     open_page(driver, server)

@@ -1,6 +1,6 @@
 """The edit studio on a video file: template, previews of frame numbers, and the propagated mp4.
 
-The video is the synthetic world's moving face (synthetic_world/video.py)
+The video is the synthetic world's moving face (synthetic_world/moving_face.py)
 and the transformer tests/studio_world.py's exact 4-pixel shift, so where the
 label lands in every frame is known to the pixel.
 """
@@ -21,7 +21,7 @@ from applications.studio.launch import build_engine  # noqa: E402
 from applications.studio.server import build_app  # noqa: E402
 from tests.studio_world import SHIFT_PIXELS, SIZE, decode_data_url, make_world, png_bytes  # noqa: E402
 from tests.test_video import write_frameless_mp4  # noqa: E402
-from synthetic_world.video import iter_synthetic_video  # noqa: E402
+from synthetic_world.moving_face import iter_synthetic_video  # noqa: E402
 from utils.video_io import VideoReader, VideoWriter  # noqa: E402
 
 FRAMES, FPS = 9, 24

@@ -18,7 +18,7 @@ A video file is read by frame number (``datasets.video.IndexedVideoFrames``:
 frames decoded when asked, never the whole video in memory); its template
 and previews work as for images, and its export is the propagated mp4 of
 every frame, made in a background job whose progress the page polls
-(``applications.studio.video``).
+(``applications.studio.video_export``).
 """
 import argparse
 import base64
@@ -40,7 +40,7 @@ from torch.utils.data import DataLoader, Subset
 from applications.common.models import cluster_policy
 from applications.common.propagation import (Alignment, Label, align, label_from_rgba, option_problems,
                                              propagate_aligned, splat_label)
-from applications.studio.video import video_facts, write_propagated_video
+from applications.studio.video_export import video_facts, write_propagated_video
 from datasets.video import IndexedVideoFrames
 from models.gangealing import CongealedMean
 from utils.atomic_io import atomic_write
