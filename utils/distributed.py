@@ -207,6 +207,67 @@ def gather_objects(obj):
     return gathered
 
 
+class _Absent:
+    """Stands for a name one rank's values lack (equal to every other absence, after pickling too)."""
+
+    def __eq__(self, other):
+        return isinstance(other, _Absent)
+
+    def __hash__(self):
+        return 0
+
+    def __repr__(self):
+        return '(absent)'
+
+
+ABSENT = _Absent()
+
+
+def differences_between_ranks(values):
+    """Which of this rank's named ``values`` are not the same on every rank (one collective).
+
+    Args:
+        values: {name: value}; small picklable values compared with ``==``
+            (numbers, strings, None, lists of them). Every rank must call this
+            at the same point of the program.
+    Returns:
+        {name: [value on rank 0, ..., value on rank W-1]} for each name whose
+        values differ, in name order; a rank that lacks a name holds
+        ``ABSENT`` there. {} when all agree, and always in one process.
+    """
+    every = gather_objects(dict(values))
+    if len(every) == 1:
+        return {}
+    names = sorted(set().union(*every))
+    columns = {name: [ranks_values.get(name, ABSENT) for ranks_values in every] for name in names}
+    return {name: column for name, column in columns.items() if any(v != column[0] for v in column[1:])}
+
+
+def describe_by_rank(column):
+    """``column`` (one value per rank, as ``differences_between_ranks`` gives) as text, one value per group
+    of ranks, e.g. ``2 on ranks 0-7, 3 on ranks 8-15``."""
+    groups = []  # (value, [ranks]) in order of first appearance
+    for rank, value in enumerate(column):
+        for seen, ranks in groups:
+            if seen == value:
+                ranks.append(rank)
+                break
+        else:
+            groups.append((value, [rank]))
+    return ', '.join(f'{value!r} on {_rank_ranges(ranks)}' for value, ranks in groups)
+
+
+def _rank_ranges(ranks):
+    spans = []
+    for rank in ranks:
+        if spans and spans[-1][1] == rank - 1:
+            spans[-1][1] = rank
+        else:
+            spans.append([rank, rank])
+    text = ', '.join(str(a) if a == b else f'{a}-{b}' for a, b in spans)
+    return f'rank {text}' if len(ranks) == 1 else f'ranks {text}'
+
+
 def all_reduce_mean(tensor):
     """The element-wise mean of ``tensor`` over all ranks (any shape, floating point).
 
