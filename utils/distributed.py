@@ -11,6 +11,8 @@ of a program; collectives act only once the group exists.
 """
 import os
 import random
+import time
+import uuid
 
 import numpy as np
 import torch
@@ -104,15 +106,64 @@ def setup_distributed(device_flag='auto'):
 def _attempt_store(rank, world_size):
     """The launcher's key-value store, with the keys of this attempt only.
 
-    torchrun's static rendezvous (``--master_port``, ``--standalone``) keeps one
-    store across ``--max-restarts`` restarts, and the process group's keys
-    carry no attempt number: a restarted rank could read a dead rank's address
-    and fail to connect. Prefixing the keys with TORCHELASTIC_RESTART_COUNT
-    keeps every attempt to itself.
+    torchrun keeps one store for the whole job (the static rendezvous of
+    ``--master_port`` as well as the c10d rendezvous of a multi-node job), and
+    the process group's keys carry no attempt number: after a restart a rank
+    could read a dead rank's address and fail to connect, or wait forever.
+    TORCHELASTIC_RESTART_COUNT cannot tell attempts apart across nodes: a node
+    restarted because another node's rank failed does not count a restart.
+    So the ranks of an attempt agree on a fresh token (``_attempt_token``) and
+    prefix their keys with it.
     """
     from torch.distributed.rendezvous import rendezvous
     store, _, _ = next(rendezvous('env://', rank, world_size))
-    return dist.PrefixStore(f"attempt_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
+    return dist.PrefixStore(f'attempt_{_attempt_token(store, rank, world_size)}', store)
+
+
+# How often a rank announces itself again while waiting for rank 0's reply (seconds).
+_ANNOUNCE_EVERY = 1.0
+# How long rank 0 waits for every rank to announce itself (as long as the process group's default timeout).
+_JOIN_TIMEOUT = 1800.0
+
+
+def _attempt_token(store, rank, world_size, timeout=_JOIN_TIMEOUT):
+    """A token that every rank of this attempt shares and no earlier attempt used (a hex string).
+
+    Rank 0 draws it, erases every rank's earlier announcement, then replies to
+    each announcement it sees: written after the erasure, it comes from a live
+    rank of this attempt (processes of an earlier attempt are stopped before a
+    new one starts). A rank announces a fresh nonce and repeats it every
+    ``_ANNOUNCE_EVERY`` seconds until rank 0's reply to that nonce appears, so
+    an announcement erased by a late rank 0 is made again.
+    """
+    deadline = time.monotonic() + timeout
+    if rank == 0:
+        token = uuid.uuid4().hex
+        for other in range(1, world_size):
+            store.delete_key(f'announce/{other}')
+        waiting = set(range(1, world_size))
+        while waiting:
+            for other in sorted(waiting):
+                if store.check([f'announce/{other}']):
+                    nonce = store.get(f'announce/{other}').decode()
+                    store.set(f'reply/{nonce}', token)
+                    waiting.discard(other)
+            if waiting:
+                if time.monotonic() > deadline:
+                    raise UserError(f'rank(s) {", ".join(map(str, sorted(waiting)))} did not join the process '
+                                    f'group within {timeout:.0f} s; check that every node was started')
+                time.sleep(0.02)
+        return token
+    nonce, announced = uuid.uuid4().hex, 0.0
+    while True:
+        if time.monotonic() - announced >= _ANNOUNCE_EVERY:
+            store.set(f'announce/{rank}', nonce)
+            announced = time.monotonic()
+        if store.check([f'reply/{nonce}']):
+            return store.get(f'reply/{nonce}').decode()
+        if time.monotonic() > deadline:
+            raise UserError(f'rank 0 did not answer within {timeout:.0f} s; check that every node was started')
+        time.sleep(0.02)
 
 
 def get_rank():
