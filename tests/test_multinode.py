@@ -1,0 +1,158 @@
+"""train.py over two simulated nodes on this machine: two torchrun launches (--nnodes 2, one process each)
+meeting through the c10d rendezvous on 127.0.0.1, gloo on the CPU. An uninterrupted run, a run whose one
+node loses its training process to SIGKILL and is restarted, and two nodes started with different flags."""
+import glob
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from tests.conftest import REPO
+from utils.checkpoint import load_checkpoint
+from utils.distributed import ABSENT, describe_by_rank
+from utils.schedules import zero_lr_iterations
+
+ITERATIONS, ANNEAL, PERIOD, CKPT_EVERY = 6, 2, 3, 2
+NODES = 2
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def _flags(tiny_configs, results):
+    return tiny_configs.synthetic + ['--exp-name', 'nodes', '--results', str(results), '--iter', str(ITERATIONS),
+                                     '--anneal_psi', str(ANNEAL), '--period', str(PERIOD), '--log_every', '1',
+                                     '--ckpt_every', str(CKPT_EVERY)]
+
+
+def _launch_nodes(train_process, per_node_argv, env=None, max_restarts=0, timeout=400):
+    """Start one torchrun per node (node 0 hosts the rendezvous store), wait for both.
+
+    Returns one SimpleNamespace per node: returncode, stdout, stderr, ended (time.monotonic() at exit).
+    """
+    endpoint = f'127.0.0.1:{_free_port()}'
+    procs = []
+    for node, argv in enumerate(per_node_argv):
+        command = [sys.executable, '-m', 'torch.distributed.run', '--nnodes', str(NODES), '--nproc_per_node', '1',
+                   '--rdzv_backend', 'c10d', '--rdzv_endpoint', endpoint, '--rdzv_id', 'two-nodes',
+                   '--rdzv_conf', f'is_host={int(node == 0)}', '--local_addr', '127.0.0.1',
+                   '--max-restarts', str(max_restarts), '--monitor-interval', '0.1',
+                   os.path.join('tests', 'rank_fault.py'), *map(str, argv)]
+        procs.append(subprocess.Popen(command, cwd=REPO, env=train_process.env(env), text=True,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+    # Both pipes of both processes are drained at once (one thread each), so neither node blocks on a full pipe.
+    results = [None] * len(procs)
+
+    def wait(index, proc):
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+        results[index] = SimpleNamespace(returncode=proc.returncode, stdout=out, stderr=err, ended=time.monotonic())
+    threads = [threading.Thread(target=wait, args=(i, p)) for i, p in enumerate(procs)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return results
+
+
+def _weights(path):
+    return torch.load(path, weights_only=True)
+
+
+def _assert_same_weights(got, want, exact=True):
+    for key in ('t', 't_ema', 'll'):
+        assert sorted(got[key]) == sorted(want[key])
+        for name, value in want[key].items():
+            if exact:
+                assert torch.equal(got[key][name], value), f'{key}.{name} differs'
+            else:
+                torch.testing.assert_close(got[key][name], value, rtol=1e-5, atol=1e-6, msg=f'{key}.{name}')
+
+
+def _explain(nodes):
+    return '\n\n'.join(f'node {i}: exit {n.returncode}\n{n.stdout[-1500:]}\n{n.stderr[-3000:]}'
+                       for i, n in enumerate(nodes))
+
+
+@pytest.fixture(scope='module')
+def uninterrupted(tmp_path_factory, train_process, tiny_configs):
+    results, weights = tmp_path_factory.mktemp('results'), tmp_path_factory.mktemp('weights')
+    nodes = _launch_nodes(train_process, [_flags(tiny_configs, results)] * NODES, env={'WEIGHTS_DIR': str(weights)})
+    assert [n.returncode for n in nodes] == [0, 0], _explain(nodes)
+    return SimpleNamespace(exp_dir=results / 'nodes', weights=weights, nodes=nodes)
+
+
+@pytest.mark.slow
+def test_two_nodes_train_the_same_weights_and_only_global_rank_0_writes(uninterrupted, read_events):
+    run = uninterrupted
+    ranks = [_weights(run.weights / f'rank{r}.pt') for r in range(NODES)]
+    _assert_same_weights(ranks[1], ranks[0])  # DDP kept both nodes' copies identical
+    ckpt = load_checkpoint(str(run.exp_dir / 'checkpoints' / f'{ITERATIONS:07d}.pt'))
+    _assert_same_weights(ckpt, ranks[0])
+    assert len(ckpt['rank_rng_states']) == NODES
+    # Global rank 0 prints and writes; it sits on either node (the rendezvous orders them), never on both.
+    printed = [n.stdout.count('----------------- Options') for n in run.nodes]
+    assert sorted(printed) == [0, 1], printed
+    events = read_events(run.exp_dir)  # asserts there is exactly one event file
+    assert sorted(events.scalars('Loss/reconstruction')) == list(range(1, ITERATIONS + 1))
+    saves = set(range(CKPT_EVERY, ITERATIONS + 1, CKPT_EVERY)) | set(zero_lr_iterations(ANNEAL, PERIOD, ITERATIONS, 2))
+    assert sorted(os.listdir(run.exp_dir / 'checkpoints')) == [f'{i:07d}.pt' for i in sorted(saves | {ITERATIONS})]
+
+
+@pytest.mark.slow
+def test_a_node_whose_process_is_killed_rejoins_and_resumes_like_an_uninterrupted_run(uninterrupted, tmp_path,
+                                                                                      train_process, tiny_configs):
+    """Global rank 1 is SIGKILLed at its fifth step; both launches have --max-restarts 1 and --resume: the
+    group forms again (a new rendezvous round) and continues from the checkpoint of iteration 4."""
+    weights = tmp_path / 'weights'
+    weights.mkdir()
+    env = {'FAULT_RANK': '1', 'FAULT_ITERATION': '5', 'FAULT_SIGNAL': str(int(signal.SIGKILL)),
+           'FAULT_MARKER': str(tmp_path / 'fault_done'), 'WEIGHTS_DIR': str(weights)}
+    argv = _flags(tiny_configs, tmp_path / 'results') + ['--resume']
+    nodes = _launch_nodes(train_process, [argv] * NODES, env=env, max_restarts=1)
+    assert [n.returncode for n in nodes] == [0, 0], _explain(nodes)
+    everything = ''.join(n.stdout + n.stderr for n in nodes)
+    assert everything.count('rank 1: sending signal 9 to itself') == 1
+    exp_dir = tmp_path / 'results' / 'nodes'
+    assert f"Resuming from {exp_dir / 'checkpoints' / '0000004.pt'} at iteration 4" in everything
+    final = load_checkpoint(str(exp_dir / 'checkpoints' / f'{ITERATIONS:07d}.pt'))
+    reference = load_checkpoint(str(uninterrupted.exp_dir / 'checkpoints' / f'{ITERATIONS:07d}.pt'))
+    _assert_same_weights(final, reference, exact=False)
+    _assert_same_weights(_weights(weights / 'rank1.pt'), _weights(weights / 'rank0.pt'))
+    assert len(glob.glob(str(exp_dir / 'events.out.tfevents.*'))) == 2  # the first attempt's and the resumed one's
+
+
+@pytest.mark.slow
+def test_nodes_started_with_different_batch_sizes_both_stop_with_one_error_line(tmp_path, train_process,
+                                                                                  tiny_configs):
+    argv = _flags(tiny_configs, tmp_path)
+    started = time.monotonic()
+    nodes = _launch_nodes(train_process, [argv, argv + ['--batch', '3']], timeout=300)
+    assert all(n.returncode != 0 for n in nodes), _explain(nodes)
+    for node in nodes:
+        errors = [line for line in node.stderr.splitlines() if line.startswith('error:')]
+        assert len(errors) == 1, node.stderr[-3000:]
+        # The ranks' order depends on which node joined first: rank 0 may hold either value.
+        assert ('--batch: 2 on rank 0, 3 on rank 1' in errors[0]) != ('--batch: 3 on rank 0, 2 on rank 1' in errors[0])
+        assert 'iteration' not in node.stderr  # stopped before the first training step
+    assert not os.path.exists(tmp_path / 'nodes' / 'checkpoints') or not os.listdir(tmp_path / 'nodes' / 'checkpoints')
+    # Both stop together: the check is one collective right after the group forms, so neither waits for a timeout.
+    assert abs(nodes[0].ended - nodes[1].ended) < 30, (nodes[0].ended - started, nodes[1].ended - started)
+
+
+def test_values_by_rank_are_described_in_groups_of_ranks():
+    assert describe_by_rank([2, 2, 3, 3, 2]) == '2 on ranks 0-1, 4, 3 on ranks 2-3'
+    assert describe_by_rank(['cpu', ABSENT]) == "'cpu' on rank 0, (absent) on rank 1"
