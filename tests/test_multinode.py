@@ -156,3 +156,104 @@ def test_nodes_started_with_different_batch_sizes_both_stop_with_one_error_line(
 def test_values_by_rank_are_described_in_groups_of_ranks():
     assert describe_by_rank([2, 2, 3, 3, 2]) == '2 on ranks 0-1, 4, 3 on ranks 2-3'
     assert describe_by_rank(['cpu', ABSENT]) == "'cpu' on rank 0, (absent) on rank 1"
+
+
+# --- scripts/slurm/train.sbatch with SLURM's commands replaced by recorders ------------------------
+
+SBATCH = os.path.join(REPO, 'scripts', 'slurm', 'train.sbatch')
+FAKE_SRUN = '''#!/usr/bin/env bash
+# Records its process id and arguments (one per line, written last); with FAKE_WAIT it runs until SIGTERM
+# (recorded), else exits FAKE_STATUS.
+[ -n "${FAKE_WAIT:-}" ] && trap 'echo TERM >> "$FAKE_LOG.signals"; exit 143' TERM
+echo $$ > "$FAKE_LOG.pid"
+printf '%s\\n' "$@" > "$FAKE_LOG.args" && mv "$FAKE_LOG.args" "$FAKE_LOG.srun"
+if [ -n "${FAKE_WAIT:-}" ]; then
+    while :; do sleep 0.05; done
+fi
+exit "${FAKE_STATUS:-0}"
+'''
+FAKE_SCONTROL = '''#!/usr/bin/env bash
+# 'show hostnames LIST' prints two host names; anything else is recorded.
+if [ "$1 $2" = "show hostnames" ]; then printf 'gpu07\\ngpu08\\n'; exit 0; fi
+echo "$@" >> "$FAKE_LOG.scontrol"
+'''
+
+
+@pytest.fixture
+def slurm(tmp_path):
+    """Run train.sbatch as SLURM would (its environment, srun and scontrol replaced by recorders)."""
+    bin_dir = tmp_path / 'bin'
+    bin_dir.mkdir()
+    for name, text in (('srun', FAKE_SRUN), ('scontrol', FAKE_SCONTROL)):
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    log = tmp_path / 'log'
+    env = {k: v for k, v in os.environ.items() if not k.startswith('SLURM_')}
+    env.update(PATH=f"{bin_dir}{os.pathsep}{env['PATH']}", FAKE_LOG=str(log), SLURM_JOB_ID='4242',
+               SLURM_JOB_NODELIST='gpu[07-08]', SLURM_JOB_NUM_NODES='2', SLURM_GPUS_ON_NODE='4',
+               SLURM_SUBMIT_DIR=REPO)
+
+    def start(*args, **extra_env):
+        return subprocess.Popen(['bash', SBATCH, *args], cwd=str(tmp_path), env={**env, **extra_env}, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+    def recorded(what):
+        path = tmp_path / f'log.{what}'
+        return path.read_text().splitlines() if path.exists() else None
+    return SimpleNamespace(start=start, recorded=recorded, env=env)
+
+
+def test_sbatch_script_is_valid_bash():
+    assert subprocess.run(['bash', '-n', SBATCH], capture_output=True, text=True).returncode == 0
+
+
+def test_sbatch_launches_one_torchrun_per_node_with_the_rendezvous_on_the_first_node(slurm):
+    proc = slurm.start('--exp-name', 'cats', '--batch', '5', '--real_data_path', 'a folder/with space',
+                       FAKE_STATUS='3', PYTHON='python3')
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 3, err  # srun's status is the job's
+    assert slurm.recorded('srun') == [
+        '--nodes=2', '--ntasks-per-node=1', '--kill-on-bad-exit=1', 'python3', '-m', 'torch.distributed.run',
+        '--nnodes=2', '--nproc_per_node=4', '--rdzv_backend=c10d', '--rdzv_endpoint=gpu07:29500',
+        '--rdzv_id=4242', '--max-restarts=3', 'train.py', '--exp-name', 'cats', '--batch', '5',
+        '--real_data_path', 'a folder/with space', '--resume']
+    assert slurm.recorded('scontrol') is None  # a failure is not requeued by the script
+
+
+def test_sbatch_stops_training_and_requeues_before_the_time_limit(slurm):
+    proc = slurm.start('--exp-name', 'cats', FAKE_WAIT='1', RDZV_PORT='31000', MAX_RESTARTS='1')
+    _wait_for(lambda: slurm.recorded('srun'))
+    assert '--rdzv_endpoint=gpu07:31000' in slurm.recorded('srun') and '--max-restarts=1' in slurm.recorded('srun')
+    proc.send_signal(signal.SIGUSR1)  # what --signal=B:USR1@300 sends
+    out, err = proc.communicate(timeout=30)
+    assert slurm.recorded('signals') == ['TERM']  # passed on to srun, which passes it to the tasks
+    assert slurm.recorded('scontrol') == ['requeue 4242']
+    assert proc.returncode == 143, (out, err)
+
+
+def test_sbatch_waits_for_training_to_save_when_preempted(slurm):
+    proc = slurm.start('--exp-name', 'cats', FAKE_WAIT='1')
+    _wait_for(lambda: slurm.recorded('srun'))
+    proc.send_signal(signal.SIGTERM)  # SLURM signals the batch script and, itself, every step
+    time.sleep(0.5)
+    assert proc.poll() is None  # still waiting for the step to save and stop
+    os.kill(int(slurm.recorded('pid')[0]), signal.SIGTERM)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 143, (out, err)
+    assert slurm.recorded('scontrol') is None  # SLURM requeues a preempted --requeue job itself
+
+
+def test_sbatch_outside_slurm_says_how_to_submit(slurm):
+    env = {k: v for k, v in slurm.env.items() if k != 'SLURM_JOB_ID'}
+    proc = subprocess.run(['bash', SBATCH, '--exp-name', 'x'], env=env, capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        'error: SLURM_JOB_ID and SLURM_JOB_NODELIST are not set; submit this script with sbatch']
+    assert slurm.recorded('srun') is None
+
+
+def _wait_for(condition, timeout=30):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, 'timed out'
+        time.sleep(0.05)
