@@ -190,7 +190,7 @@ def slurm(tmp_path):
     log = tmp_path / 'log'
     env = {k: v for k, v in os.environ.items() if not k.startswith('SLURM_')}
     env.update(PATH=f"{bin_dir}{os.pathsep}{env['PATH']}", FAKE_LOG=str(log), SLURM_JOB_ID='4242',
-               SLURM_JOB_NODELIST='gpu[07-08]', SLURM_JOB_NUM_NODES='2', SLURM_GPUS_ON_NODE='4',
+               SLURM_JOB_NODELIST='gpu[07-08]', SLURM_JOB_NUM_NODES='2', SLURM_GPUS_ON_NODE='4', SLURM_CPUS_PER_TASK='16',
                SLURM_SUBMIT_DIR=REPO)
 
     def start(*args, **extra_env):
@@ -213,8 +213,8 @@ def test_sbatch_launches_one_torchrun_per_node_with_the_rendezvous_on_the_first_
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 3, err  # srun's status is the job's
     assert slurm.recorded('srun') == [
-        '--nodes=2', '--ntasks-per-node=1', '--kill-on-bad-exit=1', 'python3', '-m', 'torch.distributed.run',
-        '--nnodes=2', '--nproc_per_node=4', '--rdzv_backend=c10d', '--rdzv_endpoint=gpu07:29500',
+        '--nodes=2', '--ntasks-per-node=1', '--kill-on-bad-exit=1', '--cpus-per-task=16', 'python3', '-m', 'torch.distributed.run',
+        '--nnodes=2', '--nproc_per_node=4', '--rdzv_backend=c10d', '--rdzv_endpoint=gpu07:24242',
         '--rdzv_id=4242', '--max-restarts=3', 'train.py', '--exp-name', 'cats', '--batch', '5',
         '--real_data_path', 'a folder/with space', '--resume']
     assert slurm.recorded('scontrol') is None  # a failure is not requeued by the script
