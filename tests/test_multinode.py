@@ -257,3 +257,31 @@ def _wait_for(condition, timeout=30):
     while not condition():
         assert time.monotonic() < deadline, 'timed out'
         time.sleep(0.05)
+
+
+def test_ranks_of_an_attempt_share_a_fresh_token_despite_an_earlier_attempts_keys():
+    """The store outlives attempts: keys a dead attempt left must not join a new attempt's ranks to it."""
+    import torch.distributed as dist
+    from utils.distributed import _attempt_token
+
+    store = dist.HashStore()
+
+    def attempt(first, then):
+        tokens = {}
+        threads = {rank: threading.Thread(target=lambda r=rank: tokens.update({r: _attempt_token(store, r, 3, 10)}))
+                   for rank in range(3)}
+        for rank in first:
+            threads[rank].start()
+        time.sleep(0.3)
+        for rank in then:
+            threads[rank].start()
+        for thread in threads.values():
+            thread.join(timeout=15)
+        assert sorted(tokens) == [0, 1, 2], tokens  # every rank got an answer
+        assert len(set(tokens.values())) == 1, tokens
+        return tokens[0]
+
+    store.set('announce/1', 'nonce-of-a-dead-rank')  # what an earlier attempt left behind
+    first = attempt(first=[0], then=[1, 2])  # rank 0 must not take the dead rank's announcement
+    second = attempt(first=[1, 2], then=[0])  # rank 0 erases live announcements: they are made again
+    assert first != second
