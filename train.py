@@ -20,6 +20,7 @@ from torch import nn
 from models.perceptual import PERCEPTUAL_LOSSES
 from training.building import build_models, build_optimizers, initialise_target, load_optimizer_state
 from options import parse_training_options
+from options.agreement import check_ranks_agree
 from training.ema import EMA_DECAY, accumulate
 from training.loop import Every, TrainingLoop, run_until_stopped, start_up_section
 from training.report import TrainingVisuals, evaluate_alignment
@@ -73,6 +74,7 @@ def start_up(stop):
     """Options, process group, models, optimisers, the starting checkpoint and the first visuals."""
     opt = parse_training_options()
     device, _, world_size = setup_distributed(opt.device)
+    check_ranks_agree(opt)
     exp_dir = os.path.join(opt.results, opt.exp_name)
     ckpt_dir = os.path.join(exp_dir, 'checkpoints')
     if is_main_process():

@@ -38,6 +38,7 @@ from models.cluster_classifier import ResnetClassifier, classifier_agreement
 from models.gangealing import assign_samples, resize_for_stn
 from models.perceptual import PERCEPTUAL_LOSSES
 from options import parse_training_options
+from options.agreement import check_ranks_agree
 from options.resume import NOT_RESUMED
 from training.building import build_models as build_training_models
 from training.loop import Every, TrainingLoop, run_until_stopped, start_up_section
@@ -220,6 +221,7 @@ class Run:
 def start_up(argv):
     opt, path, ckpt = parse_options(argv)
     device, _, world_size = setup_distributed(opt.device)
+    check_ranks_agree(opt)
     run = Run()
     run.opt, run.device = opt, device
     run.exp_dir = os.path.join(opt.results, opt.exp_name)

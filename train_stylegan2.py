@@ -19,6 +19,7 @@ import sys
 import torch
 from torch import nn
 
+from options.agreement import check_ranks_agree
 from options.stylegan2_flags import parse_stylegan2_options
 from training.gan_trainer import (Networks, RunningState, batch_loader, build_networks, check_checkpoint_architecture,
                                   checkpoint_content, lazy_adam, load_training_checkpoint, train_iteration,
@@ -65,6 +66,7 @@ def check_inputs(opt, ckpt_path):
 def start_up(argv):
     opt, ckpt_path, dataset = parse_stylegan2_options(argv, before_save=check_inputs)
     device, _, world_size = setup_distributed(opt.device)
+    check_ranks_agree(opt, checkpoint=ckpt_path)
     run = Run()
     run.opt, run.device = opt, device
     run.exp_dir = os.path.join(opt.results, opt.exp_name)

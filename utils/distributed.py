@@ -11,6 +11,8 @@ of a program; collectives act only once the group exists.
 """
 import os
 import random
+import time
+import uuid
 
 import numpy as np
 import torch
@@ -104,15 +106,64 @@ def setup_distributed(device_flag='auto'):
 def _attempt_store(rank, world_size):
     """The launcher's key-value store, with the keys of this attempt only.
 
-    torchrun's static rendezvous (``--master_port``, ``--standalone``) keeps one
-    store across ``--max-restarts`` restarts, and the process group's keys
-    carry no attempt number: a restarted rank could read a dead rank's address
-    and fail to connect. Prefixing the keys with TORCHELASTIC_RESTART_COUNT
-    keeps every attempt to itself.
+    torchrun keeps one store for the whole job (the static rendezvous of
+    ``--master_port`` as well as the c10d rendezvous of a multi-node job), and
+    the process group's keys carry no attempt number: after a restart a rank
+    could read a dead rank's address and fail to connect, or wait forever.
+    TORCHELASTIC_RESTART_COUNT cannot tell attempts apart across nodes: a node
+    restarted because another node's rank failed does not count a restart.
+    So the ranks of an attempt agree on a fresh token (``_attempt_token``) and
+    prefix their keys with it.
     """
     from torch.distributed.rendezvous import rendezvous
     store, _, _ = next(rendezvous('env://', rank, world_size))
-    return dist.PrefixStore(f"attempt_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
+    return dist.PrefixStore(f'attempt_{_attempt_token(store, rank, world_size)}', store)
+
+
+# How often a rank announces itself again while waiting for rank 0's reply (seconds).
+_ANNOUNCE_EVERY = 1.0
+# How long rank 0 waits for every rank to announce itself (as long as the process group's default timeout).
+_JOIN_TIMEOUT = 1800.0
+
+
+def _attempt_token(store, rank, world_size, timeout=_JOIN_TIMEOUT):
+    """A token that every rank of this attempt shares and no earlier attempt used (a hex string).
+
+    Rank 0 draws it, erases every rank's earlier announcement, then replies to
+    each announcement it sees: written after the erasure, it comes from a live
+    rank of this attempt (processes of an earlier attempt are stopped before a
+    new one starts). A rank announces a fresh nonce and repeats it every
+    ``_ANNOUNCE_EVERY`` seconds until rank 0's reply to that nonce appears, so
+    an announcement erased by a late rank 0 is made again.
+    """
+    deadline = time.monotonic() + timeout
+    if rank == 0:
+        token = uuid.uuid4().hex
+        for other in range(1, world_size):
+            store.delete_key(f'announce/{other}')
+        waiting = set(range(1, world_size))
+        while waiting:
+            for other in sorted(waiting):
+                if store.check([f'announce/{other}']):
+                    nonce = store.get(f'announce/{other}').decode()
+                    store.set(f'reply/{nonce}', token)
+                    waiting.discard(other)
+            if waiting:
+                if time.monotonic() > deadline:
+                    raise UserError(f'rank(s) {", ".join(map(str, sorted(waiting)))} did not join the process '
+                                    f'group within {timeout:.0f} s; check that every node was started')
+                time.sleep(0.02)
+        return token
+    nonce, announced = uuid.uuid4().hex, 0.0
+    while True:
+        if time.monotonic() - announced >= _ANNOUNCE_EVERY:
+            store.set(f'announce/{rank}', nonce)
+            announced = time.monotonic()
+        if store.check([f'reply/{nonce}']):
+            return store.get(f'reply/{nonce}').decode()
+        if time.monotonic() > deadline:
+            raise UserError(f'rank 0 did not answer within {timeout:.0f} s; check that every node was started')
+        time.sleep(0.02)
 
 
 def get_rank():
@@ -205,6 +256,67 @@ def gather_objects(obj):
     gathered = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, obj)
     return gathered
+
+
+class _Absent:
+    """Stands for a name one rank's values lack (equal to every other absence, after pickling too)."""
+
+    def __eq__(self, other):
+        return isinstance(other, _Absent)
+
+    def __hash__(self):
+        return 0
+
+    def __repr__(self):
+        return '(absent)'
+
+
+ABSENT = _Absent()
+
+
+def differences_between_ranks(values):
+    """Which of this rank's named ``values`` are not the same on every rank (one collective).
+
+    Args:
+        values: {name: value}; small picklable values compared with ``==``
+            (numbers, strings, None, lists of them). Every rank must call this
+            at the same point of the program.
+    Returns:
+        {name: [value on rank 0, ..., value on rank W-1]} for each name whose
+        values differ, in name order; a rank that lacks a name holds
+        ``ABSENT`` there. {} when all agree, and always in one process.
+    """
+    every = gather_objects(dict(values))
+    if len(every) == 1:
+        return {}
+    names = sorted(set().union(*every))
+    columns = {name: [ranks_values.get(name, ABSENT) for ranks_values in every] for name in names}
+    return {name: column for name, column in columns.items() if any(v != column[0] for v in column[1:])}
+
+
+def describe_by_rank(column):
+    """``column`` (one value per rank, as ``differences_between_ranks`` gives) as text, one value per group
+    of ranks, e.g. ``2 on ranks 0-7, 3 on ranks 8-15``."""
+    groups = []  # (value, [ranks]) in order of first appearance
+    for rank, value in enumerate(column):
+        for seen, ranks in groups:
+            if seen == value:
+                ranks.append(rank)
+                break
+        else:
+            groups.append((value, [rank]))
+    return ', '.join(f'{value!r} on {_rank_ranges(ranks)}' for value, ranks in groups)
+
+
+def _rank_ranges(ranks):
+    spans = []
+    for rank in ranks:
+        if spans and spans[-1][1] == rank - 1:
+            spans[-1][1] = rank
+        else:
+            spans.append([rank, rank])
+    text = ', '.join(str(a) if a == b else f'{a}-{b}' for a, b in spans)
+    return f'rank {text}' if len(ranks) == 1 else f'ranks {text}'
 
 
 def all_reduce_mean(tensor):
