@@ -310,6 +310,8 @@ def _runtime_link_folder(library_paths, build_directory):
         if os.path.exists(os.path.join(path, 'libcudart.so')):
             return path
     for path in library_paths:
+        if not os.path.isdir(path):
+            continue
         versioned = sorted(n for n in os.listdir(path) if n.startswith('libcudart.so.'))
         if versioned:
             os.makedirs(folder, exist_ok=True)

@@ -117,6 +117,23 @@ def test_cuda_extension_builds_links_and_imports(tmp_path, monkeypatch):
     assert cuda_build.build_extension(architectures=LINK_CHECK_ARCH).__file__ == module.__file__
 
 
+def test_runtime_link_folder_names_the_versioned_runtime(tmp_path):
+    """The registry's runtime package has only libcudart.so.<major>: the linker's -lcudart gets a link
+    to it inside the build directory; a toolkit with libcudart.so is used as it is."""
+    registry_lib = tmp_path / 'cu13' / 'lib'
+    registry_lib.mkdir(parents=True)
+    (registry_lib / 'libcudart.so.13').write_bytes(b'runtime')
+    build = tmp_path / 'build'
+    build.mkdir()
+    folder = cuda_build._runtime_link_folder([str(tmp_path / 'missing'), str(registry_lib)], str(build))
+    assert folder == str(build / 'cudart_link')
+    assert (build / 'cudart_link' / 'libcudart.so').read_bytes() == b'runtime'
+    # Again (a rebuild): the link is replaced, not an error.
+    assert cuda_build._runtime_link_folder([str(registry_lib)], str(build)) == folder
+    (registry_lib / 'libcudart.so').symlink_to('libcudart.so.13')
+    assert cuda_build._runtime_link_folder([str(registry_lib)], str(build)) == str(registry_lib)
+
+
 # ----------------------------------------------------------------------------- on a GPU
 
 UPS = [1, 2, (2, 1), (1, 3)]
