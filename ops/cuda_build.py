@@ -26,6 +26,7 @@ ninja has nothing left to do and they only import the module.
 """
 import contextlib
 import hashlib
+import importlib.util
 import os
 import shutil
 import sys
@@ -147,12 +148,11 @@ def pip_toolkit_home():
     was built with, or None."""
     if torch.version.cuda is None:
         return None
-    try:
-        import nvidia
-    except ImportError:
-        return None
+    # The 'nvidia' namespace package comes with torch's CUDA wheels (its runtime libraries), not with this
+    # project: looked up, never imported.
+    spec = importlib.util.find_spec('nvidia')
     major = torch.version.cuda.split('.')[0]
-    for root in getattr(nvidia, '__path__', []):
+    for root in (spec.submodule_search_locations or []) if spec else []:
         home = os.path.join(root, f'cu{major}')
         if os.path.isfile(os.path.join(home, 'bin', 'nvcc')):
             return home
