@@ -22,7 +22,8 @@ from torch import nn
 
 from options import parse_training_options
 from training.building import build_models, build_optimizers, initialise_target
-from training.step import EMA_DECAY, accumulate, step_modules, training_step
+from training.ema import EMA_DECAY, accumulate
+from training.step import step_modules, training_step
 from models.perceptual import PERCEPTUAL_LOSSES
 from utils.atomic_io import atomic_write
 from utils.distributed import all_gather_tensor, cleanup, is_main_process, seed_everything, setup_distributed
