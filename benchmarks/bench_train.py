@@ -47,6 +47,7 @@ Then one step of each precision is profiled (``torch.profiler``): the operators
 taking the most time.
 """
 import argparse
+import itertools
 import json
 import os
 import resource
@@ -98,9 +99,14 @@ def parse_args(argv=None):
                         help="the generator's modulated convolution: scaled activations (ours) or grouped "
                              'per-sample weights (ModulatedConv2d.fused, the official form); two values time '
                              'both in alternating rounds')
+    parser.add_argument('--layout', nargs='+', default=['default'], choices=['default', 'nchw', 'channels_last'],
+                        help="the generator's and the VGG's activation layout on a CPU (Generator.channels_last): "
+                             'default leaves the models as they are; two values time both in alternating rounds')
     parser.add_argument('--compile', nargs='+', default=['off'], choices=['off', 'on'],
                         help="train.py's --compile for our steps; two values (off on) time both in alternating "
                              'rounds in one process (the warm-up, which compiles, is reported apart)')
+    parser.add_argument('--no_memory', dest='memory', action='store_false',
+                        help='with --official: skip the two child processes that measure peak memory')
     parser.add_argument('--rounds', type=int, default=3,
                         help='with --official: alternating timed rounds of --iters steps each')
     parser.add_argument('--utilisation', action='store_true',
@@ -337,7 +343,7 @@ def format_table(rows):
 
 
 def compare_variants(name, args, device_name):
-    """Our step for every (precision, modulated convolution, compile) of ``args``, same seed and weights,
+    """Our step for every (precision, modulated convolution, compile, layout) of ``args``, same seed and weights,
     timed in alternating rounds; returns {label: (median seconds per step, first two losses, seconds of
     the two warm-up steps)}."""
     import torch
@@ -345,18 +351,18 @@ def compare_variants(name, args, device_name):
     device = torch.device(device_name)
     steps, losses = {}, {}
     warmup = {}
-    for precision in args.precision:
-        for modconv in args.modconv:
-            for compile_ in args.compile:
-                label = f'{precision}, {modconv}, compile {compile_}'
-                _, steps[label], parts = build_ours(name, args, device_name, precision, compile_)
-                for module in parts.generator.modules():
-                    if isinstance(module, ModulatedConv2d):
-                        module.fused = modconv == 'grouped'
-                torch.manual_seed(1)
-                start = time.perf_counter()
-                losses[label] = [float(steps[label]()) for _ in range(2)]  # warm-up, the same draws for each
-                warmup[label] = time.perf_counter() - start
+    for precision, modconv, compile_, layout in itertools.product(args.precision, args.modconv, args.compile,
+                                                                  args.layout):
+        label = f'{precision}, {modconv}, compile {compile_}' + (f', {layout}' if len(args.layout) > 1 else '')
+        _, steps[label], parts = build_ours(name, args, device_name, precision, compile_)
+        for module in parts.generator.modules():
+            if isinstance(module, ModulatedConv2d):
+                module.fused = modconv == 'grouped'
+        set_layout(parts, layout)
+        torch.manual_seed(1)
+        start = time.perf_counter()
+        losses[label] = [float(steps[label]()) for _ in range(2)]  # warm-up, the same draws for each
+        warmup[label] = time.perf_counter() - start
     labels = list(steps)
     iters = args.iters or (20 if device.type == 'cuda' else 1)
     seconds = {label: [] for label in labels}
@@ -372,7 +378,18 @@ def compare_variants(name, args, device_name):
     return {label: (statistics.median(seconds[label]), losses[label], warmup[label]) for label in labels}
 
 
+def set_layout(parts, layout):
+    """The generator's and the perceptual network's activation layout ('default': as built)."""
+    if layout == 'default':
+        return
+    for module in (parts.generator, parts.loss_fn, *parts.loss_fn.modules()):
+        if hasattr(module, 'channels_last'):
+            module.channels_last = layout == 'channels_last'
+
+
 def _memory_cell(result):
+    if result is None:
+        return 'not measured'
     if isinstance(result, str):
         return f'failed: {result}'
     if 'growth_mib' in result:
@@ -532,7 +549,8 @@ def main(argv=None):
             print(f'\nProfile of one step: {CONFIGS[name][1]}, {device}, {precision}\n')
             print(format_profile(table))
         return
-    if (len(args.precision) > 1 or len(args.modconv) > 1 or len(args.compile) > 1) and not args.official:
+    if (len(args.precision) > 1 or len(args.modconv) > 1 or len(args.compile) > 1 or len(args.layout) > 1) \
+            and not args.official and not args.utilisation:
         print('| configuration | device | loss | precision, modulated convolution, compile | s / step '
               '| first two losses | warm-up s (2 steps) |')
         print('|---|---|---|---|---|---|---|')
@@ -545,7 +563,8 @@ def main(argv=None):
     for device in devices:
         for name in args.configs:
             if args.official:
-                memory = {which: run_in_fresh_process(name, args, device, which) for which in ('ours', 'original')}
+                memory = {which: run_in_fresh_process(name, args, device, which) if args.memory else None
+                          for which in ('ours', 'original')}
                 row = compare(name, args, device)
                 rows.append((name, device, row, memory))
                 print(f"# {name} on {device}: ours {row['median']['ours']:.3f} s/step, original "

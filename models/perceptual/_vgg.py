@@ -117,6 +117,7 @@ class VGGFeatureDistance(nn.Module):
                 raise ValueError(f'layer {i}: expected {channels} channel weights, got {weight.numel()}')
             self.register_buffer(f'channel_weight{i}', weight.view(1, channels, 1, 1))
         self.scale = scale
+        self.channels_last = True  # on a CPU: oneDNN runs channels-last activations without reordering them
         self.requires_grad_(False)
         self.eval()
 
@@ -131,6 +132,8 @@ class VGGFeatureDistance(nn.Module):
         n = a.shape[0]
         # One pass over both images halves the launches.
         h = (torch.cat([a, b], 0) - self.shift) / self.scale_in
+        if self.channels_last and h.device.type == 'cpu':
+            h = h.contiguous(memory_format=torch.channels_last)  # as the generator: see Generator.channels_last
         distance = a.new_zeros(n)
         for i, layer in enumerate(self.slices):
             h = layer(h)
