@@ -15,6 +15,7 @@ from torch import nn
 
 from models.layers import ConstantInput, EqualLinear, PixelNorm, StyledConv, ToRGB
 from utils.errors import UserError, WeightsMismatchError
+from utils.precision import cpu_float32_convolutions
 
 __all__ = ['Generator', 'channel_table', 'generator_config_from_state_dict',
            'check_generator_state', 'convert_ada_state_dict']
@@ -121,9 +122,9 @@ class Generator(nn.Module):
 
     Attributes: ``n_latent`` = 2 log2(size) - 2 style inputs, ``num_layers``
     noise inputs, ``style`` the mapping network (PixelNorm + n_mlp EqualLinear),
-    ``channels_last``: on a CPU the synthesis network runs on channels-last
-    activations (the images it returns are NCHW-contiguous either way; see
-    docs/benchmarks.md for the measurement).
+    ``channels_last``: on a CPU, in float32 (no bfloat16 autocast), the synthesis
+    network runs on channels-last activations (the images it returns are
+    NCHW-contiguous either way; docs/benchmarks.md has the measurement).
     """
 
     def __init__(self, size, style_dim, n_mlp, channel_multiplier=2, blur_kernel=(1, 3, 3, 1),
@@ -245,9 +246,10 @@ class Generator(nn.Module):
         """W+ (N, n_latent, style_dim) and num_layers noise maps (or None entries)
         -> float32 images (N, 3, size, size)."""
         out = self.input(latent)
-        if self.channels_last and out.device.type == 'cpu':
-            # oneDNN convolves channels-last activations in place of reordering NCHW ones at every call
-            # (and their gradients in the backward pass); every layer here keeps the layout it is given.
+        if self.channels_last and cpu_float32_convolutions(out):
+            # oneDNN convolves channels-last float32 activations in place of reordering NCHW ones at every
+            # call (and their gradients); every layer here keeps the layout it is given. Under bfloat16
+            # autocast it measured slower, so NCHW stays (docs/benchmarks.md).
             out = out.contiguous(memory_format=torch.channels_last)
         out = self.conv1(out, latent[:, 0], noise=noise[0])
         skip = self.to_rgb1(out, latent[:, 1]).float()

@@ -41,3 +41,12 @@ def test_vgg_distance_layouts_agree():
     (fast, fast_grad), (plain, plain_grad) = results
     assert torch.allclose(fast, plain, rtol=1e-4) and fast.shape == (2,)
     assert (fast_grad - plain_grad).abs().max() <= 1e-4 * plain_grad.abs().max()
+
+
+def test_channels_last_only_for_float32_cpu_convolutions():
+    from utils.precision import cpu_float32_convolutions
+    x = torch.zeros(1, 2, 3, 3)
+    assert cpu_float32_convolutions(x)
+    assert not cpu_float32_convolutions(x.bfloat16())
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        assert not cpu_float32_convolutions(x)  # measured slower in bfloat16: NCHW stays

@@ -149,6 +149,12 @@ def full_precision(device):
     return torch.autocast(torch.device(device).type, enabled=False)
 
 
+def cpu_float32_convolutions(tensor):
+    """True when convolutions of ``tensor`` run in float32 on a CPU: a float32 CPU tensor outside an
+    enabled CPU autocast (which would run them in bfloat16)."""
+    return tensor.device.type == 'cpu' and tensor.dtype == torch.float32 and not torch.is_autocast_enabled('cpu')
+
+
 def at_least_float32(tensor):
     """``tensor`` as float32 when it is a lower-precision float (bfloat16, float16); otherwise unchanged."""
     if tensor.is_floating_point() and torch.finfo(tensor.dtype).bits < 32:
