@@ -5,6 +5,7 @@
     python -m benchmarks.bench_train --loss_fn lpips --perceptual_weights vgg16-397923af.pth
     python -m benchmarks.bench_train --official ../gangealing --configs sg2-64 --threads 2   # beside the original
     python -m benchmarks.bench_train --utilisation --configs sg2-64 --precision fp32 bf16   # against the machine
+    python -m benchmarks.bench_train --configs sg2-64 --layout nchw channels_last --precision fp32 bf16   # a switch
 
 A step is what train.py does per iteration: draw pairs from the generator,
 warp with the STN, the loss, backward, Adam on the STN and the target, and the
