@@ -359,6 +359,9 @@ def main(argv=None):
     if args.device == 'cuda' and not torch.cuda.is_available():
         print('gpu_check: no CUDA GPU is visible to PyTorch; nothing to check on this machine')
         return 0
+    if args.official:
+        from benchmarks.official import load_official
+        load_official(args.official)  # a path that is no checkout is refused now, in one line, not minutes later
     if args.device == 'cuda':
         header = (f'{torch.cuda.device_count()} x {torch.cuda.get_device_name()}, torch {torch.__version__}, '
                   f'CUDA {torch.version.cuda}')

@@ -159,3 +159,12 @@ def test_auto_on_cuda_follows_the_record_for_this_gpu_model(tmp_path, monkeypatc
     with pytest.warns(RuntimeWarning, match='unreadable'):
         assert precision.resolve_precision('auto', 'cuda') == 'fp32'
     precision.recorded_cuda_precision.cache_clear()
+
+
+def test_official_path_that_is_no_checkout_is_refused_before_any_section(tmp_path, monkeypatch, capsys):
+    ran = []
+    monkeypatch.setattr(gpu_check, 'run_sections', lambda args: ran.append(1) or [])
+    with pytest.raises(SystemExit) as raised:
+        gpu_check.main(['--device', 'cpu', '--official', str(tmp_path)])
+    assert str(raised.value).startswith('error: ') and 'not a checkout of the original' in str(raised.value)
+    assert not ran
