@@ -4,6 +4,8 @@
     python -m benchmarks.bench_train --devices cpu --threads 2 --configs synthetic sg2-64
     python -m benchmarks.bench_train --loss_fn lpips --perceptual_weights vgg16-397923af.pth
     python -m benchmarks.bench_train --official ../gangealing --configs sg2-64 --threads 2   # beside the original
+    python -m benchmarks.bench_train --utilisation --configs sg2-64 --precision fp32 bf16   # against the machine
+    python -m benchmarks.bench_train --configs sg2-64 --layout nchw channels_last --precision fp32 bf16   # a switch
 
 A step is what train.py does per iteration: draw pairs from the generator,
 warp with the STN, the loss, backward, Adam on the STN and the target, and the
@@ -31,8 +33,22 @@ the other one, and run the steps of one: CPU, the peak resident set's growth
 over the steps; CUDA, ``max_memory_allocated``. Without
 ``--perceptual_weights`` the VGG16 trunk of lpips / vgg_ssl is a random-weight
 file both read (the aim is timing).
+
+With ``--utilisation`` it measures each configuration against the machine's
+limit instead: the step's floating-point operations, counted by
+``torch.utils.flop_counter.FlopCounterMode`` over one whole step (forward and
+backward; it counts matrix products and convolutions, the operations a peak
+rate is quoted for), the seconds per step, and the rate that makes as a
+fraction of this machine's matrix-multiply peak at the same precision,
+measured by the benchmark itself (square products of ``--peak_size``, float32
+or bfloat16, best of three). Steps and peaks are timed in alternating rounds in
+one process (peak fp32, step fp32, peak bf16, step bf16, then reversed), so the
+load of a shared machine falls on both; the fraction is the median over rounds.
+Then one step of each precision is profiled (``torch.profiler``): the operators
+taking the most time.
 """
 import argparse
+import itertools
 import json
 import os
 import resource
@@ -84,11 +100,22 @@ def parse_args(argv=None):
                         help="the generator's modulated convolution: scaled activations (ours) or grouped "
                              'per-sample weights (ModulatedConv2d.fused, the official form); two values time '
                              'both in alternating rounds')
+    parser.add_argument('--layout', nargs='+', default=['default'], choices=['default', 'nchw', 'channels_last'],
+                        help="the generator's and the VGG's activation layout on a CPU (Generator.channels_last): "
+                             'default leaves the models as they are; two values time both in alternating rounds')
     parser.add_argument('--compile', nargs='+', default=['off'], choices=['off', 'on'],
                         help="train.py's --compile for our steps; two values (off on) time both in alternating "
                              'rounds in one process (the warm-up, which compiles, is reported apart)')
+    parser.add_argument('--no_memory', dest='memory', action='store_false',
+                        help='with --official: skip the two child processes that measure peak memory')
     parser.add_argument('--rounds', type=int, default=3,
                         help='with --official: alternating timed rounds of --iters steps each')
+    parser.add_argument('--utilisation', action='store_true',
+                        help="count each step's FLOPs, time it against this machine's measured matmul peak at the "
+                             'same precision, and profile it (see above); one row per --precision value')
+    parser.add_argument('--peak_size', type=int, default=None,
+                        help='matrix side of the peak measurement (default 2048 on the CPU, 8192 on CUDA)')
+    parser.add_argument('--top', type=int, default=12, help='with --utilisation: operators in each profile')
     parser.add_argument('--single', default=None, help=argparse.SUPPRESS)  # internal: one measurement
     args = parser.parse_args(argv)
     if args.official and args.loss_fn == 'laplacian' and '--loss_fn' not in (argv or sys.argv[1:]):
@@ -317,7 +344,7 @@ def format_table(rows):
 
 
 def compare_variants(name, args, device_name):
-    """Our step for every (precision, modulated convolution, compile) of ``args``, same seed and weights,
+    """Our step for every (precision, modulated convolution, compile, layout) of ``args``, same seed and weights,
     timed in alternating rounds; returns {label: (median seconds per step, first two losses, seconds of
     the two warm-up steps)}."""
     import torch
@@ -325,18 +352,18 @@ def compare_variants(name, args, device_name):
     device = torch.device(device_name)
     steps, losses = {}, {}
     warmup = {}
-    for precision in args.precision:
-        for modconv in args.modconv:
-            for compile_ in args.compile:
-                label = f'{precision}, {modconv}, compile {compile_}'
-                _, steps[label], parts = build_ours(name, args, device_name, precision, compile_)
-                for module in parts.generator.modules():
-                    if isinstance(module, ModulatedConv2d):
-                        module.fused = modconv == 'grouped'
-                torch.manual_seed(1)
-                start = time.perf_counter()
-                losses[label] = [float(steps[label]()) for _ in range(2)]  # warm-up, the same draws for each
-                warmup[label] = time.perf_counter() - start
+    for precision, modconv, compile_, layout in itertools.product(args.precision, args.modconv, args.compile,
+                                                                  args.layout):
+        label = f'{precision}, {modconv}, compile {compile_}' + (f', {layout}' if len(args.layout) > 1 else '')
+        _, steps[label], parts = build_ours(name, args, device_name, precision, compile_)
+        for module in parts.generator.modules():
+            if isinstance(module, ModulatedConv2d):
+                module.fused = modconv == 'grouped'
+        set_layout(parts, layout)
+        torch.manual_seed(1)
+        start = time.perf_counter()
+        losses[label] = [float(steps[label]()) for _ in range(2)]  # warm-up, the same draws for each
+        warmup[label] = time.perf_counter() - start
     labels = list(steps)
     iters = args.iters or (20 if device.type == 'cuda' else 1)
     seconds = {label: [] for label in labels}
@@ -352,7 +379,18 @@ def compare_variants(name, args, device_name):
     return {label: (statistics.median(seconds[label]), losses[label], warmup[label]) for label in labels}
 
 
+def set_layout(parts, layout):
+    """The generator's and the perceptual network's activation layout ('default': as built)."""
+    if layout == 'default':
+        return
+    for module in (parts.generator, parts.loss_fn, *parts.loss_fn.modules()):
+        if hasattr(module, 'channels_last'):
+            module.channels_last = layout == 'channels_last'
+
+
 def _memory_cell(result):
+    if result is None:
+        return 'not measured'
     if isinstance(result, str):
         return f'failed: {result}'
     if 'growth_mib' in result:
@@ -381,6 +419,109 @@ def format_comparison(rows):
     return '\n'.join(lines)
 
 
+# ----------------------------------------------------------------------------- against the machine's limit
+
+def count_flops(step):
+    """Floating-point operations of one call of ``step`` (forward and backward), as counted by
+    FlopCounterMode: matrix products and convolutions (2 per multiply-add)."""
+    from torch.utils.flop_counter import FlopCounterMode
+    counter = FlopCounterMode(display=False)
+    with counter:
+        step()
+    return counter.get_total_flops()
+
+
+def matmul_peak(device, precision, size, repeats=3):
+    """This machine's matrix-multiply rate in FLOP/s at ``precision`` ('fp32' or 'bf16'): the best of
+    ``repeats`` products of two ``size`` x ``size`` matrices (after one untimed)."""
+    import torch
+    dtype = torch.bfloat16 if precision == 'bf16' else torch.float32
+    generator = torch.Generator(device=device).manual_seed(0)
+    a = torch.randn(size, size, device=device, generator=generator).to(dtype)
+    b = torch.randn(size, size, device=device, generator=generator).to(dtype)
+    torch.mm(a, b)
+    best = float('inf')
+    for _ in range(repeats):
+        _synchronize(device)
+        start = time.perf_counter()
+        torch.mm(a, b)
+        _synchronize(device)
+        best = min(best, time.perf_counter() - start)
+    return 2 * size ** 3 / best
+
+
+def profile_step(step, device, top):
+    """The ``top`` operators of one step by their own time (self CPU time; self CUDA time on a GPU):
+    a list of (name, calls, self milliseconds, share of the step's self time)."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == 'cuda' else [])
+    with profile(activities=activities) as prof:
+        step()
+        _synchronize(device)
+    events = prof.key_averages()
+    attribute = 'self_device_time_total' if device.type == 'cuda' else 'self_cpu_time_total'
+    total = sum(getattr(e, attribute) for e in events) or 1.0
+    ranked = sorted(events, key=lambda e: getattr(e, attribute), reverse=True)[:top]
+    return [(e.key, e.count, getattr(e, attribute) / 1e3, getattr(e, attribute) / total) for e in ranked]
+
+
+def utilisation(name, args, device_name):
+    """FLOPs, seconds per step and fraction of the measured matmul peak for each --precision of
+    configuration ``name`` (alternating rounds), and a profile of each; returns (rows, profiles)."""
+    import torch
+    device = torch.device(device_name)
+    size = args.peak_size or (8192 if device.type == 'cuda' else 2048)
+    iters = args.iters or (20 if device.type == 'cuda' else 1)
+    steps, flops = {}, {}
+    for precision in args.precision:
+        concrete = resolve_precision(precision, device)
+        _, steps[concrete], _ = build_ours(name, args, device_name, precision)
+        torch.manual_seed(1)
+        for _ in range(max(args.warmup, 1)):
+            steps[concrete]()
+        flops[concrete] = count_flops(steps[concrete])
+    seconds = {p: [] for p in steps}
+    peaks = {p: [] for p in steps}
+    for round_index in range(args.rounds):
+        for precision in (list(steps) if round_index % 2 == 0 else list(steps)[::-1]):
+            peaks[precision].append(matmul_peak(device, precision, size))
+            _synchronize(device)
+            start = time.perf_counter()
+            for _ in range(iters):
+                steps[precision]()
+            _synchronize(device)
+            seconds[precision].append((time.perf_counter() - start) / iters)
+        print('#   round ' + ', '.join(f'{p}: {seconds[p][-1]:.3f} s / step, peak {peaks[p][-1] / 1e9:.0f} GFLOP/s'
+                                     for p in steps), flush=True)
+    rows = []
+    for precision in steps:
+        fractions = [flops[precision] / s / peak for s, peak in zip(seconds[precision], peaks[precision])]
+        step_seconds = statistics.median(seconds[precision])
+        rows.append({'config': name, 'device': device_name, 'precision': precision, 'seconds': step_seconds,
+                     'flops': flops[precision], 'achieved': flops[precision] / step_seconds,
+                     'peak': statistics.median(peaks[precision]), 'fraction': statistics.median(fractions),
+                     'rounds': args.rounds, 'iters': iters, 'threads': torch.get_num_threads()})
+    profiles = {precision: profile_step(step, device, args.top) for precision, step in steps.items()}
+    return rows, profiles
+
+
+def format_utilisation(rows):
+    lines = ['| configuration | device | precision | threads | s / step | GFLOP / step | achieved GFLOP/s '
+             '| matmul peak GFLOP/s | fraction of peak |', '|---|---|---|---|---|---|---|---|---|']
+    for r in rows:
+        lines.append(f"| {CONFIGS[r['config']][1]} | {r['device']} | {r['precision']} "
+                     f"| {r['threads'] if r['device'] == 'cpu' else ''} | {r['seconds']:.3f} | {r['flops'] / 1e9:.1f} "
+                     f"| {r['achieved'] / 1e9:.1f} | {r['peak'] / 1e9:.0f} | {r['fraction']:.1%} |")
+    return '\n'.join(lines)
+
+
+def format_profile(profile):
+    lines = ['| operator | calls | self ms | share of the step |', '|---|---|---|---|']
+    lines += [f'| `{key}` | {calls} | {ms:.1f} | {share:.1%} |' for key, calls, ms, share in profile]
+    return '\n'.join(lines)
+
+
 def main(argv=None):
     args = parse_args(argv)
     ensure_perceptual_weights(args)
@@ -392,7 +533,25 @@ def main(argv=None):
     import torch
     devices = args.devices or (['cpu'] + (['cuda'] if torch.cuda.is_available() else []))
     rows = []
-    if (len(args.precision) > 1 or len(args.modconv) > 1 or len(args.compile) > 1) and not args.official:
+    if args.utilisation:
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        profiles = []
+        for device in devices:
+            for name in args.configs:
+                found, profile = utilisation(name, args, device)
+                rows += found
+                profiles += [(name, device, precision, table) for precision, table in profile.items()]
+        print(f'\ntorch {torch.__version__}; StyleGAN2 loss {args.loss_fn}; random-weight generators; FLOPs counted '
+              f'by FlopCounterMode over one step (forward and backward); medians of {args.rounds} alternating '
+              'rounds\n')
+        print(format_utilisation(rows))
+        for name, device, precision, table in profiles:
+            print(f'\nProfile of one step: {CONFIGS[name][1]}, {device}, {precision}\n')
+            print(format_profile(table))
+        return
+    if (len(args.precision) > 1 or len(args.modconv) > 1 or len(args.compile) > 1 or len(args.layout) > 1) \
+            and not args.official and not args.utilisation:
         print('| configuration | device | loss | precision, modulated convolution, compile | s / step '
               '| first two losses | warm-up s (2 steps) |')
         print('|---|---|---|---|---|---|---|')
@@ -405,7 +564,8 @@ def main(argv=None):
     for device in devices:
         for name in args.configs:
             if args.official:
-                memory = {which: run_in_fresh_process(name, args, device, which) for which in ('ours', 'original')}
+                memory = {which: run_in_fresh_process(name, args, device, which) if args.memory else None
+                          for which in ('ours', 'original')}
                 row = compare(name, args, device)
                 rows.append((name, device, row, memory))
                 print(f"# {name} on {device}: ours {row['median']['ours']:.3f} s/step, original "

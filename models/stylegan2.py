@@ -15,6 +15,7 @@ from torch import nn
 
 from models.layers import ConstantInput, EqualLinear, PixelNorm, StyledConv, ToRGB
 from utils.errors import UserError, WeightsMismatchError
+from utils.precision import cpu_float32_convolutions
 
 __all__ = ['Generator', 'channel_table', 'generator_config_from_state_dict',
            'check_generator_state', 'convert_ada_state_dict']
@@ -26,6 +27,8 @@ FP16_CLAMP = 256.0
 
 # Widest layers of the standard configurations (the 4 to 32 px blocks).
 CHANNEL_MAX = 512
+# The generator's default layout on a CPU (Generator.channels_last).
+CHANNELS_LAST_ON_CPU = True
 
 
 def channel_table(channel_multiplier, channel_max=CHANNEL_MAX):
@@ -118,7 +121,10 @@ class Generator(nn.Module):
         channel_max: cap on every block's width (512: the standard layout).
 
     Attributes: ``n_latent`` = 2 log2(size) - 2 style inputs, ``num_layers``
-    noise inputs, ``style`` the mapping network (PixelNorm + n_mlp EqualLinear).
+    noise inputs, ``style`` the mapping network (PixelNorm + n_mlp EqualLinear),
+    ``channels_last``: on a CPU, in float32 (no bfloat16 autocast), the synthesis
+    network runs on channels-last activations (the images it returns are
+    NCHW-contiguous either way; docs/benchmarks.md has the measurement).
     """
 
     def __init__(self, size, style_dim, n_mlp, channel_multiplier=2, blur_kernel=(1, 3, 3, 1),
@@ -139,6 +145,7 @@ class Generator(nn.Module):
         self.n_latent = self.log_size * 2 - 2
         self.channel_max = channel_max
         self.channels = channel_table(channel_multiplier, channel_max)
+        self.channels_last = CHANNELS_LAST_ON_CPU
 
         self.style = nn.Sequential(PixelNorm(), *[
             EqualLinear(style_dim, style_dim, lr_mul=lr_mlp, activation='fused_lrelu')
@@ -239,6 +246,11 @@ class Generator(nn.Module):
         """W+ (N, n_latent, style_dim) and num_layers noise maps (or None entries)
         -> float32 images (N, 3, size, size)."""
         out = self.input(latent)
+        if self.channels_last and cpu_float32_convolutions(out):
+            # oneDNN convolves channels-last float32 activations in place of reordering NCHW ones at every
+            # call (and their gradients); every layer here keeps the layout it is given. Under bfloat16
+            # autocast it measured slower, so NCHW stays (docs/benchmarks.md).
+            out = out.contiguous(memory_format=torch.channels_last)
         out = self.conv1(out, latent[:, 0], noise=noise[0])
         skip = self.to_rgb1(out, latent[:, 1]).float()
         for block, (up_conv, conv, to_rgb) in enumerate(
@@ -252,7 +264,7 @@ class Generator(nn.Module):
             if dtype == torch.float16:
                 out = out.clamp(-FP16_CLAMP, FP16_CLAMP)
             skip = to_rgb(out, latent[:, i + 2], skip)
-        return skip
+        return skip.contiguous()  # NCHW, whatever layout the layers ran in (3 channels: a small copy)
 
     def forward(self, styles, return_latents=False, inject_index=None, truncation=1,
                 truncation_latent=None, input_is_latent=False, noise=None,

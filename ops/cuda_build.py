@@ -24,7 +24,9 @@ take our own ``fcntl`` lock around the whole ``load`` call: the kernel releases
 it if its holder dies, and the ranks that waited find the build complete, so
 ninja has nothing left to do and they only import the module.
 """
+import contextlib
 import hashlib
+import importlib.util
 import os
 import shutil
 import sys
@@ -139,12 +141,31 @@ def _headline(log):
     return (errors or lines or ['unknown error'])[-1]
 
 
-def find_cuda_home():
-    """The CUDA toolkit root holding include/cuda_runtime.h, or None.
+def pip_toolkit_home():
+    """The CUDA compiler installed from the package registry into this Python
+    (``nvidia-cuda-nvcc`` and friends, see docs/fused_ops.md): the folder
+    ``nvidia/cu<major>`` holding ``bin/nvcc`` for the CUDA major version torch
+    was built with, or None."""
+    if torch.version.cuda is None:
+        return None
+    # The 'nvidia' namespace package comes with torch's CUDA wheels (its runtime libraries), not with this
+    # project: looked up, never imported.
+    spec = importlib.util.find_spec('nvidia')
+    major = torch.version.cuda.split('.')[0]
+    for root in (spec.submodule_search_locations or []) if spec else []:
+        home = os.path.join(root, f'cu{major}')
+        if os.path.isfile(os.path.join(home, 'bin', 'nvcc')):
+            return home
+    return None
 
-    Looks at $CUDA_HOME, $CUDA_PATH, torch's own guess, /usr/local/cuda and the
-    nvcc on PATH.  Torch's guess alone can miss, e.g. when nvcc is a wrapper
-    script in a directory other than the toolkit's.
+
+def find_cuda_home():
+    """The CUDA toolkit root holding include/cuda_runtime.h and bin/nvcc, or None.
+
+    Looks at $CUDA_HOME, $CUDA_PATH, torch's own guess, /usr/local/cuda, the
+    nvcc on PATH and the registry packages (``pip_toolkit_home``).  Torch's
+    guess alone can miss, e.g. when nvcc is a wrapper script in a directory
+    other than the toolkit's.
     """
     candidates = [os.environ.get('CUDA_HOME'), os.environ.get('CUDA_PATH')]
     try:
@@ -156,8 +177,10 @@ def find_cuda_home():
     nvcc = shutil.which('nvcc')
     if nvcc:
         candidates.append(os.path.dirname(os.path.dirname(os.path.realpath(nvcc))))
+    candidates.append(pip_toolkit_home())
     for home in candidates:
-        if home and os.path.isfile(os.path.join(home, 'include', 'cuda_runtime.h')):
+        if home and all(os.path.isfile(os.path.join(home, *part))
+                        for part in (('include', 'cuda_runtime.h'), ('bin', 'nvcc'))):
             return home
     return None
 
@@ -202,30 +225,102 @@ def extensions_root():
 
 
 def _build_extension():
-    """Compile (or reuse) and import the kernel module; raises on any failure."""
-    from torch.utils import cpp_extension
-
+    """Compile (or reuse) and import the kernel module for the visible GPUs; raises on any failure."""
     if not torch.cuda.is_available():
         raise RuntimeError('no CUDA device is available')
-    cuda_home = find_cuda_home()
-    if cuda_home is None:
-        raise RuntimeError('no CUDA toolkit found (include/cuda_runtime.h); set CUDA_HOME')
-    include_paths = [SOURCE_DIR, os.path.join(cuda_home, 'include')]
-    library_paths = [os.path.join(cuda_home, d) for d in ('lib64', 'lib')
-                     if os.path.isdir(os.path.join(cuda_home, d))]
+    return build_extension()
 
-    name = extension_name()
-    build_directory = os.path.join(extensions_root(), name)
-    os.makedirs(build_directory, exist_ok=True)
-    with file_lock(os.path.join(build_directory, 'gangealing_build.lock')):
-        try:
-            return _load(cpp_extension, name, include_paths, library_paths, build_directory)
-        except Exception as error:
-            # Keep the whole log next to the build; messages only show its tail.
-            log_path = os.path.join(build_directory, 'build_failure.log')
-            with open(log_path, 'w') as log:
-                log.write(str(error) or repr(error))
-            raise RuntimeError(f'{error}\n(full log: {log_path})') from error
+
+def build_extension(architectures=None):
+    """Compile (or reuse) and import the kernel module; raises on any failure.
+
+    ``architectures``: a TORCH_CUDA_ARCH_LIST value (e.g. '8.0 9.0') to build
+    for, without needing a GPU; default: $TORCH_CUDA_ARCH_LIST, else the
+    visible GPUs.  Importing the module resolves every symbol (Python loads
+    extensions with RTLD_NOW), so a build that imports is completely linked;
+    no kernel is launched, and a machine without a GPU can load it.
+    """
+    from torch.utils import cpp_extension
+
+    with _arch_list(architectures):
+        if _architectures() == 'none':
+            raise RuntimeError('no CUDA device is visible and no architectures were given '
+                               '(set TORCH_CUDA_ARCH_LIST, e.g. "8.0")')
+        cuda_home = find_cuda_home()
+        if cuda_home is None:
+            raise RuntimeError('no CUDA toolkit found (include/cuda_runtime.h and bin/nvcc); set CUDA_HOME '
+                               'or install the compiler packages (docs/fused_ops.md)')
+        name = extension_name()
+        build_directory = os.path.join(extensions_root(), name)
+        os.makedirs(build_directory, exist_ok=True)
+        include_paths = [SOURCE_DIR, os.path.join(cuda_home, 'include')]
+        library_paths = [os.path.join(cuda_home, d) for d in ('lib64', 'lib')
+                         if os.path.isdir(os.path.join(cuda_home, d))]
+        with file_lock(os.path.join(build_directory, 'gangealing_build.lock')):
+            library_paths.append(_runtime_link_folder(library_paths, build_directory))
+            try:
+                with _torch_cuda_home(cpp_extension, cuda_home):
+                    return _load(cpp_extension, name, include_paths, library_paths, build_directory)
+            except Exception as error:
+                # Keep the whole log next to the build; messages only show its tail.
+                log_path = os.path.join(build_directory, 'build_failure.log')
+                with open(log_path, 'w') as log:
+                    log.write(str(error) or repr(error))
+                raise RuntimeError(f'{error}\n(full log: {log_path})') from error
+
+
+@contextlib.contextmanager
+def _arch_list(architectures):
+    """$TORCH_CUDA_ARCH_LIST set to ``architectures`` for the body (unchanged when None)."""
+    if architectures is None:
+        yield
+        return
+    previous = os.environ.get('TORCH_CUDA_ARCH_LIST')
+    os.environ['TORCH_CUDA_ARCH_LIST'] = architectures
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ['TORCH_CUDA_ARCH_LIST']
+        else:
+            os.environ['TORCH_CUDA_ARCH_LIST'] = previous
+
+
+@contextlib.contextmanager
+def _torch_cuda_home(cpp_extension, cuda_home):
+    """torch's build helpers read the toolkit from a constant set at their import (from $CUDA_HOME or
+    the nvcc on PATH, which may be a wrapper elsewhere); point it at the toolkit we found."""
+    previous = cpp_extension.CUDA_HOME
+    cpp_extension.CUDA_HOME = cuda_home
+    try:
+        yield
+    finally:
+        cpp_extension.CUDA_HOME = previous
+
+
+def _runtime_link_folder(library_paths, build_directory):
+    """A folder holding ``libcudart.so`` for the linker's ``-lcudart``.
+
+    The registry's runtime package ships only the versioned ``libcudart.so.<major>``
+    (the name the loader asks for); a link named ``libcudart.so`` to it goes into
+    the build directory, never into the toolkit.
+    """
+    folder = os.path.join(build_directory, 'cudart_link')
+    for path in library_paths:
+        if os.path.exists(os.path.join(path, 'libcudart.so')):
+            return path
+    for path in library_paths:
+        if not os.path.isdir(path):
+            continue
+        versioned = sorted(n for n in os.listdir(path) if n.startswith('libcudart.so.'))
+        if versioned:
+            os.makedirs(folder, exist_ok=True)
+            link = os.path.join(folder, 'libcudart.so')
+            if os.path.lexists(link):
+                os.remove(link)
+            os.symlink(os.path.join(path, versioned[0]), link)
+            return folder
+    return folder  # nothing to link against: the linker's own error will say so
 
 
 def _load(cpp_extension, name, include_paths, library_paths, build_directory):

@@ -1,7 +1,10 @@
-"""The CUDA side of ops/: the sources compile (where nvcc is installed), and on
-a GPU the kernels match the native ops in values and gradients.
+"""The CUDA side of ops/: the sources compile and the extension links and
+imports (where a CUDA compiler is installed: a system toolkit, or the registry
+packages docs/fused_ops.md names), and on a GPU the kernels match the native
+ops in values and gradients, for every dtype they are built for.
 
-The compile check takes a minute or two; deselect it with ``-m "not cuda_compile"``.
+The compile and link checks take a minute or two of CPU each; deselect them
+with ``-m "not cuda_compile"``.
 """
 import itertools
 import math
@@ -21,13 +24,14 @@ from ops.upfirdn2d_native import upfirdn2d_native
 # One architecture is enough to catch source errors; the real build targets the GPUs present.
 COMPILE_CHECK_ARCH = '-gencode=arch=compute_80,code=sm_80'
 COMPILE_TIMEOUT_S = 600
+LINK_CHECK_ARCH = '8.0'  # a TORCH_CUDA_ARCH_LIST value
 
 requires_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')
 
 
 # ----------------------------------------------------------------------------- compile check
 
-def _compile_commands(out_dir):
+def _compile_commands(out_dir, nvcc):
     """nvcc / host-compiler commands producing one object file per source in out_dir."""
     from torch.utils import cpp_extension
 
@@ -39,7 +43,7 @@ def _compile_commands(out_dir):
     nvcc_flags = list(getattr(cpp_extension, 'COMMON_NVCC_FLAGS', ['--expt-relaxed-constexpr']))
     commands = []
     for name in cuda_build.CUDA_SOURCES:
-        commands.append([shutil.which('nvcc'), '-c', os.path.join(cuda_build.SOURCE_DIR, name),
+        commands.append([nvcc, '-c', os.path.join(cuda_build.SOURCE_DIR, name),
                          '-o', os.path.join(out_dir, name + '.o'), '-std=c++20', COMPILE_CHECK_ARCH,
                          '--compiler-options', '-fPIC', *nvcc_flags, *cuda_build.EXTRA_CUDA_CFLAGS,
                          *includes, *defines])
@@ -52,18 +56,26 @@ def _compile_commands(out_dir):
     return commands
 
 
-@pytest.mark.cuda_compile
-def test_cuda_sources_compile(tmp_path):
+def _require_toolkit():
+    """The CUDA toolkit to build with (see cuda_build.find_cuda_home); skips when there is none,
+    unless $GANGEALING_REQUIRE_CUDA_COMPILER is set (CI installs the compiler and sets it), where a
+    missing compiler fails. A CPU-only torch build always skips: it has no CUDA headers to build with."""
     if torch.version.cuda is None:
         pytest.skip('torch is not a CUDA build (no c10/cuda headers)')
-    if shutil.which('nvcc') is None:
-        pytest.skip('nvcc is not on PATH')
-    if cuda_build.find_cuda_home() is None:
-        pytest.skip('no CUDA headers found (include/cuda_runtime.h); set CUDA_HOME')
+    missing = pytest.fail if os.environ.get('GANGEALING_REQUIRE_CUDA_COMPILER') else pytest.skip
+    home = cuda_build.find_cuda_home()
+    if home is None:
+        missing('no CUDA toolkit (include/cuda_runtime.h and bin/nvcc); set CUDA_HOME or install the '
+                'compiler packages (bash scripts/install_cuda_compiler.sh, docs/fused_ops.md)')
     if shutil.which(os.environ.get('CXX', 'c++')) is None:
-        pytest.skip('no host C++ compiler')
+        missing('no host C++ compiler')
+    return home
 
-    commands = _compile_commands(str(tmp_path))
+
+@pytest.mark.cuda_compile
+def test_cuda_sources_compile(tmp_path):
+    home = _require_toolkit()
+    commands = _compile_commands(str(tmp_path), os.path.join(home, 'bin', 'nvcc'))
     processes = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
                  for command in commands]
     for command, process in zip(commands, processes):
@@ -76,12 +88,60 @@ def test_cuda_sources_compile(tmp_path):
     assert all((tmp_path / name).stat().st_size > 0 for name in objects)
 
 
+@pytest.mark.cuda_compile
+def test_cuda_extension_builds_links_and_imports(tmp_path, monkeypatch):
+    """The whole extension through ops/cuda_build (ninja, nvcc, the linker), then imported: an
+    undefined symbol or a binding that does not match its declaration fails here, on any machine
+    with the compiler (no kernel is launched, so no GPU is needed)."""
+    _require_toolkit()
+    monkeypatch.setenv('TORCH_EXTENSIONS_DIR', str(tmp_path))
+    monkeypatch.delenv('TORCH_CUDA_ARCH_LIST', raising=False)
+    module = cuda_build.build_extension(architectures=LINK_CHECK_ARCH)
+    assert os.environ.get('TORCH_CUDA_ARCH_LIST') is None  # restored after the build
+    library = os.path.realpath(module.__file__)
+    assert library.startswith(os.path.realpath(tmp_path)) and library.endswith('.so')
+    assert module.__name__.startswith('gangealing_fused_ops_')
+    # What ops/ calls, with the argument names the bindings declare.
+    signatures = {
+        'upfirdn2d': ['x', 'kernel', 'up_x', 'up_y', 'down_x', 'down_y', 'pad_x0', 'pad_x1', 'pad_y0', 'pad_y1'],
+        'bias_leaky_relu': ['x', 'bias', 'negative_slope', 'scale'],
+        'leaky_relu_grad': ['grad', 'ref', 'negative_slope', 'scale'],
+    }
+    for name, arguments in signatures.items():
+        doc = getattr(module, name).__doc__
+        assert doc.startswith(f'{name}(') and all(f'{argument}:' in doc for argument in arguments), doc
+    # A wrong call is refused by the bindings, before any kernel could run.
+    with pytest.raises(TypeError):
+        module.upfirdn2d(torch.zeros(1, 1, 2, 2))
+    # A second build of unchanged sources only imports.
+    assert cuda_build.build_extension(architectures=LINK_CHECK_ARCH).__file__ == module.__file__
+
+
+def test_runtime_link_folder_names_the_versioned_runtime(tmp_path):
+    """The registry's runtime package has only libcudart.so.<major>: the linker's -lcudart gets a link
+    to it inside the build directory; a toolkit with libcudart.so is used as it is."""
+    registry_lib = tmp_path / 'cu13' / 'lib'
+    registry_lib.mkdir(parents=True)
+    (registry_lib / 'libcudart.so.13').write_bytes(b'runtime')
+    build = tmp_path / 'build'
+    build.mkdir()
+    folder = cuda_build._runtime_link_folder([str(tmp_path / 'missing'), str(registry_lib)], str(build))
+    assert folder == str(build / 'cudart_link')
+    assert (build / 'cudart_link' / 'libcudart.so').read_bytes() == b'runtime'
+    # Again (a rebuild): the link is replaced, not an error.
+    assert cuda_build._runtime_link_folder([str(registry_lib)], str(build)) == folder
+    (registry_lib / 'libcudart.so').symlink_to('libcudart.so.13')
+    assert cuda_build._runtime_link_folder([str(registry_lib)], str(build)) == str(registry_lib)
+
+
 # ----------------------------------------------------------------------------- on a GPU
 
 UPS = [1, 2, (2, 1), (1, 3)]
 DOWNS = [1, 2, (1, 2)]
 PADS = [(0, 0), (2, 1), (-1, 2), (1, -2, 0, 3)]
-TOLERANCES = {torch.float64: 1e-10, torch.float32: 1e-4, torch.float16: 2e-2}
+TOLERANCES = {torch.float64: 1e-10, torch.float32: 1e-4, torch.float16: 2e-2, torch.bfloat16: 6e-2}
+# Every dtype the kernels are built for.
+KERNEL_DTYPES = list(cuda_build.KERNEL_DTYPES)
 
 
 @pytest.fixture
@@ -103,7 +163,7 @@ def test_extension_cached_under_hashed_name(cuda_backend):
 
 
 @requires_gpu
-@pytest.mark.parametrize('dtype', [torch.float64, torch.float32, torch.float16])
+@pytest.mark.parametrize('dtype', KERNEL_DTYPES)
 def test_cuda_upfirdn2d_matches_native(cuda_backend, dtype):
     generator = torch.Generator(device='cuda').manual_seed(0)
     x64 = torch.randn(2, 3, 9, 11, device='cuda', dtype=torch.float64, generator=generator)
@@ -144,7 +204,7 @@ def test_cuda_upfirdn2d_stylegan2_shapes_and_layouts(cuda_backend):
 
 @requires_gpu
 @pytest.mark.parametrize('shape', [(8, 16), (2, 8, 5, 7)])
-@pytest.mark.parametrize('dtype', [torch.float64, torch.float32, torch.float16])
+@pytest.mark.parametrize('dtype', KERNEL_DTYPES)
 def test_cuda_fused_leaky_relu_matches_native(cuda_backend, shape, dtype):
     generator = torch.Generator(device='cuda').manual_seed(1)
     x = torch.randn(shape, device='cuda', dtype=torch.float64, generator=generator)

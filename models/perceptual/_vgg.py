@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from utils.argparse_tools import has_option
 from utils.download import DownloadError, resolve_weights
 from utils.errors import UserError
+from utils.precision import cpu_float32_convolutions
 
 # VGG16 "D" configuration up to relu5_3: channel counts, 'M' = 2x2 max-pool.
 _VGG16_LAYOUT = (64, 64, 'M', 128, 128, 'M', 256, 256, 256, 'M', 512, 512, 512, 'M', 512, 512, 512)
@@ -117,6 +118,7 @@ class VGGFeatureDistance(nn.Module):
                 raise ValueError(f'layer {i}: expected {channels} channel weights, got {weight.numel()}')
             self.register_buffer(f'channel_weight{i}', weight.view(1, channels, 1, 1))
         self.scale = scale
+        self.channels_last = True  # on a CPU in float32: see Generator.channels_last
         self.requires_grad_(False)
         self.eval()
 
@@ -131,6 +133,8 @@ class VGGFeatureDistance(nn.Module):
         n = a.shape[0]
         # One pass over both images halves the launches.
         h = (torch.cat([a, b], 0) - self.shift) / self.scale_in
+        if self.channels_last and cpu_float32_convolutions(h):
+            h = h.contiguous(memory_format=torch.channels_last)  # as the generator: see Generator.channels_last
         distance = a.new_zeros(n)
         for i, layer in enumerate(self.slices):
             h = layer(h)
