@@ -17,15 +17,18 @@ Outputs, in --out/video_<input name>[_<clusters>]/:
 - frames/, congealing_frames/ (--save_frames): the same frames as PNGs,
   named by frame number (000000.png, ...);
 - labeled_averages.png (--average_path): the label drawn on the average;
-- dense_correspondences.pt (--save_correspondences): a dict with
-  'points' float (T, P, 2): x, y pixels in the square --real_size frames of
-  where each label point lands in each of the T frames; 'template_points'
-  (P, 2): the label pixels at --resolution; 'colours' (P, 3) in [-1, 1];
-  'alpha' (P, 1); 'cluster' long (P,): the cluster each point belongs to
-  (-1 for a unimodal model); 'mirrored' bool (T, K): whether frame t was
-  mirrored for the k-th chosen cluster; 'real_size', 'resolution'; when the
-  classifier picks each frame's cluster, 'active_cluster' long (T,), and the
-  points of the other clusters' labels are NaN in that frame.
+- dense_correspondences.pt (--save_correspondences): the original's
+  float (T, P, 2) tensor: x, y pixels in the square --real_size frames of
+  where each of the P label points lands in each of the T frames (NaN where
+  the classifier gave the frame another cluster, see below);
+- dense_correspondences_extras.pt (with it): a dict describing those points:
+  'template_points' (P, 2): the label pixels at --resolution; 'colours'
+  (P, 3) in [-1, 1]; 'alpha' (P, 1); 'cluster' long (P,): the cluster each
+  point belongs to (-1 for a unimodal model); 'mirrored' bool (T, K):
+  whether frame t was mirrored for the k-th chosen cluster; 'real_size',
+  'resolution'; when the classifier picks each frame's cluster,
+  'active_cluster' long (T,), and the points of the other clusters' labels
+  are NaN in that frame.
 
 Clustering models: --cluster K [L ...] propagates those clusters' labels onto
 every frame (the checkpoint's cluster classifier, when it has one, decides
@@ -58,6 +61,9 @@ from utils.atomic_io import atomic_write
 from utils.distributed import cleanup, is_main_process, setup_distributed
 from utils.errors import UserError, exit_on_user_error
 from utils.video_io import VideoWriter, check_writable_folder
+
+CORRESPONDENCES = 'dense_correspondences.pt'  # the original's file: the (T, P, 2) points alone
+CORRESPONDENCE_EXTRAS = 'dense_correspondences_extras.pt'
 
 
 def add_mixed_reality_options(parser):
@@ -147,9 +153,11 @@ def save_labeled_averages(opt, clusters, labels, folder, device):
     save_grid(drawn, os.path.join(folder, 'labeled_averages.png'), nrow=max(1, int(len(drawn) ** 0.5)))
 
 
-def save_correspondences(path, opt, clusters, labels, points, mirrored, active=None):
-    record = {
-        'points': torch.cat(points).cpu(), 'mirrored': torch.cat(mirrored).cpu(),
+def save_correspondences(folder, opt, clusters, labels, points, mirrored, active=None):
+    """Write dense_correspondences.pt (the (T, P, 2) points alone, as the original) and the
+    description of those points in dense_correspondences_extras.pt."""
+    extras = {
+        'mirrored': torch.cat(mirrored).cpu(),
         'template_points': torch.cat([label.points for label in labels]).cpu(),
         'colours': torch.cat([label.colours for label in labels]).cpu(),
         'alpha': torch.cat([label.alpha for label in labels]).cpu(),
@@ -158,8 +166,10 @@ def save_correspondences(path, opt, clusters, labels, points, mirrored, active=N
         'real_size': int(opt.real_size), 'resolution': int(opt.resolution),
     }
     if active:
-        record['active_cluster'] = torch.cat(active).cpu()
-    atomic_write(path, lambda f: torch.save(record, f))
+        extras['active_cluster'] = torch.cat(active).cpu()
+    atomic_write(os.path.join(folder, CORRESPONDENCE_EXTRAS), lambda f: torch.save(extras, f))
+    points = torch.cat(points).cpu()
+    atomic_write(os.path.join(folder, CORRESPONDENCES), lambda f: torch.save(points, f))
 
 
 @torch.no_grad()
@@ -201,8 +211,7 @@ def run(t, opt, source, clusters, labels, folder, device, classifier=None):
             bar.update(total)
     bar.close()
     if main and opt.save_correspondences:
-        save_correspondences(os.path.join(folder, 'dense_correspondences.pt'), opt, clusters, labels,
-                             correspondences, mirrored, active)
+        save_correspondences(folder, opt, clusters, labels, correspondences, mirrored, active)
     seconds = time.perf_counter() - started
     if main:
         print(f'{count} frames in {seconds:.1f} s ({count / max(seconds, 1e-9):.2f} frames/s); outputs in {folder}')

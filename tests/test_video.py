@@ -236,8 +236,9 @@ def test_mixed_reality_end_to_end(clip_world):
     assert read_video_info(str(folder / 'propagated.mp4')) == (FRAMES, SIZE, SIZE, 24.0)
     assert read_video_info(str(folder / 'congealed.mp4'))[:3] == (FRAMES, SIZE, SIZE)
     assert sorted(os.listdir(folder / 'frames')) == [f'{i:06d}.png' for i in range(FRAMES)]
-    record = torch.load(str(folder / 'dense_correspondences.pt'), weights_only=True)
-    points = record['points']
+    points = torch.load(str(folder / 'dense_correspondences.pt'), weights_only=True)
+    assert torch.is_tensor(points) and points.dtype == torch.float32  # the original's format
+    record = torch.load(str(folder / 'dense_correspondences_extras.pt'), weights_only=True)
     assert points.shape == (FRAMES, 16, 2) and record['template_points'].shape == (16, 2)
     # Every label pixel lands 4 pixels to the right of its template position, in every frame.
     expected = record['template_points'] + torch.tensor([SHIFT_PIXELS, 0.0])
