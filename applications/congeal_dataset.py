@@ -27,7 +27,6 @@ complete, so an interrupted run leaves no dataset at --out.
 import math
 import os
 import shutil
-import tempfile
 
 import torch
 import torch.nn.functional as F
@@ -41,12 +40,19 @@ from models.gangealing import resize_for_stn
 from models.spatial_transformers import warp_exceeds_image_bounds
 from options import base_eval_argparse, parse_eval_options
 from utils.argparse_tools import report_option_problems
+from utils.atomic_io import check_output_folder, make_staging_folder, publish_folder
 from utils.distributed import (all_gather_tensor, barrier, cleanup, get_world_size, is_main_process, rank_share,
                                setup_distributed)
 from utils.errors import UserError, exit_on_user_error
 from utils.image_io import encode_image, tensor_to_uint8
 
 INDICES_FILE = 'dataset_indices.pt'
+
+# Evaluation flags this application does not read (given, they are refused).
+UNREAD_OPTIONS = {
+    'num_pck_pairs': 'it picks keypoint pairs, which only applications.pck evaluates',
+    'seed': 'nothing here is drawn at random',
+}
 
 
 def build_parser():
@@ -81,8 +87,9 @@ def option_problems(opt):
     return problems
 
 
-def check_output_folder(out):
-    """Refuse an --out that holds a dataset or anything else (nothing is overwritten)."""
+def check_empty_output(out):
+    """Refuse an --out that cannot be written, or holds a dataset or anything else (nothing is overwritten)."""
+    check_output_folder(out)
     if os.path.exists(out):
         if not os.path.isdir(out):
             raise UserError(f"--out '{out}' exists and is not a folder")
@@ -243,9 +250,9 @@ def read_keypoints(opt):
 @exit_on_user_error
 def main(argv=None):
     parser = build_parser()
-    opt = parse_eval_options(parser, argv)
+    opt = parse_eval_options(parser, argv, unread=UNREAD_OPTIONS)
     report_option_problems(parser, option_problems(opt))
-    check_output_folder(opt.out)
+    check_empty_output(opt.out)
     device, _, _ = setup_distributed(opt.device)
     staging = None
     try:
@@ -256,10 +263,7 @@ def main(argv=None):
         dataset, kept = select_cluster(opt, dataset, classifier, device, kept)
         writer = None
         if is_main_process():
-            parent = os.path.dirname(os.path.abspath(opt.out))
-            os.makedirs(parent, exist_ok=True)
-            staging = tempfile.mkdtemp(prefix=f'.{os.path.basename(os.path.abspath(opt.out))}.', suffix='.partial',
-                                       dir=parent)
+            staging = make_staging_folder(opt.out)  # an earlier killed run's staging folder is removed
             writer = LMDBWriter(staging)
         try:
             truth = read_keypoints(opt)
@@ -295,10 +299,8 @@ def main(argv=None):
 
 def _publish(staging, out):
     """Move the finished dataset from ``staging`` to ``out`` (absent or empty)."""
-    if os.path.isdir(out):
-        check_output_folder(out)  # still empty: another run may have written there meanwhile
-        os.rmdir(out)
-    os.replace(staging, out)
+    check_empty_output(out)  # still empty: another run may have written there meanwhile
+    publish_folder(staging, out)
 
 
 if __name__ == '__main__':

@@ -41,6 +41,7 @@ when complete; nothing that looks finished is left behind by a failed run.
 """
 import contextlib
 import os
+import shutil
 import sys
 import time
 
@@ -57,13 +58,20 @@ from applications.common.propagation import (add_blend_option, add_video_label_o
 from applications.common.video_propagation import empty_outputs, propagate_frames
 from options import base_eval_argparse, parse_eval_options
 from utils.argparse_tools import report_option_problems
-from utils.atomic_io import atomic_write
+from utils.atomic_io import atomic_write, check_output_folder, make_staging_folder, publish_folder
 from utils.distributed import cleanup, is_main_process, setup_distributed
 from utils.errors import UserError, exit_on_user_error
 from utils.video_io import VideoWriter, check_writable_folder
 
 CORRESPONDENCES = 'dense_correspondences.pt'  # the original's file: the (T, P, 2) points alone
 CORRESPONDENCE_EXTRAS = 'dense_correspondences_extras.pt'
+FRAME_FOLDERS = {'propagated': 'frames', 'congealed': 'congealing_frames'}  # --save_frames
+
+# Evaluation flags this application does not read (given, they are refused).
+UNREAD_OPTIONS = {
+    'num_pck_pairs': 'it picks keypoint pairs, which only applications.pck evaluates',
+    'seed': 'nothing here is drawn at random',
+}
 
 
 def add_mixed_reality_options(parser):
@@ -172,14 +180,12 @@ def save_correspondences(folder, opt, clusters, labels, points, mirrored, active
     atomic_write(os.path.join(folder, CORRESPONDENCES), lambda f: torch.save(points, f))
 
 
-@torch.no_grad()
-def run(t, opt, source, clusters, labels, folder, device, classifier=None):
-    """Stream the frames through the transformer and write the outputs. Returns the frame count."""
+def _stream(t, opt, steps, clusters, labels, folder, device, classifier, staged, bar, records):
+    """The frame loop of ``run``: encode the videos, save PNG frames into ``staged`` folders
+    ({final name: staging folder}) and collect the correspondence records. Returns the frame count."""
     main = is_main_process()
-    steps = shared_batches(source, opt.batch)
-    correspondences, mirrored, active = [], [], []
-    count, started = 0, time.perf_counter()
-    bar = tqdm(total=source.frame_count, unit='frame', desc='frames', file=sys.stderr, disable=not main)
+    correspondences, mirrored, active = records
+    count = 0
     with contextlib.ExitStack() as stack:
         writers = {}
         if main:
@@ -198,10 +204,9 @@ def run(t, opt, source, clusters, labels, folder, device, classifier=None):
                 for kind, writer in writers.items():
                     frames = outputs[kind].cpu().numpy()
                     writer.write(frames)
-                    if opt.save_frames:
-                        sub = 'frames' if kind == 'propagated' else 'congealing_frames'
+                    if staged:
                         for offset, frame in enumerate(frames):
-                            save_png(frame, os.path.join(folder, sub, f'{count + offset:06d}.png'))
+                            save_png(frame, os.path.join(staged[FRAME_FOLDERS[kind]], f'{count + offset:06d}.png'))
                 if opt.save_correspondences:
                     correspondences.append(outputs['points'].cpu())
                     mirrored.append(outputs['mirrored'].cpu())
@@ -209,6 +214,29 @@ def run(t, opt, source, clusters, labels, folder, device, classifier=None):
                         active.append(outputs['active'].cpu())
             count += total
             bar.update(total)
+    return count
+
+
+@torch.no_grad()
+def run(t, opt, source, clusters, labels, folder, device, classifier=None):
+    """Stream the frames through the transformer and write the outputs. Returns the frame count."""
+    main = is_main_process()
+    steps = shared_batches(source, opt.batch)
+    correspondences, mirrored, active = [], [], []
+    started = time.perf_counter()
+    bar = tqdm(total=source.frame_count, unit='frame', desc='frames', file=sys.stderr, disable=not main)
+    # PNG frames go to hidden staging folders, renamed into place once every frame is written.
+    staged = {sub: make_staging_folder(os.path.join(folder, sub)) for sub in FRAME_FOLDERS.values()} \
+        if main and opt.save_frames else {}
+    try:
+        count = _stream(t, opt, steps, clusters, labels, folder, device, classifier, staged, bar,
+                        (correspondences, mirrored, active))
+    except BaseException:
+        for path in staged.values():
+            shutil.rmtree(path, ignore_errors=True)
+        raise
+    for sub, path in staged.items():
+        publish_folder(path, os.path.join(folder, sub), replace=True)
     bar.close()
     if main and opt.save_correspondences:
         save_correspondences(folder, opt, clusters, labels, correspondences, mirrored, active)
@@ -221,8 +249,9 @@ def run(t, opt, source, clusters, labels, folder, device, classifier=None):
 @exit_on_user_error
 def main(argv=None):
     parser = mixed_reality_argparse()
-    opt = parse_eval_options(parser, argv)
+    opt = parse_eval_options(parser, argv, unread=UNREAD_OPTIONS)
     report_option_problems(parser, option_problems(opt))
+    check_output_folder(opt.out)
     device, _, _ = setup_distributed(opt.device)
     try:
         source = open_frames(opt)

@@ -183,6 +183,36 @@ def eval_problems(opt, parser):
     return c.problems
 
 
+# Evaluation flags no application reads: given on the command line, they are refused.
+EVAL_UNREAD = {
+    'debug': 'the applications have no quick debugging mode',
+    'stn_max_channels': "the transformer's width is read from the checkpoint",
+}
+
+
+def unread_problems(parser, explicit, unread):
+    """Problems for the options the user gave that the program does not read.
+
+    Args:
+        explicit: dests given on the command line.
+        unread: {dest: why it is not read}.
+    """
+    return [f'{flag_name(parser, dest)} is not used here ({why}); drop it'
+            for dest, why in unread.items() if dest in explicit]
+
+
+def local_rank_problem(opt, explicit):
+    """--local_rank is what torch.distributed.launch passes; given otherwise it would be ignored."""
+    if 'local_rank' not in explicit:
+        return []
+    launched = os.environ.get('LOCAL_RANK')
+    if launched is None or launched.strip() != str(opt.local_rank):
+        where = 'no launcher set LOCAL_RANK' if launched is None else f'the launcher set LOCAL_RANK={launched}'
+        return [f'--local_rank {opt.local_rank} is set by torch.distributed.launch, and {where}; drop it '
+                f'(torchrun chooses each process\'s GPU)']
+    return []
+
+
 def _report(parser, problems):
     if problems:
         parser.error('; '.join(problems))
@@ -200,7 +230,15 @@ def validate_training_options(opt, parser, explicit, chosen):
     return notes
 
 
-def validate_eval_options(opt, parser, chosen):
-    """Check evaluation options; one ``parser.error`` (exit 2) listing every problem."""
-    _report(parser, eval_problems(opt, parser))
+def validate_eval_options(opt, parser, chosen, explicit=(), unread=None):
+    """Check evaluation options; one ``parser.error`` (exit 2) listing every problem.
+
+    Args:
+        explicit: dests the user gave on the command line.
+        unread: {dest: reason} of the options this application does not read
+            (besides EVAL_UNREAD); given, they are refused.
+    """
+    unread = {**EVAL_UNREAD, **(unread or {})}
+    _report(parser, unread_problems(parser, explicit, unread) + local_rank_problem(opt, explicit)
+            + eval_problems(opt, parser))
     run_component_validators(opt, parser, chosen)

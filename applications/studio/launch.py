@@ -16,6 +16,11 @@ from utils.errors import UserError
 DEFAULT_PORT = 7860
 DEFAULT_KEEP_WARPS = 1000  # the default --n_mean's images, ~125 MiB of warps at flow_size 128
 
+# Evaluation flags the studio does not read (given, they are refused).
+UNREAD_OPTIONS = {
+    'num_pck_pairs': 'it picks keypoint pairs, which only applications.pck evaluates',
+}
+
 
 def studio_argparse():
     """The propagation flags (same names and meanings) plus where to serve the page."""
@@ -104,7 +109,7 @@ def build_engine(argv=None, verbose=True):
     Raises UserError (argparse problems exit 2) before anything is served.
     """
     parser = studio_argparse()
-    opt = parse_eval_options(parser, argv, verbose=verbose)
+    opt = parse_eval_options(parser, argv, verbose=verbose, unread=UNREAD_OPTIONS)
     report_option_problems(parser, studio_problems(opt))
     require_studio_dependencies()
     from applications.studio.engine import StudioEngine
