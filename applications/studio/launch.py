@@ -10,6 +10,7 @@ from applications.studio import require_studio_dependencies
 from datasets.video import SQUARE_PAD_MODES
 from options import parse_eval_options
 from utils.argparse_tools import report_option_problems
+from utils.atomic_io import check_output_folder
 from utils.distributed import choose_device, launched_by_torchrun
 from utils.errors import UserError
 
@@ -111,6 +112,7 @@ def build_engine(argv=None, verbose=True):
     parser = studio_argparse()
     opt = parse_eval_options(parser, argv, verbose=verbose, unread=UNREAD_OPTIONS)
     report_option_problems(parser, studio_problems(opt))
+    check_output_folder(opt.out)
     require_studio_dependencies()
     from applications.studio.engine import StudioEngine
 
