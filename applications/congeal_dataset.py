@@ -17,6 +17,12 @@ the image at its stored resolution. An image is left out when its warp
 - zooms in so far that the crop spans fewer than --min_effective_resolution
   pixels of the image (the output would be an upsampled low-resolution crop).
 
+The original's recipe for images of any shape works unchanged: store them as
+they are (python prepare_data.py --path folder --out data/raw --pad none
+--size 0), then pass --real_size 0: each image is read at its stored size,
+border-padded to a square of its longer side, aligned from a flow-size copy
+and sampled at full resolution.
+
 Outputs in --out: an LMDB dataset of the congealed images at
 --output_resolution (our and the original's layout, readable with
 --real_data_path --real_size OUTPUT_RESOLUTION), and ``dataset_indices.pt``: a
@@ -224,7 +230,8 @@ def congeal_all(t, classifier, opt, dataset, kept, device, writer, truth=None):
         counts['out_of_bounds'] += int(flags[0])
         counts['too_small'] += int(flags[1])
         order = out_index.argsort()
-        points.append(out_points[order])
+        if truth is not None:
+            points.append(out_points[order])
         if writer is not None:
             for i in order.tolist():
                 writer.put(opt.output_resolution, len(written), encode_image(out[i].numpy(), 'png'))
@@ -250,7 +257,7 @@ def read_keypoints(opt):
 @exit_on_user_error
 def main(argv=None):
     parser = build_parser()
-    opt = parse_eval_options(parser, argv, unread=UNREAD_OPTIONS)
+    opt = parse_eval_options(parser, argv, unread=UNREAD_OPTIONS, native_size=True)
     report_option_problems(parser, option_problems(opt))
     check_empty_output(opt.out)
     device, _, _ = setup_distributed(opt.device)

@@ -167,8 +167,12 @@ def training_problems(opt, parser, explicit, chosen):
     return c.problems, notes
 
 
-def eval_problems(opt, parser):
-    """Problems with evaluation options ``opt``; options an application removed are skipped."""
+def eval_problems(opt, parser, native_size=False):
+    """Problems with evaluation options ``opt``; options an application removed are skipped.
+
+    ``native_size``: the application also takes --real_size 0 (images read at
+    the size they were stored at, as prepare_data.py --size 0 stores them).
+    """
     c = _Checker(opt, parser)
     c.finite_numbers()
     for dest in ('batch', 'iters', 'num_heads', 'output_resolution'):
@@ -177,8 +181,9 @@ def eval_problems(opt, parser):
         c.at_least(dest, 0)
     c.positive('stn_channel_multiplier')
     c.at_least('stn_max_channels', 1)
-    c.image_size('real_size')
-    c.flow_size(('real_size',))
+    if not (native_size and opt.real_size == 0):
+        c.image_size('real_size')
+        c.flow_size(('real_size',))
     c.transform_list()
     return c.problems
 
@@ -230,15 +235,16 @@ def validate_training_options(opt, parser, explicit, chosen):
     return notes
 
 
-def validate_eval_options(opt, parser, chosen, explicit=(), unread=None):
+def validate_eval_options(opt, parser, chosen, explicit=(), unread=None, native_size=False):
     """Check evaluation options; one ``parser.error`` (exit 2) listing every problem.
 
     Args:
         explicit: dests the user gave on the command line.
         unread: {dest: reason} of the options this application does not read
             (besides EVAL_UNREAD); given, they are refused.
+        native_size: --real_size 0 is allowed (see ``eval_problems``).
     """
     unread = {**EVAL_UNREAD, **(unread or {})}
     _report(parser, unread_problems(parser, explicit, unread) + local_rank_problem(opt, explicit)
-            + eval_problems(opt, parser))
+            + eval_problems(opt, parser, native_size))
     run_component_validators(opt, parser, chosen)

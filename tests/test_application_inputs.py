@@ -245,3 +245,33 @@ def test_every_application_runs_with_its_default_workers(world, tmp_path):
         for name in expected:
             assert os.path.isfile(os.path.join(folder, name)), (module, name)
     assert os.path.isfile(data / 'flow_scores.pt')
+
+
+# ----------------------------------------------------------------------------- the original's recipe
+
+def test_images_at_their_own_size_through_congeal_dataset_real_size_zero(world, tmp_path, capsys):
+    # python prepare_data.py --pad none --size 0, then congeal_dataset --real_size 0.
+    import prepare_data
+    from datasets.lmdb_dataset import MultiResolutionDataset
+    folder = tmp_path / 'raw'
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    shapes = [(30, 40), (48, 48), (44, 30)]  # (height, width): non-square, of several sizes
+    for i, (height, width) in enumerate(shapes):
+        Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(folder / f'{i}.png')
+    data = tmp_path / 'data'
+    assert prepare_data.main(['--path', str(folder), '--out', str(data), '--pad', 'none', '--size', '0']) in (0, None)
+    stored = MultiResolutionDataset(str(data), 0)
+    assert sorted(tuple(stored[i].shape[1:]) for i in range(3)) == sorted(shapes)
+    out = tmp_path / 'aligned'
+    from applications.congeal_dataset import main
+    main([str(a) for a in ('--ckpt', world['ckpt'], '--real_data_path', data, '--real_size', 0, '--out', out,
+                           '--output_resolution', 16, '--min_effective_resolution', 1, '--max_out_of_bounds', 1,
+                           '--num_workers', 0, '--device', 'cpu')])
+    aligned = MultiResolutionDataset(str(out), 16)
+    assert len(aligned) == 3 and aligned[0].shape == (3, 16, 16)
+    assert torch.equal(torch.load(out / 'dataset_indices.pt', weights_only=True), torch.arange(3))
+    # Other applications still refuse --real_size 0.
+    code, errors, _ = run_main('applications.propagate_to_images', ['--ckpt', world['ckpt'], '--real_data_path', data,
+                                                                    '--real_size', 0, '--out', tmp_path / 'p'], capsys)
+    assert code == 2 and '--real_size must be a power of two' in errors[0]
