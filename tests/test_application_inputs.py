@@ -81,6 +81,7 @@ def test_an_out_under_a_file_is_one_error_line(world, tmp_path, capsys, module):
     code, errors, _ = run_main(module, ['--ckpt', world['ckpt'], '--real_data_path', world['data'],
                                         '--out', blocker / 'sub', *COMMON], capsys)
     assert code == 1 and len(errors) == 1 and 'notes.txt' in errors[0] and 'is a file' in errors[0]
+    assert 'cannot write to the output folder' in errors[0]
     assert os.listdir(tmp_path) == ['notes.txt']
 
 

@@ -148,8 +148,9 @@ def check_output_folder(folder, flag='--out'):
     while not os.path.exists(existing):
         existing = os.path.dirname(existing)
     if not os.path.isdir(existing):
-        what = f"'{folder}' is a file" if existing == path else f"'{existing}' is a file, not a folder"
-        raise UserError(f'{flag} {folder} cannot be used as an output folder: {what}; choose another {flag}')
+        what = 'it is a file' if existing == path else f"'{existing}' is a file, not a folder"
+        raise UserError(f"cannot write to the output folder '{folder}': {what}; choose another {flag}")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise UserError(f"{flag} {folder} cannot be written: '{existing}' is not writable; choose another {flag}")
+        raise UserError(f"cannot write to the output folder '{folder}': '{existing}' is not writable; "
+                        f"choose another {flag}")
     return folder
