@@ -8,11 +8,13 @@ Each runnable module owns its flags and its steps:
 - ``pck``: PCK-Transfer of keypoints between image pairs.
 - ``flow_scores``: rank a dataset's images by the smoothness of their flow.
 - ``congeal_dataset``: write a dataset's aligned crops.
+- ``correspond``: dense correspondence from one image to another.
 - ``edit_studio``: the browser studio for drawing and propagating edits.
 - ``animate_training_visuals``, ``export_generator``: training outputs.
 
 What several of them share lives in ``applications.common`` (models,
-data and frames, propagation, flow scores, output files); the edit studio's
-pieces live in ``applications.studio``. This package imports nothing, so
+data and frames, propagation, correspondence, flow scores, output files); the
+edit studio's pieces live in ``applications.studio``; ``applications.api`` is
+the Python API (not runnable). This package imports nothing, so
 running one application loads only what it needs.
 """

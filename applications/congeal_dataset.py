@@ -17,6 +17,12 @@ the image at its stored resolution. An image is left out when its warp
 - zooms in so far that the crop spans fewer than --min_effective_resolution
   pixels of the image (the output would be an upsampled low-resolution crop).
 
+The original's recipe for images of any shape works unchanged: store them as
+they are (python prepare_data.py --path folder --out data/raw --pad none
+--size 0), then pass --real_size 0: each image is read at its stored size,
+border-padded to a square of its longer side, aligned from a flow-size copy
+and sampled at full resolution.
+
 Outputs in --out: an LMDB dataset of the congealed images at
 --output_resolution (our and the original's layout, readable with
 --real_data_path --real_size OUTPUT_RESOLUTION), and ``dataset_indices.pt``: a
@@ -27,7 +33,6 @@ complete, so an interrupted run leaves no dataset at --out.
 import math
 import os
 import shutil
-import tempfile
 
 import torch
 import torch.nn.functional as F
@@ -41,12 +46,19 @@ from models.gangealing import resize_for_stn
 from models.spatial_transformers import warp_exceeds_image_bounds
 from options import base_eval_argparse, parse_eval_options
 from utils.argparse_tools import report_option_problems
+from utils.atomic_io import check_output_folder, make_staging_folder, publish_folder
 from utils.distributed import (all_gather_tensor, barrier, cleanup, get_world_size, is_main_process, rank_share,
                                setup_distributed)
 from utils.errors import UserError, exit_on_user_error
 from utils.image_io import encode_image, tensor_to_uint8
 
 INDICES_FILE = 'dataset_indices.pt'
+
+# Evaluation flags this application does not read (given, they are refused).
+UNREAD_OPTIONS = {
+    'num_pck_pairs': 'it picks keypoint pairs, which only applications.pck evaluates',
+    'seed': 'nothing here is drawn at random',
+}
 
 
 def build_parser():
@@ -81,8 +93,9 @@ def option_problems(opt):
     return problems
 
 
-def check_output_folder(out):
-    """Refuse an --out that holds a dataset or anything else (nothing is overwritten)."""
+def check_empty_output(out):
+    """Refuse an --out that cannot be written, or holds a dataset or anything else (nothing is overwritten)."""
+    check_output_folder(out)
     if os.path.exists(out):
         if not os.path.isdir(out):
             raise UserError(f"--out '{out}' exists and is not a folder")
@@ -217,7 +230,8 @@ def congeal_all(t, classifier, opt, dataset, kept, device, writer, truth=None):
         counts['out_of_bounds'] += int(flags[0])
         counts['too_small'] += int(flags[1])
         order = out_index.argsort()
-        points.append(out_points[order])
+        if truth is not None:
+            points.append(out_points[order])
         if writer is not None:
             for i in order.tolist():
                 writer.put(opt.output_resolution, len(written), encode_image(out[i].numpy(), 'png'))
@@ -243,9 +257,9 @@ def read_keypoints(opt):
 @exit_on_user_error
 def main(argv=None):
     parser = build_parser()
-    opt = parse_eval_options(parser, argv)
+    opt = parse_eval_options(parser, argv, unread=UNREAD_OPTIONS, native_size=True)
     report_option_problems(parser, option_problems(opt))
-    check_output_folder(opt.out)
+    check_empty_output(opt.out)
     device, _, _ = setup_distributed(opt.device)
     staging = None
     try:
@@ -256,10 +270,7 @@ def main(argv=None):
         dataset, kept = select_cluster(opt, dataset, classifier, device, kept)
         writer = None
         if is_main_process():
-            parent = os.path.dirname(os.path.abspath(opt.out))
-            os.makedirs(parent, exist_ok=True)
-            staging = tempfile.mkdtemp(prefix=f'.{os.path.basename(os.path.abspath(opt.out))}.', suffix='.partial',
-                                       dir=parent)
+            staging = make_staging_folder(opt.out)  # an earlier killed run's staging folder is removed
             writer = LMDBWriter(staging)
         try:
             truth = read_keypoints(opt)
@@ -295,10 +306,8 @@ def main(argv=None):
 
 def _publish(staging, out):
     """Move the finished dataset from ``staging`` to ``out`` (absent or empty)."""
-    if os.path.isdir(out):
-        check_output_folder(out)  # still empty: another run may have written there meanwhile
-        os.rmdir(out)
-    os.replace(staging, out)
+    check_empty_output(out)  # still empty: another run may have written there meanwhile
+    publish_folder(staging, out)
 
 
 if __name__ == '__main__':

@@ -17,15 +17,18 @@ Outputs, in --out/video_<input name>[_<clusters>]/:
 - frames/, congealing_frames/ (--save_frames): the same frames as PNGs,
   named by frame number (000000.png, ...);
 - labeled_averages.png (--average_path): the label drawn on the average;
-- dense_correspondences.pt (--save_correspondences): a dict with
-  'points' float (T, P, 2): x, y pixels in the square --real_size frames of
-  where each label point lands in each of the T frames; 'template_points'
-  (P, 2): the label pixels at --resolution; 'colours' (P, 3) in [-1, 1];
-  'alpha' (P, 1); 'cluster' long (P,): the cluster each point belongs to
-  (-1 for a unimodal model); 'mirrored' bool (T, K): whether frame t was
-  mirrored for the k-th chosen cluster; 'real_size', 'resolution'; when the
-  classifier picks each frame's cluster, 'active_cluster' long (T,), and the
-  points of the other clusters' labels are NaN in that frame.
+- dense_correspondences.pt (--save_correspondences): the original's
+  float (T, P, 2) tensor: x, y pixels in the square --real_size frames of
+  where each of the P label points lands in each of the T frames (NaN where
+  the classifier gave the frame another cluster, see below);
+- dense_correspondences_extras.pt (with it): a dict describing those points:
+  'template_points' (P, 2): the label pixels at --resolution; 'colours'
+  (P, 3) in [-1, 1]; 'alpha' (P, 1); 'cluster' long (P,): the cluster each
+  point belongs to (-1 for a unimodal model); 'mirrored' bool (T, K):
+  whether frame t was mirrored for the k-th chosen cluster; 'real_size',
+  'resolution'; when the classifier picks each frame's cluster,
+  'active_cluster' long (T,), and the points of the other clusters' labels
+  are NaN in that frame.
 
 Clustering models: --cluster K [L ...] propagates those clusters' labels onto
 every frame (the checkpoint's cluster classifier, when it has one, decides
@@ -38,6 +41,7 @@ when complete; nothing that looks finished is left behind by a failed run.
 """
 import contextlib
 import os
+import shutil
 import sys
 import time
 
@@ -54,10 +58,20 @@ from applications.common.propagation import (add_blend_option, add_video_label_o
 from applications.common.video_propagation import empty_outputs, propagate_frames
 from options import base_eval_argparse, parse_eval_options
 from utils.argparse_tools import report_option_problems
-from utils.atomic_io import atomic_write
+from utils.atomic_io import atomic_write, check_output_folder, make_staging_folder, publish_folder
 from utils.distributed import cleanup, is_main_process, setup_distributed
 from utils.errors import UserError, exit_on_user_error
 from utils.video_io import VideoWriter, check_writable_folder
+
+CORRESPONDENCES = 'dense_correspondences.pt'  # the original's file: the (T, P, 2) points alone
+CORRESPONDENCE_EXTRAS = 'dense_correspondences_extras.pt'
+FRAME_FOLDERS = {'propagated': 'frames', 'congealed': 'congealing_frames'}  # --save_frames
+
+# Evaluation flags this application does not read (given, they are refused).
+UNREAD_OPTIONS = {
+    'num_pck_pairs': 'it picks keypoint pairs, which only applications.pck evaluates',
+    'seed': 'nothing here is drawn at random',
+}
 
 
 def add_mixed_reality_options(parser):
@@ -147,9 +161,11 @@ def save_labeled_averages(opt, clusters, labels, folder, device):
     save_grid(drawn, os.path.join(folder, 'labeled_averages.png'), nrow=max(1, int(len(drawn) ** 0.5)))
 
 
-def save_correspondences(path, opt, clusters, labels, points, mirrored, active=None):
-    record = {
-        'points': torch.cat(points).cpu(), 'mirrored': torch.cat(mirrored).cpu(),
+def save_correspondences(folder, opt, clusters, labels, points, mirrored, active=None):
+    """Write dense_correspondences.pt (the (T, P, 2) points alone, as the original) and the
+    description of those points in dense_correspondences_extras.pt."""
+    extras = {
+        'mirrored': torch.cat(mirrored).cpu(),
         'template_points': torch.cat([label.points for label in labels]).cpu(),
         'colours': torch.cat([label.colours for label in labels]).cpu(),
         'alpha': torch.cat([label.alpha for label in labels]).cpu(),
@@ -158,18 +174,18 @@ def save_correspondences(path, opt, clusters, labels, points, mirrored, active=N
         'real_size': int(opt.real_size), 'resolution': int(opt.resolution),
     }
     if active:
-        record['active_cluster'] = torch.cat(active).cpu()
-    atomic_write(path, lambda f: torch.save(record, f))
+        extras['active_cluster'] = torch.cat(active).cpu()
+    atomic_write(os.path.join(folder, CORRESPONDENCE_EXTRAS), lambda f: torch.save(extras, f))
+    points = torch.cat(points).cpu()
+    atomic_write(os.path.join(folder, CORRESPONDENCES), lambda f: torch.save(points, f))
 
 
-@torch.no_grad()
-def run(t, opt, source, clusters, labels, folder, device, classifier=None):
-    """Stream the frames through the transformer and write the outputs. Returns the frame count."""
+def _stream(t, opt, steps, clusters, labels, folder, device, classifier, staged, bar, records):
+    """The frame loop of ``run``: encode the videos, save PNG frames into ``staged`` folders
+    ({final name: staging folder}) and collect the correspondence records. Returns the frame count."""
     main = is_main_process()
-    steps = shared_batches(source, opt.batch)
-    correspondences, mirrored, active = [], [], []
-    count, started = 0, time.perf_counter()
-    bar = tqdm(total=source.frame_count, unit='frame', desc='frames', file=sys.stderr, disable=not main)
+    correspondences, mirrored, active = records
+    count = 0
     with contextlib.ExitStack() as stack:
         writers = {}
         if main:
@@ -188,10 +204,9 @@ def run(t, opt, source, clusters, labels, folder, device, classifier=None):
                 for kind, writer in writers.items():
                     frames = outputs[kind].cpu().numpy()
                     writer.write(frames)
-                    if opt.save_frames:
-                        sub = 'frames' if kind == 'propagated' else 'congealing_frames'
+                    if staged:
                         for offset, frame in enumerate(frames):
-                            save_png(frame, os.path.join(folder, sub, f'{count + offset:06d}.png'))
+                            save_png(frame, os.path.join(staged[FRAME_FOLDERS[kind]], f'{count + offset:06d}.png'))
                 if opt.save_correspondences:
                     correspondences.append(outputs['points'].cpu())
                     mirrored.append(outputs['mirrored'].cpu())
@@ -199,10 +214,32 @@ def run(t, opt, source, clusters, labels, folder, device, classifier=None):
                         active.append(outputs['active'].cpu())
             count += total
             bar.update(total)
+    return count
+
+
+@torch.no_grad()
+def run(t, opt, source, clusters, labels, folder, device, classifier=None):
+    """Stream the frames through the transformer and write the outputs. Returns the frame count."""
+    main = is_main_process()
+    steps = shared_batches(source, opt.batch)
+    correspondences, mirrored, active = [], [], []
+    started = time.perf_counter()
+    bar = tqdm(total=source.frame_count, unit='frame', desc='frames', file=sys.stderr, disable=not main)
+    # PNG frames go to hidden staging folders, renamed into place once every frame is written.
+    staged = {sub: make_staging_folder(os.path.join(folder, sub)) for sub in FRAME_FOLDERS.values()} \
+        if main and opt.save_frames else {}
+    try:
+        count = _stream(t, opt, steps, clusters, labels, folder, device, classifier, staged, bar,
+                        (correspondences, mirrored, active))
+    except BaseException:
+        for path in staged.values():
+            shutil.rmtree(path, ignore_errors=True)
+        raise
+    for sub, path in staged.items():
+        publish_folder(path, os.path.join(folder, sub), replace=True)
     bar.close()
     if main and opt.save_correspondences:
-        save_correspondences(os.path.join(folder, 'dense_correspondences.pt'), opt, clusters, labels,
-                             correspondences, mirrored, active)
+        save_correspondences(folder, opt, clusters, labels, correspondences, mirrored, active)
     seconds = time.perf_counter() - started
     if main:
         print(f'{count} frames in {seconds:.1f} s ({count / max(seconds, 1e-9):.2f} frames/s); outputs in {folder}')
@@ -212,8 +249,9 @@ def run(t, opt, source, clusters, labels, folder, device, classifier=None):
 @exit_on_user_error
 def main(argv=None):
     parser = mixed_reality_argparse()
-    opt = parse_eval_options(parser, argv)
+    opt = parse_eval_options(parser, argv, unread=UNREAD_OPTIONS)
     report_option_problems(parser, option_problems(opt))
+    check_output_folder(opt.out)
     device, _, _ = setup_distributed(opt.device)
     try:
         source = open_frames(opt)

@@ -32,12 +32,18 @@ from applications.common.output import make_grid_array, save_grid, save_json, sa
 from metrics.pck_transfer import bootstrap_pck, evaluate_pck_per_pair, format_pck_table, has_flow_stage, summarize
 from options import base_eval_argparse, parse_eval_options
 from utils.argparse_tools import has_option, report_option_problems
+from utils.atomic_io import check_output_folder
 from utils.distributed import cleanup, is_main_process, setup_distributed
 from utils.errors import exit_on_user_error
 from utils.image_io import tensor_to_uint8
 
 NUM_TO_VISUALIZE = 8
 MIN_PICTURE_SIZE = 256  # small images are enlarged (nearest neighbour) before drawing on them
+
+# Evaluation flags this application does not read (given, they are refused).
+UNREAD_OPTIONS = {
+    'output_resolution': 'keypoints are compared in the pixels of the input images',
+}
 
 
 def add_pck_options(parser):
@@ -169,8 +175,9 @@ def bootstrap_table(stds, alphas):
 @exit_on_user_error
 def main(argv=None):
     parser = pck_argparse()
-    opt = parse_eval_options(parser, argv)
+    opt = parse_eval_options(parser, argv, unread=UNREAD_OPTIONS)
     report_option_problems(parser, option_problems(opt))
+    check_output_folder(opt.out)
     device, _, _ = setup_distributed(opt.device)
     try:
         dataset = build_dataset(opt, pck=True)

@@ -47,12 +47,19 @@ from applications.common.scores import filter_by_flow_scores, flow_score_problem
 from models.gangealing import CongealedMean
 from options import parse_eval_options
 from utils.argparse_tools import report_option_problems
+from utils.atomic_io import check_output_folder
 from utils.colour_scales import scale_for_cluster
 from utils.distributed import all_gather_tensor, cleanup, is_main_process, rank_share, setup_distributed
 from utils.errors import UserError, exit_on_user_error
 from utils.image_io import tensor_to_uint8
 
 GRID_LIMIT = 100  # images shown in each grid; individual files have no limit
+
+# Evaluation flags this application does not read (given, they are refused).
+UNREAD_OPTIONS = {
+    'num_pck_pairs': 'it picks keypoint pairs, which only applications.pck evaluates',
+    'seed': 'nothing here is drawn at random',
+}
 
 
 def make_loader(dataset, indices, opt):
@@ -107,14 +114,19 @@ def write_individual(opt, kind, positions, images):
             save_png(tensor_to_uint8(image), os.path.join(opt.out, kind, f'{position:03}.png'))
 
 
-@torch.no_grad()
-def process_selection(t, opt, dataset, device, label, classifier=None):
-    """Congeal (and propagate onto) the selected images; write grids and files."""
+def selected_indices(opt, dataset):
+    """The dataset indices to process (--dset_indices, or all). Raises UserError for one out of range."""
     selection = list(opt.dset_indices) if opt.dset_indices is not None else list(range(len(dataset)))
-    bad = [i for i in selection if i >= len(dataset)]
+    bad = [i for i in selection if not 0 <= i < len(dataset)]
     if bad:
         raise UserError(f'--dset_indices {bad[0]} is out of range: the dataset has {len(dataset)} images '
                         f'(indices 0 to {len(dataset) - 1})')
+    return selection
+
+
+@torch.no_grad()
+def process_selection(t, opt, dataset, device, label, selection, classifier=None):
+    """Congeal (and propagate onto) the images of ``selection``; write grids and files."""
     positions = rank_share(list(range(len(selection))))
     grids = GridCollector()
     done = 0
@@ -139,17 +151,24 @@ def process_selection(t, opt, dataset, device, label, classifier=None):
             save_grid(gathered, os.path.join(opt.out, f'{kind}_grid.png'))
 
 
-def annotate_average(opt, label, device):
-    """Draw the label on the average congealed image; saves average_annotated_grid.png."""
-    if not os.path.isfile(opt.average_path):
-        raise UserError(f"average image '{opt.average_path}' does not exist; check --average_path")
-    size = opt.output_resolution
+def read_average(path, size):
+    """The average congealed image at ``path`` as (1, 3, size, size) in [-1, 1]; UserError when unreadable."""
+    if not os.path.isfile(path):
+        raise UserError(f"average image '{path}' does not exist; check --average_path")
     try:
-        with Image.open(opt.average_path) as image:
+        with Image.open(path) as image:
             average = np.asarray(image.convert('RGB').resize((size, size), Image.LANCZOS), dtype=np.float32)
     except OSError as e:
-        raise UserError(f"average image '{opt.average_path}' could not be read ({e})") from None
-    average = torch.from_numpy(average).permute(2, 0, 1).unsqueeze(0).to(device) / 127.5 - 1
+        raise UserError(f"average image '{path}' could not be read ({e})") from None
+    return torch.from_numpy(average).permute(2, 0, 1).unsqueeze(0) / 127.5 - 1
+
+
+def annotate_average(opt, label, device, average=None):
+    """Draw the label on the average congealed image; saves average_annotated_grid.png."""
+    size = opt.output_resolution
+    if average is None:
+        average = read_average(opt.average_path, size)
+    average = average.to(device)
     annotated = splat_label(average, label.pixels_at(size).unsqueeze(0), label.colours, label.alpha, opt,
                             opt.blend_alg)
     save_grid(annotated, os.path.join(opt.out, 'average_annotated_grid.png'))
@@ -159,8 +178,9 @@ def annotate_average(opt, label, device):
 @exit_on_user_error
 def main(argv=None):
     parser = propagation_argparse()
-    opt = parse_eval_options(parser, argv)
+    opt = parse_eval_options(parser, argv, unread=UNREAD_OPTIONS)
     report_option_problems(parser, option_problems(opt) + flow_score_problems(opt))
+    check_output_folder(opt.out)
     device, _, _ = setup_distributed(opt.device)
     try:
         dataset, _ = filter_by_flow_scores(opt, build_dataset(opt))
@@ -175,12 +195,17 @@ def main(argv=None):
             path = opt.label_path if cluster is None else cluster_label_path(opt.label_path, cluster)
             label = Label(*load_label(path, opt.resolution, opt.objects, device, scale_for_cluster(cluster)),
                           opt.resolution)
+        # Every input is checked before any work or output.
+        selection = selected_indices(opt, dataset)
+        given_average = None
+        if label is not None and opt.average_path is not None and opt.n_mean <= 0:
+            given_average = read_average(opt.average_path, opt.output_resolution)
         os.makedirs(opt.out, exist_ok=True)
         if opt.n_mean > 0:
             _, opt.average_path = average_congealed(t, opt, dataset, device, classifier)
-        process_selection(t, opt, dataset, device, label, classifier)
+        process_selection(t, opt, dataset, device, label, selection, classifier)
         if label is not None and opt.average_path is not None and is_main_process():
-            annotate_average(opt, label, device)
+            annotate_average(opt, label, device, given_average)
         if is_main_process():
             print(f'All output images are in {opt.out}')
     finally:

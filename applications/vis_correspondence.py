@@ -40,12 +40,19 @@ from models.spatial_transformers import MipmapWarp
 from models.spatial_transformers.geometry import identity_grid, resize_grid
 from options import base_eval_argparse, parse_eval_options
 from utils.argparse_tools import report_option_problems
+from utils.atomic_io import check_output_folder
 from utils.distributed import choose_device
 from utils.errors import UserError, exit_on_user_error
 from utils.image_io import tensor_to_uint8
 from utils.video_io import VideoWriter, check_writable_folder
 
 NEWTON_STEPS = 3
+
+# Evaluation flags this application does not read (given, they are refused).
+UNREAD_OPTIONS = {
+    'num_pck_pairs': 'it picks keypoint pairs, which only applications.pck evaluates',
+    'seed': 'nothing here is drawn at random',
+}
 
 
 def add_vis_correspondence_options(parser):
@@ -296,8 +303,9 @@ def average_videos(t, opt, dataset, policy_for, labels, warper, folder, device, 
 @exit_on_user_error
 def main(argv=None):
     parser = vis_correspondence_argparse()
-    opt = parse_eval_options(parser, argv)
+    opt = parse_eval_options(parser, argv, unread=UNREAD_OPTIONS)
     report_option_problems(parser, option_problems(opt) + flow_score_problems(opt))
+    check_output_folder(opt.out)
     device = choose_device(opt.device)
     dataset, _ = filter_by_flow_scores(opt, build_dataset(opt))
     t, classifier = load_stn(opt, device, with_classifier=True)

@@ -199,7 +199,8 @@ def main():
     source = decode_square(video, args.size)
     count = truth.shape[1]
     found = find_dots(output, source, count)
-    record = torch.load(os.path.join(folder, 'dense_correspondences.pt'), weights_only=True)
+    record = torch.load(os.path.join(folder, 'dense_correspondences_extras.pt'), weights_only=True)
+    points = torch.load(os.path.join(folder, 'dense_correspondences.pt'), weights_only=True)
     mirrored = record['mirrored'][:, 0].numpy()
 
     from PIL import Image
@@ -208,7 +209,7 @@ def main():
     dots = np.asarray(Image.open(label))[..., :3].astype(np.float64)
     template = record['template_points'].long().numpy()
     owner = ((dots[template[:, 1], template[:, 0]][:, None] - DOT_COLOURS[:count]) ** 2).sum(-1).argmin(1)
-    exact = np.stack([record['points'].numpy()[:, owner == k].mean(1) for k in range(count)], 1)
+    exact = np.stack([points.numpy()[:, owner == k].mean(1) for k in range(count)], 1)
     true = truth[..., :2].numpy().astype(np.float64)
     expected = np.where(mirrored[:, None, None], true[:, MIRROR_PERMUTATION.numpy()], true)
     error = np.linalg.norm(found - expected, axis=-1)  # (T, K), NaN where a dot was not found

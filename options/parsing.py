@@ -81,11 +81,15 @@ def parse_training_options(argv=None, save=True, adjust_parser=None, saved_optio
     return opt
 
 
-def parse_eval_options(parser, argv=None, verbose=True):
+def parse_eval_options(parser, argv=None, verbose=True, unread=None, native_size=False):
     """Finish and run an evaluation parser (``base_eval_argparse()`` plus an application's flags).
 
     The chosen dataset mode adds its flags first (is_train=False); then the
     final parse, validation and, when ``verbose``, printing on the main process.
+    ``unread`` ({dest: reason}) names the options the application does not
+    read: given on the command line they are refused, as training refuses
+    the options its configuration ignores. ``native_size``: the application
+    also takes ``--real_size 0`` (images at the size they were stored at).
     Returns the argparse.Namespace.
     """
     argv = _arguments(argv)
@@ -93,7 +97,7 @@ def parse_eval_options(parser, argv=None, verbose=True):
     list_registered_names(parser, chosen)
     opt = parser.parse_args(argv)
     check_choices_unchanged(opt, chosen)
-    validate_eval_options(opt, parser, chosen)
+    validate_eval_options(opt, parser, chosen, explicitly_given(parser, argv), unread, native_size)
     if getattr(opt, 'output_resolution', 0) is None:  # unset: the outputs keep the input resolution
         opt.output_resolution = opt.real_size
     if verbose and is_main_process():

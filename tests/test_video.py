@@ -101,6 +101,41 @@ def test_writer_leaves_nothing_on_failure(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
+_HELD = []  # what a forked child frees (held only here, so that dropping it frees it)
+
+
+def _hold_closed_readers_and_writers(path):
+    with VideoWriter(path, 24) as writer:
+        writer.write(clip_frames(count=4, height=64, width=64))
+    with VideoReader(path) as reader:
+        next(iter(reader))
+    seekable = SeekableVideo(path)
+    seekable.frame(2)
+    seekable.close()
+    _HELD[:] = [writer, reader, seekable]
+
+
+def _free_held():
+    _HELD.clear()
+
+
+def test_closed_readers_and_writers_hold_no_libav_threads_into_a_fork(tmp_path):
+    # A DataLoader forks its workers while the process still holds closed readers
+    # and writers. libav objects kept alive have codec and converter threads the
+    # child lacks: a child freeing them waited for those threads forever.
+    import multiprocessing
+    _hold_closed_readers_and_writers(str(tmp_path / 'clip.mp4'))
+    child = multiprocessing.get_context('fork').Process(target=_free_held)
+    child.start()
+    child.join(60)
+    hung = child.is_alive()
+    if hung:
+        child.kill()
+        child.join()
+    _HELD.clear()
+    assert not hung and child.exitcode == 0
+
+
 def test_reader_refuses_bad_files(tmp_path):
     (tmp_path / 'text.mp4').write_text('not a video at all')
     with pytest.raises(VideoError, match='could not be opened'):
@@ -236,8 +271,9 @@ def test_mixed_reality_end_to_end(clip_world):
     assert read_video_info(str(folder / 'propagated.mp4')) == (FRAMES, SIZE, SIZE, 24.0)
     assert read_video_info(str(folder / 'congealed.mp4'))[:3] == (FRAMES, SIZE, SIZE)
     assert sorted(os.listdir(folder / 'frames')) == [f'{i:06d}.png' for i in range(FRAMES)]
-    record = torch.load(str(folder / 'dense_correspondences.pt'), weights_only=True)
-    points = record['points']
+    points = torch.load(str(folder / 'dense_correspondences.pt'), weights_only=True)
+    assert torch.is_tensor(points) and points.dtype == torch.float32  # the original's format
+    record = torch.load(str(folder / 'dense_correspondences_extras.pt'), weights_only=True)
     assert points.shape == (FRAMES, 16, 2) and record['template_points'].shape == (16, 2)
     # Every label pixel lands 4 pixels to the right of its template position, in every frame.
     expected = record['template_points'] + torch.tensor([SHIFT_PIXELS, 0.0])

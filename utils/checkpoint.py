@@ -116,7 +116,7 @@ def load_checkpoint(path, map_location='cpu'):
             return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         # weights_only refusals arrive as UnpicklingError; so do most corruptions.
-        detail = _unpickler_detail(e)
+        detail = load_error_detail(e)
         if 'global' in detail.lower():
             raise CheckpointError(
                 f"checkpoint '{path}' refers to code or classes that are not allowed to be loaded "
@@ -135,13 +135,14 @@ def load_checkpoint(path, map_location='cpu'):
             f"({detail}); download or save it again") from None
 
 
-def _unpickler_detail(error):
-    """The informative part of torch's weights-only refusal message."""
+def load_error_detail(error):
+    """The informative part of a ``torch.load`` error (its weights-only refusal text is pages long), at
+    most 300 characters on one line."""
     text = str(error).split('Check the documentation', 1)[0]
     kept = []
     for paragraph in text.split('\n\n'):
         paragraph = ' '.join(paragraph.split())
-        if 'WeightsUnpickler error:' in paragraph:
+        if 'WeightsUnpickler error:' in paragraph:  # (weights-only refusals)
             paragraph = paragraph.split('WeightsUnpickler error:', 1)[1].strip()
         if paragraph and not paragraph.startswith('Weights only load failed'):
             kept.append(paragraph)

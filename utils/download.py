@@ -244,3 +244,16 @@ def ensure_dataset_folder(url, data_dir, archive_name, folder, progress=True):
         archive = download_file(url, os.path.join(data_dir, archive_name), progress=progress)
         extract_archive_folder(archive, data_dir, folder)
     return root
+
+
+# The original release imported its model downloader and test settings from this
+# module; they live in utils.pretrained (which builds on this module), so they are
+# looked up there when first asked for.
+_FORWARDED = ('download_model', 'PRETRAINED_TEST_HYPERPARAMS')
+
+
+def __getattr__(name):
+    if name in _FORWARDED:
+        import utils.pretrained
+        return getattr(utils.pretrained, name)
+    raise AttributeError(f"module 'utils.download' has no attribute '{name}'")

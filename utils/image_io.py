@@ -130,6 +130,8 @@ def decode_untrusted_image(data, max_side, formats=UPLOAD_FORMATS):
         raise
     except Image.DecompressionBombError:
         raise UntrustedImageError('the image is too large to decode safely') from None
+    except Image.UnidentifiedImageError:  # its text names the in-memory buffer, not the file
+        raise UntrustedImageError(f"not a readable image (the format is not one of {', '.join(formats)})") from None
     except (OSError, ValueError, SyntaxError, EOFError) as e:
         accepted = ', '.join(formats)
         raise UntrustedImageError(f'not a readable image ({accepted} accepted): {e}') from None

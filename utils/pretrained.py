@@ -7,6 +7,7 @@ unless ``--override`` is given.
 """
 import os
 
+from utils.checkpoint import load_checkpoint
 from utils.download import download_file, hub_checkpoint_dir
 from utils.errors import UserError
 
@@ -117,3 +118,24 @@ def apply_test_settings(opt, name):
     for key, value in settings.items():
         setattr(opt, key, value)
     return settings
+
+
+# ----------------------------------------------------------------------------- the original release's names
+#
+# Its README's Python snippet imports these from utils.download (which forwards
+# them here). The test settings are the original table: padding mode and
+# iterations, plus num_heads for the clustering models (car, horse); the
+# transformers accept num_heads as a check of the model they are.
+PRETRAINED_TEST_HYPERPARAMS = {
+    name: {key: value for key, value in settings.items() if not (key == 'num_heads' and value == 1)}
+    for name, settings in _TEST_SETTINGS.items()
+}
+
+
+def download_model(model_name):
+    """A released model's checkpoint dict (``t_ema``, ``g_ema``, ``args``, ...), downloaded once.
+
+    ``model_name`` is one of PRETRAINED_NAMES; a checkpoint path works too.
+    Raises UserError (unknown name, failed download, unreadable file).
+    """
+    return load_checkpoint(resolve_checkpoint(model_name), map_location='cpu')

@@ -15,6 +15,7 @@ import os
 import torch
 
 from utils.atomic_io import atomic_write
+from utils.checkpoint import load_error_detail
 from utils.errors import UserError
 
 FLOW_SCORES_FILE = 'flow_scores.pt'
@@ -51,7 +52,8 @@ def load_flow_scores(path, dataset_length=None):
     try:
         scores = torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e:  # any unpickling problem means the file is not a score file
-        raise UserError(f"flow scores '{path}' could not be read ({type(e).__name__}: {e})") from None
+        raise UserError(f"flow scores '{path}' could not be read: not a score file, or a corrupt one "
+                        f"({load_error_detail(e)}); compute them with python -m applications.flow_scores") from None
     if not torch.is_tensor(scores) or scores.dim() != 1 or not scores.is_floating_point():
         what = f'a {tuple(scores.shape)} {scores.dtype} tensor' if torch.is_tensor(scores) else type(scores).__name__
         raise UserError(f"flow scores '{path}' must hold a 1-D float tensor (one score per image), "

@@ -16,6 +16,7 @@ from fractions import Fraction
 
 import numpy as np
 
+from utils.atomic_io import make_staging_file
 from utils.errors import UserError
 
 VIDEO_EXTENSIONS = ('.mp4', '.mov', '.m4v', '.webm', '.mkv', '.avi', '.gif', '.mpg', '.mpeg', '.wmv', '.flv')
@@ -37,6 +38,21 @@ def _av():
 def looks_like_video(path):
     """Whether ``path`` is a file whose extension is a common video (or GIF) extension."""
     return os.path.isfile(path) and os.path.splitext(path)[1].lower() in VIDEO_EXTENSIONS
+
+
+def release_libav(owner, *names):
+    """Drop ``owner``'s references to PyAV objects (set the attributes ``names`` to None).
+
+    A codec context or a pixel-format converter runs its own pool of native
+    threads, joined only when the object is freed. A process that forks (a
+    DataLoader's workers) while such an object is alive gives the child an
+    object whose threads do not exist there; if the child frees it (a
+    reference dropped, a frame holding it torn down), libav waits for those
+    threads forever. Readers and writers therefore free their libav objects
+    as soon as they are closed, not when they are garbage-collected.
+    """
+    for name in names:
+        setattr(owner, name, None)
 
 
 class VideoReader:
@@ -112,7 +128,7 @@ class VideoReader:
         container = getattr(self, '_container', None)
         if container is not None:
             container.close()
-            self._container = None
+        release_libav(self, '_container', '_frames', '_first')
 
     def __enter__(self):
         return self
@@ -219,7 +235,7 @@ class SeekableVideo:
     def close(self):
         if self._container is not None:
             self._container.close()
-        self._container = self._frames = None
+        release_libav(self, '_container', '_stream', '_frames')
         self._next = None
 
     def __enter__(self):
@@ -274,8 +290,8 @@ class VideoWriter:
         self.path, self.fps, self.crf = path, fps, crf
         folder = os.path.dirname(os.path.abspath(path))
         check_writable_folder(folder)
-        fd, self._tmp = tempfile.mkstemp(prefix=f'.{os.path.basename(path)}.', suffix='.tmp', dir=folder)
-        os.close(fd)
+        # A killed run's leftover (its process gone) is removed here.
+        self._tmp = make_staging_file(path)
         self._container = self._stream = None
         self.size = None  # (height, width) of the frames given
         self.frames_written = 0
@@ -322,7 +338,7 @@ class VideoWriter:
             for packet in self._stream.encode():  # flush delayed frames
                 self._container.mux(packet)
             self._container.close()
-            self._container = None
+            release_libav(self, '_container', '_stream')
             os.replace(self._tmp, self.path)
             self._tmp = None
         except BaseException:
@@ -337,7 +353,7 @@ class VideoWriter:
                 self._container.close()
             except Exception:  # the file is being thrown away; a failed close changes nothing
                 pass
-            self._container = None
+            release_libav(self, '_container', '_stream')
         if self._tmp is not None:
             try:
                 os.remove(self._tmp)

@@ -8,6 +8,7 @@
 - ``propagation``: carrying a label from congealed space to images, and the
   label flags.
 - ``video_propagation``: the per-batch label propagation of the video tools.
+- ``correspondence``: points and dense flow from one image to another.
 - ``scores``: flow scores and filtering a dataset by them.
 - ``output``: crash-safe PNG, JSON and grid files.
 """

@@ -103,7 +103,10 @@ def load_stn(args, device, with_classifier=False):
         raise UserError(f"checkpoint '{path}' has no spatial transformer (no 't_ema' entry); give a "
                         f"GANgealing checkpoint saved by train.py or a released model name")
     config = stn_architecture(args, ckpt)
-    if config['flow_size'] > args.real_size:
+    # --real_size 0 (images at their stored sizes, see congeal_dataset): inputs reach the
+    # transformer resized to its flow size.
+    supersize = args.real_size or config['flow_size']
+    if config['flow_size'] > supersize:
         raise UserError(f"the spatial transformer works at flow_size {config['flow_size']}, larger than "
                         f"--real_size {args.real_size}; evaluate at --real_size {config['flow_size']} "
                         f"or more")
@@ -113,7 +116,7 @@ def load_stn(args, device, with_classifier=False):
     width = trunk_width(ckpt['t_ema'])
     if width is not None and width != RELEASED_TRUNK_WIDTH:
         extra['max_channels'] = width  # a narrow (test or experimental) transformer
-    t_ema = get_stn(config['transform'], flow_size=config['flow_size'], supersize=args.real_size,
+    t_ema = get_stn(config['transform'], flow_size=config['flow_size'], supersize=supersize,
                     channel_multiplier=config['stn_channel_multiplier'], num_heads=config['num_heads'],
                     **extra)
     try:
@@ -128,7 +131,7 @@ def load_stn(args, device, with_classifier=False):
     if isinstance(ckpt.get('classifier'), dict):
         from models.cluster_classifier import classifier_from_state_dict
         classifier = classifier_from_state_dict(ckpt['classifier'], config['flow_size'],
-                                                config['stn_channel_multiplier'], args.real_size,
+                                                config['stn_channel_multiplier'], supersize,
                                                 config['num_heads'])
         classifier = classifier.to(device).eval().requires_grad_(False)
     return t_ema, classifier

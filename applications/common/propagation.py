@@ -142,6 +142,13 @@ def option_problems(opt):
     return problems
 
 
+def square_label_problem(name, width, height):
+    """The message refusing a non-square label (it would be stretched onto the square template)."""
+    side = max(width, height)
+    return (f'{name} is {width} x {height} pixels, but a label is drawn on the square congealed template; '
+            f'make it square (e.g. pad it to {side} x {side}, or draw it on the average image)')
+
+
 def label_from_rgba(rgba, has_alpha, resolution, objects, device, scale='turbo', name='label'):
     """List the pixels of a congealed-space label given as an RGBA array.
 
@@ -158,8 +165,10 @@ def label_from_rgba(rgba, has_alpha, resolution, objects, device, scale='turbo',
         points (P, 2) pixel x, y at ``resolution``; colours (P, 3) in [-1, 1];
         alpha (P, 1) in [0, 1].
     Raises:
-        UserError: an empty label.
+        UserError: a non-square or empty label.
     """
+    if rgba.shape[0] != rgba.shape[1]:
+        raise UserError(square_label_problem(name, rgba.shape[1], rgba.shape[0]))
     label = torch.from_numpy(np.ascontiguousarray(rgba, dtype=np.float32)).permute(2, 0, 1)
     label = label.unsqueeze(0).to(device)  # (1, 4, H, W)
     if not has_alpha:  # a plain mask: brightness decides membership

@@ -39,7 +39,7 @@ from torch.utils.data import DataLoader, Subset
 
 from applications.common.models import cluster_policy
 from applications.common.propagation import (Alignment, Label, align, label_from_rgba, option_problems,
-                                             propagate_aligned, splat_label)
+                                             propagate_aligned, splat_label, square_label_problem)
 from applications.studio.video_export import video_facts, write_propagated_video
 from datasets.video import IndexedVideoFrames
 from models.gangealing import CongealedMean
@@ -124,7 +124,7 @@ class StudioEngine:
         self.video_facts = video_facts(dataset, getattr(opt, 'fps', None), opt.real_size)
         self._video_job = None  # the latest video export's progress record
         if opt.label_path is not None:
-            self.set_label(self._read_start_label(opt.label_path))
+            self.set_label(self._read_start_label(opt.label_path), what=f"label '{opt.label_path}'")
 
     # ------------------------------------------------------------------ facts for the page
 
@@ -405,14 +405,18 @@ class StudioEngine:
             data = f.read(MAX_UPLOAD_BYTES + 1)
         return data
 
-    def set_label(self, data):
-        """Take an uploaded label (encoded image bytes).
+    def set_label(self, data, what='label'):
+        """Take an uploaded label (encoded image bytes); ``what`` names it in error messages.
 
         An image without transparency is a mask (white is the label) and is
         stored as RGBA with that mask as alpha, which the command line reads
-        the same way. Returns {'width', 'height', 'pixels'}. Raises RequestError.
+        the same way. A label is drawn on the square template, so it must be
+        square. Returns {'width', 'height', 'pixels'}. Raises RequestError.
         """
-        rgba = self.decode_upload(data, 'label')
+        rgba = self.decode_upload(data, what)
+        height, width = rgba.shape[:2]
+        if height != width:
+            raise RequestError(square_label_problem(what, width, height))
         with self._model():
             self.label = rgba
         return {'width': int(rgba.shape[1]), 'height': int(rgba.shape[0]),

@@ -10,11 +10,17 @@ from applications.studio import require_studio_dependencies
 from datasets.video import SQUARE_PAD_MODES
 from options import parse_eval_options
 from utils.argparse_tools import report_option_problems
+from utils.atomic_io import check_output_folder
 from utils.distributed import choose_device, launched_by_torchrun
 from utils.errors import UserError
 
 DEFAULT_PORT = 7860
 DEFAULT_KEEP_WARPS = 1000  # the default --n_mean's images, ~125 MiB of warps at flow_size 128
+
+# Evaluation flags the studio does not read (given, they are refused).
+UNREAD_OPTIONS = {
+    'num_pck_pairs': 'it picks keypoint pairs, which only applications.pck evaluates',
+}
 
 
 def studio_argparse():
@@ -104,8 +110,9 @@ def build_engine(argv=None, verbose=True):
     Raises UserError (argparse problems exit 2) before anything is served.
     """
     parser = studio_argparse()
-    opt = parse_eval_options(parser, argv, verbose=verbose)
+    opt = parse_eval_options(parser, argv, verbose=verbose, unread=UNREAD_OPTIONS)
     report_option_problems(parser, studio_problems(opt))
+    check_output_folder(opt.out)
     require_studio_dependencies()
     from applications.studio.engine import StudioEngine
 

@@ -60,6 +60,14 @@ class STNBase(nn.Module):
                 module.trunk_precision = precision
         return self
 
+    def check_num_heads(self, num_heads):
+        """Refuse a ``num_heads`` (given to ``forward``, e.g. with a released model's test
+        settings) other than this model's; None checks nothing."""
+        if num_heads is not None and int(num_heads) != self.num_heads:
+            raise UserError(f'these settings are for a transformer with {num_heads} heads, and this one has '
+                            f'{self.num_heads}; build it with num_heads={num_heads} (get_stn(..., '
+                            f'num_heads={num_heads})) before loading those weights')
+
     def load_state_dict(self, state_dict, strict=True, assign=False):
         """Load our or official weights (fixed buffers optional, see state_dicts).
 

@@ -73,11 +73,11 @@ class ComposedSTN(STNBase):
     def forward(self, img, output_resolution=None, iters=1, return_warp=False, return_flow=False,
                 padding_mode='border', alpha=None, input_img_for_sampling=None,
                 warp_policy='cartesian', unfold=False, stop_grad=False, return_sim=False,
-                return_intermediates=False, return_out_of_bounds=False, image_bounds=None):
+                return_intermediates=False, return_out_of_bounds=False, image_bounds=None, num_heads=None):
         """Warp images into the learned template through every stage.
 
         Arguments as SpatialTransformer.forward (``iters`` re-applies the first,
-        similarity, stage), plus:
+        similarity, stage; ``num_heads`` is checked against the model's), plus:
             return_sim: also return the first stage's output images.
             return_intermediates: return (list of images, list of grids), one
                 per stage, instead.
@@ -87,6 +87,7 @@ class ComposedSTN(STNBase):
             stage is a flow, else the (rows, 2, 3) matrix), first-stage images,
             out-of-bounds flags.
         """
+        self.check_num_heads(num_heads)
         results = self._run_stages(img, output_resolution, iters, padding_mode, alpha,
                                    input_img_for_sampling, warp_policy, stop_grad)
         if return_intermediates:

@@ -14,6 +14,10 @@ from utils.errors import WeightsMismatchError
 
 # Keys older official checkpoints may carry that no current model uses.
 _OBSOLETE_SUFFIXES = ('warp_head.rebias',)
+# The input downsampler's kernels depend on the input size alone: a model built
+# for inputs at flow_size has no downsampler, yet the released checkpoints (saved
+# at a larger size) carry its kernels, so they are dropped wherever they appear.
+_SIZE_DEPENDENT_SUFFIXES = ('input_downsample.kernel_horz', 'input_downsample.kernel_vert')
 
 
 def _stage_prefixes(state_dict):
@@ -100,7 +104,7 @@ def prepare_state_dict(model, state_dict, strict=True):
     state_dict = _strip_wrapper_prefix(state_dict)
     fixed = {name for name, _ in model.named_buffers()}
     incoming = {key: value for key, value in state_dict.items()
-                if key not in fixed and not key.endswith(_OBSOLETE_SUFFIXES)}
+                if key not in fixed and not key.endswith(_OBSOLETE_SUFFIXES + _SIZE_DEPENDENT_SUFFIXES)}
     if not strict:
         return incoming
     own = model.state_dict()

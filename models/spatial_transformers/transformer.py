@@ -185,7 +185,7 @@ class SpatialTransformer(STNBase):
                 padding_mode='border', alpha=None, input_img_for_sampling=None,
                 warp_policy='cartesian', unfold=False, stop_grad=False, base_warp=None,
                 return_out_of_bounds=False, image_bounds=None, return_intermediates=False,
-                intermediate_output_resolution=None):
+                intermediate_output_resolution=None, num_heads=None):
         """Warp images into the learned template.
 
         Args:
@@ -213,10 +213,13 @@ class SpatialTransformer(STNBase):
             return_intermediates: return (list of images, list of grids), one
                 per iteration, instead.
             intermediate_output_resolution: output size of non-final iterations.
+            num_heads: the number of heads the caller expects (a released
+                model's test settings carry it); a UserError if it differs.
         Returns:
             images (rows, 3, R, R) alone, or a tuple with the requested extras in
             the order warp, flow, out-of-bounds.
         """
+        self.check_num_heads(num_heads)
         padding_mode = check_padding_mode(padding_mode)
         source = img if input_img_for_sampling is None else input_img_for_sampling
         head_index = resolve_warp_policy(warp_policy, self.num_heads, source)

@@ -1,0 +1,1 @@
+"""The original release's ``utils.vis_tools`` names that its README's Python snippet imports (see ``helpers``)."""
