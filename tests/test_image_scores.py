@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from applications.image_scores import (MISFIT_PARTS, PASS_SCORES, batch_scores, check_scores_apply, combine,
+from applications.common.image_scores import (MISFIT_PARTS, PASS_SCORES, batch_scores, check_scores_apply, combine,
                                        parts_of, standardise)
 from metrics import METRICS
 from metrics.alignment_error import MISFIT_ERROR, alignment_errors, congealed_keypoints, template_keypoints

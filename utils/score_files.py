@@ -142,7 +142,7 @@ def save_flow_scores(scores, path, record=None):
     return path
 
 
-def load_flow_scores(path, dataset_length=None, checkpoint_path=None):
+def load_flow_scores(path, dataset_length=None, checkpoint_path=None, check_record=True):
     """Read a score file and check that it fits the dataset (and the checkpoint).
 
     Args:
@@ -151,6 +151,8 @@ def load_flow_scores(path, dataset_length=None, checkpoint_path=None):
             with; None skips the check.
         checkpoint_path: the checkpoint the scores are used with; when the
             file has a record, it must name this checkpoint. None skips the check.
+        check_record: check the record beside the file, if any (the scoring
+            application compares it itself).
     Returns:
         (N,) float tensor of scores (CPU).
     Raises:
@@ -176,7 +178,7 @@ def load_flow_scores(path, dataset_length=None, checkpoint_path=None):
         raise UserError(f"flow scores '{path}' hold {scores.numel()} scores but the dataset has "
                         f"{dataset_length} images: they belong to another dataset; compute them for this "
                         f"one with python -m applications.flow_scores")
-    record = read_record(path)
+    record = read_record(path) if check_record else None
     if record is not None:
         expected = {'checkpoint_sha256': file_sha256(checkpoint_path)} if checkpoint_path else {}
         problem = record_problem(path, scores.float(), record, expected)

@@ -42,15 +42,17 @@ def filter_by_flow_scores(opt, dataset):
         (dataset, or a Subset of it, kept (M,) long indices into the original
         dataset in increasing order).
     Raises:
-        UserError: unreadable score file, or one whose length differs from
-            the dataset's (scores of another dataset).
+        UserError: unreadable score file, one whose length differs from
+            the dataset's (scores of another dataset), or one whose record
+            names another checkpoint (stale scores).
     """
     from torch.utils.data import Subset
+    from utils.pretrained import resolve_checkpoint
     from utils.score_files import high_score_indices, load_flow_scores
 
     if getattr(opt, 'flow_scores', None) is None:
         return dataset, torch.arange(len(dataset))
-    scores = load_flow_scores(opt.flow_scores, len(dataset))
+    scores = load_flow_scores(opt.flow_scores, len(dataset), checkpoint_path=resolve_checkpoint(opt.ckpt))
     kept = high_score_indices(scores, opt.fraction_retained)
     if kept.numel() == 0:
         raise UserError(f'--fraction_retained {opt.fraction_retained} keeps none of the {len(dataset)} images')

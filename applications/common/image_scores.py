@@ -1,5 +1,7 @@
 """Per-image curation scores: how well the trained transformer fits each image.
 
+(Not runnable: imported by the applications.)
+
 Every score is one float per image, higher = a better fit (keep), computed
 from the images alone and the trained transformer (nothing a real dataset
 lacks). Each image is congealed as the applications congeal it (mirrored
@@ -165,7 +167,7 @@ def _gather(mine, local, length, device):
 def congealed_means(t, opt, dataset, device, classifier=None, progress=True):
     """(K, 3, F, F) mean congealed image of each head over ``dataset`` (images congealed as the
     applications congeal them; collective over processes)."""
-    from applications import decide_heads, stn_kwargs
+    from applications.common.models import decide_heads, stn_kwargs
     from models.gangealing import CongealedMean
 
     _, loader = _loader(opt, dataset, progress, 'congealed means')
@@ -181,7 +183,7 @@ def congealed_means(t, opt, dataset, device, classifier=None, progress=True):
 def compute_image_scores(t, opt, dataset, device, names, classifier=None, loss_fn=None, progress=True):
     """Score every image of ``dataset`` with each score of ``names``.
 
-    Images are congealed as everywhere else (``applications.decide_heads``).
+    Images are congealed as everywhere else (``applications.common.models.decide_heads``).
     Each process scores its share; the shares are gathered.
 
     Args:
@@ -195,7 +197,7 @@ def compute_image_scores(t, opt, dataset, device, names, classifier=None, loss_f
         UserError: a score this transformer cannot give; a clustering model
             with neither a classifier nor ``--cluster``.
     """
-    from applications import check_cluster, decide_heads, stn_kwargs
+    from applications.common.models import check_cluster, decide_heads, stn_kwargs
 
     parts = parts_of(names)
     check_scores_apply(t, names)
