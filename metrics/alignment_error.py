@@ -99,3 +99,24 @@ def congealed_keypoints(t, images, keypoints, mirrored=None, permutation=None, w
         policy = warp_policy if isinstance(warp_policy, str) else warp_policy[chunk]
         out.append(t.congeal_points(images[chunk], keypoints[chunk, :, :2], warp_policy=policy, **stn_kwargs))
     return torch.cat(out).float(), keypoints[..., 2] > 0
+
+
+def _ranks(values):
+    """(N,) -> (N,) float ranks 1..N, ties sharing their mean rank."""
+    values = torch.as_tensor(values).double().reshape(-1)
+    order = values.argsort()
+    ranks = torch.empty_like(values)
+    ranks[order] = torch.arange(1, values.numel() + 1, dtype=torch.double)
+    unique, inverse = values.unique(return_inverse=True)
+    sums = torch.zeros(unique.numel(), dtype=torch.double).index_add_(0, inverse, ranks)
+    counts = torch.bincount(inverse, minlength=unique.numel()).double()
+    return (sums / counts)[inverse]
+
+
+@METRICS.register('spearman')
+def spearman(a, b):
+    """Spearman rank correlation of two (N,) sequences, in [-1, 1] (ties get their mean rank)."""
+    ra, rb = _ranks(a), _ranks(b)
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    denominator = (ra.norm() * rb.norm()).item()
+    return float((ra * rb).sum() / denominator) if denominator > 0 else 0.0

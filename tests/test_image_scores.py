@@ -148,3 +148,12 @@ def test_congealed_keypoints_follow_a_shifted_image():
     assert (points[1, 0] - ((mirrored + 0.5) / 2 - 0.5)).abs().max() <= 0.5
     errors = alignment_errors(points, visible, 16)
     assert errors.shape == (2,) and math.isfinite(float(errors.max()))
+
+
+def test_spearman_of_monotone_and_reversed_orders():
+    from metrics.alignment_error import spearman
+    a = torch.tensor([0.1, 0.5, 0.3, 0.9, 0.7])
+    assert spearman(a, a ** 3) == pytest.approx(1.0)
+    assert spearman(a, -a) == pytest.approx(-1.0)
+    # Ties take their mean rank: [1, 2.5, 2.5, 4] against [1, 2, 3, 4].
+    assert spearman(torch.tensor([1.0, 2.0, 2.0, 3.0]), torch.arange(4.0)) == pytest.approx(4.5 / math.sqrt(4.5 * 5))
