@@ -372,7 +372,24 @@ def clustering_measures(classifier_ckpt, samples, images, size, seed, batch=50):
     real_modes = dataset_modes(images, seed, factors)
     real_clusters = torch.cat([classifier.assign(chunk) % heads for chunk in real.split(batch)])
     head_share = torch.bincount(assigned % heads, minlength=heads).float() / samples
+    # Without a classifier: each image to the head whose congealed mean (over the rendered real images) its
+    # congealed output is closest to (applications.cluster_by_means), fitted on the real images alone.
+    from applications.cluster_by_means import fit_mean_assigner
+    assigner = fit_mean_assigner(t_ema, real, loss_fn, flips=opt.flips, stn_kwargs={'padding_mode': opt.padding_mode})
+    by_means_real = torch.cat([assigner.assign(chunk) for chunk in real.split(batch)])
+    stream = torch.Generator().manual_seed(20_000 + seed)
+    by_means_generated = []
+    for start in range(0, samples, batch):
+        z = torch.randn(min(batch, samples - start), generator.style_dim, generator=stream)
+        x = generator([z])[0]  # (images, latents)
+        by_means_generated.append(assigner.assign(resize_for_stn(x, opt.real_size)))
+    by_means_generated = torch.cat(by_means_generated)
     return {
+        'ari_means_real': adjusted_rand_index(by_means_real % heads, real_modes),
+        'ari_means_generated': adjusted_rand_index(by_means_generated % heads, modes),
+        'means_agreement_transformer': float((by_means_generated == assigned).float().mean()),
+        'means_cluster_agreement_transformer': float((by_means_generated % heads == assigned % heads).float().mean()),
+        'means_agreement_classifier_real': float((by_means_real % heads == real_clusters).float().mean()),
         'samples': samples, 'images': images,
         'ari_transformer_generated': adjusted_rand_index(assigned % heads, modes),
         'ari_classifier_generated': adjusted_rand_index(predicted % heads, modes),
@@ -445,6 +462,13 @@ def clustering_main(argv):
          f"{measures['assignment_repeatability']:.3f}"),
         ('classifier agreement with the transformer (head and mirror)', f"{measures['classifier_accuracy']:.3f}"),
         ('classifier agreement with the transformer (head alone)', f"{measures['classifier_cluster_accuracy']:.3f}"),
+        ('ARI, closest congealed mean (no classifier) vs true mode (rendered real images)',
+         f"{measures['ari_means_real']:.3f}"),
+        ('ARI, closest congealed mean vs true mode (generated)', f"{measures['ari_means_generated']:.3f}"),
+        ('closest congealed mean, agreement with the transformer (head and mirror / head alone)',
+         f"{measures['means_agreement_transformer']:.3f} / {measures['means_cluster_agreement_transformer']:.3f}"),
+        ("closest congealed mean, agreement with the classifier's cluster (rendered real images)",
+         f"{measures['means_agreement_classifier_real']:.3f}"),
         ('wall time: transformer / classifier / measures',
          ' / '.join(f'{minutes / 60:.1f} min' for minutes in (trained - start, classified - trained,
                                                                done - classified))),

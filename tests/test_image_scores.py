@@ -157,3 +157,35 @@ def test_spearman_of_monotone_and_reversed_orders():
     assert spearman(a, -a) == pytest.approx(-1.0)
     # Ties take their mean rank: [1, 2.5, 2.5, 4] against [1, 2, 3, 4].
     assert spearman(torch.tensor([1.0, 2.0, 2.0, 3.0]), torch.arange(4.0)) == pytest.approx(4.5 / math.sqrt(4.5 * 5))
+
+
+# ----------------------------------------------------------------------------- clusters without a classifier
+
+def two_head_stn():
+    with torch.random.fork_rng():
+        torch.manual_seed(1)
+        return get_stn(['similarity', 'flow'], flow_size=16, supersize=SIZE, channel_multiplier=0.5, max_channels=32,
+                       num_heads=2).eval()
+
+
+def test_mean_assigner_picks_the_head_whose_mean_an_image_matches():
+    from applications.cluster_by_means import MeanAssigner, fit_mean_assigner, head_means
+    t = two_head_stn()
+    x = images(2, seed=3)
+    with torch.no_grad():
+        means = torch.stack([t(x[:1], warp_policy=torch.tensor([0]), **KWARGS)[0],
+                             t(x[1:], warp_policy=torch.tensor([1]), **KWARGS)[0]])
+    assigner = MeanAssigner(t, means, LaplacianPyramidDistance(), flips=True, stn_kwargs=KWARGS)
+    distances = assigner.distances(x)
+    assert distances.shape == (2, 4) and distances[0, 0] == 0 and distances[1, 1] == 0
+    assert assigner.assign(x).tolist() == [0, 1]
+    inputs, logits, classes, mirrored = assigner.run_flip(x)
+    assert not mirrored.any() and torch.equal(inputs, x)
+    # A mirrored image is recognised as the mirror of its head's image.
+    _, _, classes, mirrored = assigner.run_flip(x.flip(3))
+    assert classes.tolist() == [2, 3] and mirrored.all()
+    # Means over every image through every head, then refined over each head's own images.
+    everything, counts = head_means(t, x, KWARGS)
+    assert everything.shape == (2, 3, 16, 16) and counts.tolist() == [2, 2]
+    fitted = fit_mean_assigner(t, x, LaplacianPyramidDistance(), rounds=1, stn_kwargs=KWARGS)
+    assert fitted.means.shape == (2, 3, 16, 16) and torch.isfinite(fitted.means).all()
