@@ -8,7 +8,7 @@
 the original GANgealing's file: a 1-D float tensor, one score per image in
 dataset order, minus the total variation of the image's residual flow.
 ``--score misfit`` writes ``misfit_scores.pt`` and any other score NAME
-(``applications.image_scores``) ``NAME_scores.pt``, in the same format;
+(``applications.common.image_scores``) ``NAME_scores.pt``, in the same format;
 higher always means a better fit (keep). Other applications use a score file
 through ``--flow_scores PATH --fraction_retained F``.
 

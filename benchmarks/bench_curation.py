@@ -194,15 +194,16 @@ def main():
 def score_measures(ckpt, data, size, precision, fraction_retained, batch=50):
     """Every curation score of ``data`` against each image's true alignment error.
 
-    The scores are ``applications.image_scores``'s, computed as
+    The scores are ``applications.common.image_scores``'s, computed as
     ``applications.flow_scores`` computes them; the truth is
     ``metrics.alignment_error`` (outliers count as misfits). Returns
     {score: {'spearman', 'auc', 'auc_per_kind', 'error_all', 'error_kept'}}
     plus 'truth' (the error itself used as a score: the best any score can do).
     """
-    from applications import build_dataset, decide_heads, load_stn, stn_kwargs
+    from applications.common.data import build_dataset
+    from applications.common.models import decide_heads, load_stn, stn_kwargs
     from applications.flow_scores import build_parser, score_loss
-    from applications.image_scores import SCORE_NAMES, compute_image_scores
+    from applications.common.image_scores import SCORE_NAMES, compute_image_scores
     from datasets.keypoint_pairs import PCKDataset
     from metrics.alignment_error import alignment_errors, congealed_keypoints, spearman
     from options import parse_eval_options
@@ -373,8 +374,8 @@ def clustering_measures(classifier_ckpt, samples, images, size, seed, batch=50):
     real_clusters = torch.cat([classifier.assign(chunk) % heads for chunk in real.split(batch)])
     head_share = torch.bincount(assigned % heads, minlength=heads).float() / samples
     # Without a classifier: each image to the head whose congealed mean (over the rendered real images) its
-    # congealed output is closest to (applications.cluster_by_means), fitted on the real images alone.
-    from applications.cluster_by_means import fit_mean_assigner
+    # congealed output is closest to (applications.common.cluster_by_means), fitted on the real images alone.
+    from applications.common.cluster_by_means import fit_mean_assigner
     assigner = fit_mean_assigner(t_ema, real, loss_fn, flips=opt.flips, stn_kwargs={'padding_mode': opt.padding_mode})
     by_means_real = torch.cat([assigner.assign(chunk) for chunk in real.split(batch)])
     stream = torch.Generator().manual_seed(20_000 + seed)

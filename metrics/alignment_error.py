@@ -1,6 +1,6 @@
 """Each image's true alignment error: how far its congealed keypoints land from the template's.
 
-A curation score (``applications.image_scores``) should rank images by how
+A curation score (``applications.common.image_scores``) should rank images by how
 badly the transformer aligns them. On a keypoint dataset whose keypoints are
 exact (the synthetic world) that quantity is known: carry each image's
 visible keypoints into the template and measure their distance from the

@@ -1,4 +1,4 @@
-"""Curation scores (applications.image_scores) on tiny transformers, and the true alignment error."""
+"""Curation scores (applications.common.image_scores) on tiny transformers, and the true alignment error."""
 import math
 
 import pytest
@@ -169,7 +169,7 @@ def two_head_stn():
 
 
 def test_mean_assigner_picks_the_head_whose_mean_an_image_matches():
-    from applications.cluster_by_means import MeanAssigner, fit_mean_assigner, head_means
+    from applications.common.cluster_by_means import MeanAssigner, fit_mean_assigner, head_means
     t = two_head_stn()
     x = images(2, seed=3)
     with torch.no_grad():

@@ -8,7 +8,7 @@ crops) need rough flows, so they sink to the bottom.
 
 File format (shared with the original GANgealing): ``flow_scores.pt`` inside
 the dataset folder, a 1-D float tensor with one score per image in dataset
-order, saved with ``torch.save``. Other scores (``applications.image_scores``)
+order, saved with ``torch.save``. Other scores (``applications.common.image_scores``)
 go to ``NAME_scores.pt`` in the same format.
 
 Beside each file we write, a record ``NAME_scores.json`` says what made it:

@@ -9,7 +9,9 @@ place of the generator's targets.
 
 ``MeanAssigner`` offers the cluster classifier's interface (``num_clusters``,
 ``flips``, ``forward`` logits, ``assign``, ``run_flip``, ``run_flip_target``),
-so ``applications.decide_heads`` can use either.
+so ``applications.common.models.decide_heads`` can use either.
+
+(Not runnable: imported by the applications and the benchmarks.)
 """
 import torch
 
