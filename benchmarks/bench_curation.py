@@ -191,7 +191,7 @@ def main():
 # ----------------------------------------------------------------------------- every score against the truth
 
 @torch.no_grad()
-def score_measures(ckpt, data, size, precision, fraction_retained, batch=50):
+def score_measures(ckpt, data, size, precision, fraction_retained, batch=50, raw_path=None):
     """Every curation score of ``data`` against each image's true alignment error.
 
     The scores are ``applications.common.image_scores``'s, computed as
@@ -199,6 +199,7 @@ def score_measures(ckpt, data, size, precision, fraction_retained, batch=50):
     ``metrics.alignment_error`` (outliers count as misfits). Returns
     {score: {'spearman', 'auc', 'auc_per_kind', 'error_all', 'error_kept'}}
     plus 'truth' (the error itself used as a score: the best any score can do).
+    ``raw_path``: also save {'scores', 'errors', 'labels'} there (torch.save).
     """
     from applications.common.data import build_dataset
     from applications.common.models import decide_heads, load_stn, stn_kwargs
@@ -234,6 +235,8 @@ def score_measures(ckpt, data, size, precision, fraction_retained, batch=50):
         torch.zeros(len(dataset), dtype=torch.long)
     errors = alignment_errors(points, visible, t.stn_in_size, misfit=labels > 0)
     outlier = labels > 0
+    if raw_path:
+        torch.save({'scores': scores, 'errors': errors, 'labels': labels}, raw_path)
     result = {}
     for name, values in [*scores.items(), ('truth', -errors)]:
         kept = high_score_indices(values, fraction_retained)
@@ -298,7 +301,8 @@ def scores_main(argv):
             if not os.path.isdir(data):
                 run(['prepare_data.py', '--synthetic', '--size', args.size, '--max_images', args.images, '--seed',
                      seed, '--outlier_fraction', fraction, '--out', data], args.threads)
-            measures = score_measures(ckpt, data, args.size, args.precision, args.fraction_retained)
+            measures = score_measures(ckpt, data, args.size, args.precision, args.fraction_retained,
+                                      raw_path=data + '_raw.pt')
             everything[f'seed {seed}, outlier fraction {fraction}'] = measures
             print_score_table(f'data seed {seed}, {args.images} images, outlier fraction {fraction}', measures,
                               args.fraction_retained)
