@@ -30,8 +30,9 @@ def still_flow(t):
 
 
 def all_scores(t, x, **kwargs):
-    means = t(x, **KWARGS).mean(0, keepdim=True)
-    return batch_scores(t, x, 'cartesian', list(PASS_SCORES), KWARGS, LaplacianPyramidDistance(), means, **kwargs)
+    congealed, grid = t(x, return_warp=True, **KWARGS)
+    return batch_scores(t, x, 'cartesian', list(PASS_SCORES), KWARGS, LaplacianPyramidDistance(),
+                        congealed.mean(0, keepdim=True), mean_grids=grid.mean(0, keepdim=True), **kwargs)
 
 
 def test_every_score_of_a_tiny_model_is_finite_and_per_image():
@@ -48,7 +49,7 @@ def test_a_transformer_that_does_nothing_fits_every_image():
     # Identity similarity, still flow: nothing to undo, mirror and repeat agree, TV 0.
     t = still_flow(make_stn(zoom=1.0))
     scores = all_scores(t, images())
-    for name in ('flow', 'flow_size', 'reapply', 'flip', 'iteration'):
+    for name in ('flow', 'flow_size', 'reapply', 'flip', 'iteration', 'outside', 'warp_distance'):
         torch.testing.assert_close(scores[name], torch.zeros(4), atol=1e-5, rtol=0, msg=name)
 
 
@@ -72,6 +73,18 @@ def test_flip_sees_a_warp_that_is_not_mirror_symmetric():
     t = still_flow(make_stn(zoom=1.0, shift=0.25))
     scores = all_scores(t, images())
     torch.testing.assert_close(scores['flip'], torch.full((4,), -0.25), atol=1e-4, rtol=0)
+
+
+def test_outside_and_warp_distance():
+    # A centred zoom of 1/2 shifted right by 0.75 reads x in [0.25, 1.25]: a quarter of its columns lie outside.
+    t = still_flow(make_stn(zoom=0.5, shift=0.75))
+    x = images()
+    scores = all_scores(t, x)
+    torch.testing.assert_close(scores['outside'], torch.full((4,), -0.25), atol=1 / 16 + 1e-6, rtol=0)
+    # Against the grid of a plain zoom of 1/2, every grid point is 0.75 off in x: 0.375 of the image side.
+    plain_grid = still_flow(make_stn(zoom=0.5))(x[:1], return_warp=True, **KWARGS)[1]
+    scores = batch_scores(t, x, 'cartesian', ['warp_distance'], KWARGS, mean_grids=plain_grid)
+    torch.testing.assert_close(scores['warp_distance'], torch.full((4,), -0.375), atol=1e-4, rtol=0)
 
 
 def test_mean_distance_is_the_loss_to_the_mean_congealed_image():

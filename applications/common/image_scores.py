@@ -22,6 +22,11 @@ scores then read that congealing:
 - ``mean_distance``: minus the distance, in the training loss's feature space
   (``--loss_fn``), of the congealed image from the mean congealed image of
   its head over the whole dataset (a first pass computes the means);
+- ``outside``: minus the fraction of the congealed image sampled from
+  beyond the image (a face cut by the frame needs content that is not there);
+- ``warp_distance``: minus the mean distance (fraction of the image side) of
+  the image's sampling grid from the mean grid of its head over the dataset
+  (an image that needs an unusual warp: extreme zoom, shift, rotation);
 - ``misfit``: the recommended score for cleaning a dataset; see ``MISFIT_PARTS``.
 
 Scores other than ``flow`` need a transformer whose similarity stage comes first
@@ -34,7 +39,9 @@ from models.spatial_transformers.geometry import identity_grid
 from utils.errors import UserError
 
 # Scores computed from one congealing pass of each image (plus the extra passes each names).
-PASS_SCORES = ('flow', 'flow_size', 'reapply', 'flip', 'iteration', 'mean_distance')
+PASS_SCORES = ('flow', 'flow_size', 'reapply', 'flip', 'iteration', 'mean_distance', 'outside', 'warp_distance')
+# Scores that need the dataset's mean congealed image and mean grid of each head (a first pass).
+NEEDS_MEANS = ('mean_distance', 'warp_distance')
 # The misfit score: the mean of these scores' standardised values (z-scores over the dataset).
 MISFIT_PARTS = ('reapply', 'mean_distance')
 SCORE_NAMES = PASS_SCORES + ('misfit',)
@@ -74,7 +81,7 @@ def _grid_distance(a, b):
 
 
 @torch.no_grad()
-def batch_scores(t, inputs, policy, parts, stn_kwargs, loss_fn=None, means=None, heads=None):
+def batch_scores(t, inputs, policy, parts, stn_kwargs, loss_fn=None, means=None, heads=None, mean_grids=None):
     """The pass scores ``parts`` of one batch.
 
     Args:
@@ -85,7 +92,8 @@ def batch_scores(t, inputs, policy, parts, stn_kwargs, loss_fn=None, means=None,
         stn_kwargs: forward options (padding_mode, iters).
         loss_fn: perceptual distance ``(a, b) -> (B,)`` (``mean_distance``).
         means: (K, 3, F, F) mean congealed image per head (``mean_distance``).
-        heads: (B,) long head of each image (``mean_distance``; default head 0).
+        heads: (B,) long head of each image (``mean_distance``, ``warp_distance``; default head 0).
+        mean_grids: (K, F, F, 2) mean sampling grid per head (``warp_distance``).
     Returns:
         {name: (B,) float tensor, higher = better fit}.
     """
@@ -110,10 +118,16 @@ def batch_scores(t, inputs, policy, parts, stn_kwargs, loss_fn=None, means=None,
         kwargs = dict(stn_kwargs, iters=stn_kwargs.get('iters', 1) + 1)
         more = t(inputs, return_warp=True, warp_policy=policy, **kwargs)[1]
         scores['iteration'] = -_grid_distance(grid, more)
+    heads = torch.zeros(inputs.shape[0], dtype=torch.long, device=inputs.device) if heads is None else heads
+    if 'outside' in parts:
+        scores['outside'] = -(grid.float().abs() > 1).any(-1).float().flatten(1).mean(1)
+    if 'warp_distance' in parts:
+        if mean_grids is None:
+            raise ValueError('warp_distance needs mean_grids')
+        scores['warp_distance'] = -_grid_distance(grid, mean_grids.to(grid.device)[heads])
     if 'mean_distance' in parts:
         if loss_fn is None or means is None:
             raise ValueError('mean_distance needs loss_fn and means')
-        heads = torch.zeros(inputs.shape[0], dtype=torch.long, device=inputs.device) if heads is None else heads
         target = means.to(congealed.device, congealed.dtype)[heads]
         if target.shape[-1] != congealed.shape[-1]:
             raise ValueError(f'means of size {target.shape[-1]} for congealed images of size {congealed.shape[-1]}')
@@ -165,18 +179,21 @@ def _gather(mine, local, length, device):
 
 @torch.no_grad()
 def congealed_means(t, opt, dataset, device, classifier=None, progress=True):
-    """(K, 3, F, F) mean congealed image of each head over ``dataset`` (images congealed as the
-    applications congeal them; collective over processes)."""
+    """Mean congealed image (K, 3, F, F) and mean sampling grid (K, F, F, 2) of each head over ``dataset``
+    (images congealed as the applications congeal them; collective over processes)."""
     from applications.common.models import decide_heads, stn_kwargs
     from models.gangealing import CongealedMean
 
     _, loader = _loader(opt, dataset, progress, 'congealed means')
     size = t.stn_in_size
     mean = CongealedMean(max(1, opt.num_heads), 3, size, device)
+    grids = CongealedMean(max(1, opt.num_heads), 2, size, device)
     for images in loader:
         inputs, _, heads, policy = decide_heads(opt, t, classifier, images.to(device), getattr(opt, 'cluster', None))
-        mean.add(t(inputs, warp_policy=policy, **stn_kwargs(opt)).float(), heads)
-    return mean.result()[0]
+        congealed, grid = t(inputs, warp_policy=policy, return_warp=True, **stn_kwargs(opt))
+        mean.add(congealed.float(), heads)
+        grids.add(grid.float().permute(0, 3, 1, 2), heads)
+    return mean.result()[0], grids.result()[0].permute(0, 2, 3, 1)
 
 
 @torch.no_grad()
@@ -202,12 +219,14 @@ def compute_image_scores(t, opt, dataset, device, names, classifier=None, loss_f
     parts = parts_of(names)
     check_scores_apply(t, names)
     check_cluster(opt, classifier)
-    means = congealed_means(t, opt, dataset, device, classifier, progress) if 'mean_distance' in parts else None
+    means, mean_grids = (congealed_means(t, opt, dataset, device, classifier, progress)
+                         if any(part in NEEDS_MEANS for part in parts) else (None, None))
     mine, loader = _loader(opt, dataset, progress, 'image scores')
     local = {part: [] for part in parts}
     for images in loader:
         inputs, _, heads, policy = decide_heads(opt, t, classifier, images.to(device), getattr(opt, 'cluster', None))
-        for part, values in batch_scores(t, inputs, policy, parts, stn_kwargs(opt), loss_fn, means, heads).items():
+        for part, values in batch_scores(t, inputs, policy, parts, stn_kwargs(opt), loss_fn, means, heads,
+                                         mean_grids).items():
             local[part].append(values)
     gathered = {part: _gather(mine, torch.cat(values) if values else torch.zeros(0, device=device), len(dataset),
                               device) for part, values in local.items()}
