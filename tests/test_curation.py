@@ -149,7 +149,11 @@ def test_other_scores_and_stale_files(world, tmp_path):
     path = world['data'] / 'misfit_scores.pt'
     misfit = torch.load(path, weights_only=True)
     assert misfit.shape == (NUM_IMAGES,) and torch.isfinite(misfit).all() and misfit.std() > 0
-    assert json.loads((world['data'] / 'misfit_scores.json').read_text())['options']['loss_fn'] == 'laplacian'
+    assert json.loads((world['data'] / 'misfit_scores.json').read_text())['score'] == 'misfit'
+    result = run_module('applications.flow_scores', '--ckpt', world['ckpt'], '--real_data_path', world['data'],
+                        '--score', 'mean_distance', *COMMON)
+    assert result.returncode == 0, result.stderr
+    assert json.loads((world['data'] / 'mean_distance_scores.json').read_text())['options']['loss_fn'] == 'laplacian'
 
     # Any score file filters the dataset, with the checkpoint that made it.
     out = tmp_path / 'aligned'

@@ -101,8 +101,9 @@ def test_mean_distance_is_the_loss_to_the_mean_congealed_image():
 
 
 def test_misfit_combines_standardised_parts():
-    parts = {'reapply': torch.tensor([0.0, -1.0, -2.0, -3.0, -10.0]),
-             'mean_distance': torch.tensor([-1.0, -2.0, 0.0, -3.0, -10.0])}
+    first, second = MISFIT_PARTS
+    parts = {first: torch.tensor([0.0, -1.0, -2.0, -3.0, -10.0]),
+             second: torch.tensor([-1.0, -2.0, 0.0, -3.0, -10.0])}
     misfit = combine('misfit', parts)
     expected = torch.stack([standardise(parts[p]) for p in MISFIT_PARTS]).mean(0)
     torch.testing.assert_close(misfit, expected)
