@@ -22,6 +22,13 @@ Steps (each one the project's own command line, run as a subprocess):
 
 Prints a table and the command that made it.
 
+    python -m benchmarks.bench_curation --scores --seeds 2 3     # validation; --seeds 1 reports
+
+``--scores`` (``scores_main``) measures every curation score of
+``applications.common.image_scores`` against each image's true alignment error
+(``metrics.alignment_error``): Spearman over the ordinary images, outlier ROC
+AUC, and the mean true error of the images ``--fraction_retained`` keeps.
+
     python -m benchmarks.bench_curation --clustering --seed 1
 
 ``--clustering`` measures clustering instead (``clustering_main``): a
@@ -29,7 +36,8 @@ Prints a table and the command that made it.
 its cluster classifier (``train_cluster_classifier.py``), and on held-out
 generated samples and rendered images the adjusted Rand index of the head
 assignments against the true modes, plus the classifier's agreement with the
-transformer's own assignments.
+transformer's own assignments, and the same measures for assigning each image
+to the head whose congealed mean it is closest to (no classifier).
 """
 import argparse
 import json
