@@ -6,7 +6,7 @@ Each runnable module owns its flags and its steps:
 - ``mixed_reality``: propagate a label onto every frame of a video.
 - ``vis_correspondence``: animate congealing and dense correspondence.
 - ``pck``: PCK-Transfer of keypoints between image pairs.
-- ``flow_scores``: rank a dataset's images by the smoothness of their flow.
+- ``flow_scores``: rank a dataset's images by how well the transformer fits them (``--score``).
 - ``congeal_dataset``: write a dataset's aligned crops.
 - ``correspond``: dense correspondence from one image to another.
 - ``edit_studio``: the browser studio for drawing and propagating edits.

@@ -22,6 +22,13 @@ Steps (each one the project's own command line, run as a subprocess):
 
 Prints a table and the command that made it.
 
+    python -m benchmarks.bench_curation --scores --seeds 2 3     # validation; --seeds 1 reports
+
+``--scores`` (``scores_main``) measures every curation score of
+``applications.common.image_scores`` against each image's true alignment error
+(``metrics.alignment_error``): Spearman over the ordinary images, outlier ROC
+AUC, and the mean true error of the images ``--fraction_retained`` keeps.
+
     python -m benchmarks.bench_curation --clustering --seed 1
 
 ``--clustering`` measures clustering instead (``clustering_main``): a
@@ -29,7 +36,8 @@ Prints a table and the command that made it.
 its cluster classifier (``train_cluster_classifier.py``), and on held-out
 generated samples and rendered images the adjusted Rand index of the head
 assignments against the true modes, plus the classifier's agreement with the
-transformer's own assignments.
+transformer's own assignments, and the same measures for assigning each image
+to the head whose congealed mean it is closest to (no classifier).
 """
 import argparse
 import json
@@ -97,6 +105,8 @@ def keypoint_spread(keypoints, size):
 def main():
     if '--clustering' in sys.argv[1:]:
         return clustering_main([a for a in sys.argv[1:] if a != '--clustering'])
+    if '--scores' in sys.argv[1:]:
+        return scores_main([a for a in sys.argv[1:] if a != '--scores'])
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--ckpt', default=None, help='a trained synthetic-world checkpoint (default: train one)')
     parser.add_argument('--train_iters', type=int, default=2400, help="the demo's full schedule")
@@ -186,6 +196,130 @@ def main():
                    'outlier_fraction_after': float(outlier[kept].float().mean())}, f, indent=2)
 
 
+# ----------------------------------------------------------------------------- every score against the truth
+
+@torch.no_grad()
+def score_measures(ckpt, data, size, precision, fraction_retained, batch=50, raw_path=None):
+    """Every curation score of ``data`` against each image's true alignment error.
+
+    The scores are ``applications.common.image_scores``'s, computed as
+    ``applications.flow_scores`` computes them; the truth is
+    ``metrics.alignment_error`` (outliers count as misfits). Returns
+    {score: {'spearman', 'auc', 'auc_per_kind', 'error_all', 'error_kept'}}
+    plus 'truth' (the error itself used as a score: the best any score can do).
+    ``raw_path``: also save {'scores', 'errors', 'labels'} there (torch.save).
+    """
+    from applications.common.data import build_dataset
+    from applications.common.models import decide_heads, load_stn, stn_kwargs
+    from applications.flow_scores import build_parser, score_loss
+    from applications.common.image_scores import SCORE_NAMES, compute_image_scores
+    from datasets.keypoint_pairs import PCKDataset
+    from metrics.alignment_error import alignment_errors, congealed_keypoints, spearman
+    from options import parse_eval_options
+    from synthetic_world.outliers import OUTLIER_KINDS, OUTLIERS_FILE
+    from utils.score_files import high_score_indices
+
+    device = torch.device('cpu')
+    opt = parse_eval_options(build_parser(), ['--ckpt', ckpt, '--real_data_path', data, '--real_size', str(size),
+                                              '--num_workers', '0', '--device', 'cpu', '--precision', precision,
+                                              '--batch', str(batch)], verbose=False)
+    t, classifier = load_stn(opt, device, with_classifier=True)
+    dataset = build_dataset(opt)
+    _, loss = score_loss(opt, ckpt)
+    scores = compute_image_scores(t, opt, dataset, device, list(SCORE_NAMES), classifier, loss, progress=False)
+
+    images = torch.stack([dataset[i] for i in range(len(dataset))])
+    truth = PCKDataset(data, size)
+    mirrored, heads = [], []
+    for chunk in images.split(batch):
+        _, chunk_mirrored, chunk_heads, _ = decide_heads(opt, t, classifier, chunk)
+        mirrored.append(chunk_mirrored.reshape(-1))
+        heads.append(chunk_heads)
+    policy = 'cartesian' if opt.num_heads == 1 else torch.cat(heads)
+    points, visible = congealed_keypoints(t, images, truth.keypoints, torch.cat(mirrored), truth.permutation,
+                                          warp_policy=policy, batch=batch, **stn_kwargs(opt))
+    labels_path = os.path.join(data, OUTLIERS_FILE)
+    labels = torch.load(labels_path, weights_only=True) if os.path.isfile(labels_path) else \
+        torch.zeros(len(dataset), dtype=torch.long)
+    errors = alignment_errors(points, visible, t.stn_in_size, misfit=labels > 0)
+    outlier = labels > 0
+    if raw_path:
+        torch.save({'scores': scores, 'errors': errors, 'labels': labels}, raw_path)
+    result = {}
+    for name, values in [*scores.items(), ('truth', -errors)]:
+        kept = high_score_indices(values, fraction_retained)
+        entry = {'spearman': spearman(-values[~outlier], errors[~outlier]),
+                 'error_all': float(errors.mean()), 'error_kept': float(errors[kept].mean()),
+                 'ordinary_error_all': float(errors[~outlier].mean()),
+                 'ordinary_error_kept': float(errors[kept][~outlier[kept]].mean())}
+        if outlier.any():
+            entry['auc'] = roc_auc(values[~outlier], values[outlier])
+            entry['auc_per_kind'] = {kind: roc_auc(values[~outlier], values[labels == k + 1])
+                                     for k, kind in enumerate(OUTLIER_KINDS) if (labels == k + 1).any()}
+        result[name] = entry
+    return result
+
+
+def print_score_table(title, measures, fraction_retained):
+    """One markdown table: a row per score."""
+    print(f'\n{title}')
+    print(f'| score | Spearman with true error (ordinary images) | outlier ROC AUC (cut / tiny / scrambled) | '
+          f'mean true error, all -> kept by --fraction_retained {fraction_retained} |')
+    print('|---|---|---|---|')
+    for name, m in measures.items():
+        auc = (f"{m['auc']:.3f} ({' / '.join(f'{v:.3f}' for v in m['auc_per_kind'].values())})"
+               if 'auc' in m else '-')
+        change = (m['error_kept'] - m['error_all']) / m['error_all']
+        print(f"| {name} | {m['spearman']:.3f} | {auc} | {m['error_all']:.4f} -> {m['error_kept']:.4f} "
+              f'({100 * change:+.1f}%) |')
+
+
+def scores_main(argv):
+    """``--scores``: every curation score against the true per-image alignment error, per data seed."""
+    parser = argparse.ArgumentParser(prog='bench_curation --scores', description=scores_main.__doc__)
+    parser.add_argument('--ckpt', default=None, help='a trained synthetic-world checkpoint (default: train one, as '
+                                                     'without --scores)')
+    parser.add_argument('--train_iters', type=int, default=2400)
+    parser.add_argument('--train_flags', type=str, default='',
+                        help='more train.py flags for the model trained here (one string)')
+    parser.add_argument('--seeds', type=int, nargs='+', default=[1],
+                        help='data seeds to measure on (choose on some, report once on another)')
+    parser.add_argument('--images', type=int, default=200)
+    parser.add_argument('--size', type=int, default=64)
+    parser.add_argument('--outlier_fraction', type=float, default=0.2)
+    parser.add_argument('--fraction_retained', type=float, default=0.9)
+    parser.add_argument('--threads', type=int, default=2)
+    parser.add_argument('--precision', default='auto', choices=PRECISIONS)
+    parser.add_argument('--workdir', default=None, help='keep the intermediate files here (default: a temp folder)')
+    args = parser.parse_args(argv)
+    work = args.workdir or tempfile.mkdtemp(prefix='bench_scores_')
+    os.makedirs(work, exist_ok=True)
+    start = time.time()
+    ckpt = args.ckpt
+    if ckpt is None:
+        ckpt = os.path.join(work, 'model', 'checkpoints', checkpoint_name(args.train_iters))
+        if not os.path.isfile(ckpt):
+            run(['train.py', '--exp-name', 'model', '--results', work, '--iter', args.train_iters,
+                 '--tv_weight', TV_WEIGHT, '--precision', args.precision, *args.train_flags.split()], args.threads)
+    torch.set_num_threads(args.threads)
+    everything = {}
+    for seed in args.seeds:
+        for fraction in (args.outlier_fraction, 0.0):
+            data = os.path.join(work, f'data_seed{seed}_outliers{fraction}')
+            if not os.path.isdir(data):
+                run(['prepare_data.py', '--synthetic', '--size', args.size, '--max_images', args.images, '--seed',
+                     seed, '--outlier_fraction', fraction, '--out', data], args.threads)
+            measures = score_measures(ckpt, data, args.size, args.precision, args.fraction_retained,
+                                      raw_path=data + '_raw.pt')
+            everything[f'seed {seed}, outlier fraction {fraction}'] = measures
+            print_score_table(f'data seed {seed}, {args.images} images, outlier fraction {fraction}', measures,
+                              args.fraction_retained)
+    print(f"\ncommand: python -m benchmarks.bench_curation --scores {' '.join(argv)}"
+          f'  ({(time.time() - start) / 60:.1f} min)')
+    with open(os.path.join(work, 'bench_scores.json'), 'w') as f:
+        json.dump(everything, f, indent=2)
+
+
 # ----------------------------------------------------------------------------- clustering
 
 def clustering_schedule(iters):
@@ -251,7 +385,24 @@ def clustering_measures(classifier_ckpt, samples, images, size, seed, batch=50):
     real_modes = dataset_modes(images, seed, factors)
     real_clusters = torch.cat([classifier.assign(chunk) % heads for chunk in real.split(batch)])
     head_share = torch.bincount(assigned % heads, minlength=heads).float() / samples
+    # Without a classifier: each image to the head whose congealed mean (over the rendered real images) its
+    # congealed output is closest to (applications.common.cluster_by_means), fitted on the real images alone.
+    from applications.common.cluster_by_means import fit_mean_assigner
+    assigner = fit_mean_assigner(t_ema, real, loss_fn, flips=opt.flips, stn_kwargs={'padding_mode': opt.padding_mode})
+    by_means_real = torch.cat([assigner.assign(chunk) for chunk in real.split(batch)])
+    stream = torch.Generator().manual_seed(20_000 + seed)
+    by_means_generated = []
+    for start in range(0, samples, batch):
+        z = torch.randn(min(batch, samples - start), generator.style_dim, generator=stream)
+        x = generator([z])[0]  # (images, latents)
+        by_means_generated.append(assigner.assign(resize_for_stn(x, opt.real_size)))
+    by_means_generated = torch.cat(by_means_generated)
     return {
+        'ari_means_real': adjusted_rand_index(by_means_real % heads, real_modes),
+        'ari_means_generated': adjusted_rand_index(by_means_generated % heads, modes),
+        'means_agreement_transformer': float((by_means_generated == assigned).float().mean()),
+        'means_cluster_agreement_transformer': float((by_means_generated % heads == assigned % heads).float().mean()),
+        'means_agreement_classifier_real': float((by_means_real % heads == real_clusters).float().mean()),
         'samples': samples, 'images': images,
         'ari_transformer_generated': adjusted_rand_index(assigned % heads, modes),
         'ari_classifier_generated': adjusted_rand_index(predicted % heads, modes),
@@ -324,6 +475,13 @@ def clustering_main(argv):
          f"{measures['assignment_repeatability']:.3f}"),
         ('classifier agreement with the transformer (head and mirror)', f"{measures['classifier_accuracy']:.3f}"),
         ('classifier agreement with the transformer (head alone)', f"{measures['classifier_cluster_accuracy']:.3f}"),
+        ('ARI, closest congealed mean (no classifier) vs true mode (rendered real images)',
+         f"{measures['ari_means_real']:.3f}"),
+        ('ARI, closest congealed mean vs true mode (generated)', f"{measures['ari_means_generated']:.3f}"),
+        ('closest congealed mean, agreement with the transformer (head and mirror / head alone)',
+         f"{measures['means_agreement_transformer']:.3f} / {measures['means_cluster_agreement_transformer']:.3f}"),
+        ("closest congealed mean, agreement with the classifier's cluster (rendered real images)",
+         f"{measures['means_agreement_classifier_real']:.3f}"),
         ('wall time: transformer / classifier / measures',
          ' / '.join(f'{minutes / 60:.1f} min' for minutes in (trained - start, classified - trained,
                                                                done - classified))),

@@ -7,6 +7,7 @@ for pixel) and whose flow stage has random weights (so flows, and hence
 scores, differ from image to image).
 """
 import argparse
+import json
 import math
 import os
 
@@ -19,7 +20,7 @@ from models import get_stn
 from models.spatial_transformers import flow_total_variation
 from tests.test_applications import run_module
 from utils.checkpoint import save_checkpoint
-from utils.score_files import high_score_indices, load_flow_scores, save_flow_scores
+from utils.score_files import file_sha256, high_score_indices, load_flow_scores, save_flow_scores
 from utils.errors import UserError
 
 SIZE = 32
@@ -116,16 +117,77 @@ def test_flow_scores_end_to_end(world):
     torch.testing.assert_close(scores, expected, rtol=1e-3, atol=1e-9)
     assert scores.std() > 0 and (scores <= 0).all()
 
-    # A second run reuses the file; --recompute writes it again.
-    save_flow_scores(torch.full((NUM_IMAGES,), -7.0), str(path))
+    # The record beside it says what made it; a second run with the same checkpoint reuses the file.
+    record = json.loads((world['data'] / 'flow_scores.json').read_text())
+    assert record['score'] == 'flow' and record['images'] == NUM_IMAGES
+    assert record['checkpoint_sha256'] == file_sha256(world['ckpt'])
+    assert record['options']['iters'] == 1 and record['options']['flip_inference'] is True
     result = run_module('applications.flow_scores', '--ckpt', world['ckpt'], '--real_data_path', world['data'],
                         *COMMON)
     assert result.returncode == 0 and 'already computed' in result.stdout
-    assert torch.load(path, weights_only=True).eq(-7.0).all()
+
+    # A file without a record (the original's, or another tool's) is computed again, saying why;
+    # so is one made with other options.
+    save_flow_scores(torch.full((NUM_IMAGES,), -7.0), str(path))
+    result = run_module('applications.flow_scores', '--ckpt', world['ckpt'], '--real_data_path', world['data'],
+                        *COMMON)
+    assert result.returncode == 0 and 'has no record of what made it' in result.stdout
+    torch.testing.assert_close(torch.load(path, weights_only=True), expected, rtol=1e-3, atol=1e-9)
+    result = run_module('applications.flow_scores', '--ckpt', world['ckpt'], '--real_data_path', world['data'],
+                        '--no_flip_inference', *COMMON)
+    assert result.returncode == 0 and 'flip_inference=True, now flip_inference=False' in result.stdout
     result = run_module('applications.flow_scores', '--ckpt', world['ckpt'], '--real_data_path', world['data'],
                         '--recompute', *COMMON)
     assert result.returncode == 0, result.stderr
     torch.testing.assert_close(torch.load(path, weights_only=True), expected, rtol=1e-3, atol=1e-9)
+
+
+def test_other_scores_and_stale_files(world, tmp_path):
+    result = run_module('applications.flow_scores', '--ckpt', world['ckpt'], '--real_data_path', world['data'],
+                        '--score', 'misfit', '--recompute', *COMMON)
+    assert result.returncode == 0, result.stderr
+    path = world['data'] / 'misfit_scores.pt'
+    misfit = torch.load(path, weights_only=True)
+    assert misfit.shape == (NUM_IMAGES,) and torch.isfinite(misfit).all() and misfit.std() > 0
+    assert json.loads((world['data'] / 'misfit_scores.json').read_text())['score'] == 'misfit'
+    result = run_module('applications.flow_scores', '--ckpt', world['ckpt'], '--real_data_path', world['data'],
+                        '--score', 'mean_distance', *COMMON)
+    assert result.returncode == 0, result.stderr
+    assert json.loads((world['data'] / 'mean_distance_scores.json').read_text())['options']['loss_fn'] == 'laplacian'
+
+    # Any score file filters the dataset, with the checkpoint that made it.
+    out = tmp_path / 'aligned'
+    result = run_module('applications.congeal_dataset', '--ckpt', world['ckpt'], '--real_data_path', world['data'],
+                        '--out', out, '--output_resolution', 16, '--min_effective_resolution', 12,
+                        '--flow_scores', path, '--fraction_retained', 0.5, *COMMON)
+    assert result.returncode == 0, result.stderr
+    kept = high_score_indices(misfit, 0.5)
+    assert torch.load(out / 'dataset_indices.pt', weights_only=True).tolist() == kept.tolist()
+
+    # With another model's checkpoint, the scores are stale: refused before any output.
+    other = save_stn(make_stn(zoom=0.6), tmp_path / 'other.pt')
+    result = run_module('applications.congeal_dataset', '--ckpt', other, '--real_data_path', world['data'],
+                        '--out', tmp_path / 'other_out', '--flow_scores', path, '--fraction_retained', 0.5, *COMMON)
+    line = error_line(result)
+    assert line.startswith('error: stale scores:') and 'made with another checkpoint' in line
+    assert not (tmp_path / 'other_out').exists()
+    # A score file replaced under its record is refused too.
+    torch.save(torch.zeros(NUM_IMAGES), str(path))
+    result = run_module('applications.propagate_to_images', '--ckpt', world['ckpt'], '--real_data_path',
+                        world['data'], '--out', tmp_path / 'v', '--flow_scores', path, '--fraction_retained', 0.5,
+                        *COMMON)
+    assert 'describes other scores' in error_line(result) and not (tmp_path / 'v').exists()
+
+    # An unknown score, and a checkpoint without a transformer: refused, nothing written.
+    before = sorted(os.listdir(world['data']))
+    result = run_module('applications.flow_scores', '--ckpt', world['ckpt'], '--real_data_path', world['data'],
+                        '--score', 'smoothness', *COMMON)
+    assert result.returncode == 2 and "invalid choice: 'smoothness'" in result.stderr
+    torch.save({'g_ema': {}}, str(tmp_path / 'generator_only.pt'))
+    result = run_module('applications.flow_scores', '--ckpt', tmp_path / 'generator_only.pt', '--real_data_path',
+                        world['data'], *COMMON)
+    assert 'has no spatial transformer' in error_line(result)
+    assert sorted(os.listdir(world['data'])) == before
 
 
 def test_flow_scores_refuses_a_transformer_without_flow(world, tmp_path):

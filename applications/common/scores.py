@@ -1,12 +1,11 @@
-"""Flow scores: ranking images by the smoothness of their residual flow, and filtering a dataset by them.
+"""Score files: filtering a dataset by them, and the original's flow score.
 
 (Not runnable: imported by the applications.)
 """
 import torch
 
-from applications.common.models import check_cluster, decide_heads, stn_kwargs
 from utils.argparse_tools import has_option
-from utils.distributed import all_gather_tensor, is_main_process, rank_share
+from utils.distributed import is_main_process
 from utils.errors import UserError
 
 
@@ -42,15 +41,17 @@ def filter_by_flow_scores(opt, dataset):
         (dataset, or a Subset of it, kept (M,) long indices into the original
         dataset in increasing order).
     Raises:
-        UserError: unreadable score file, or one whose length differs from
-            the dataset's (scores of another dataset).
+        UserError: unreadable score file, one whose length differs from
+            the dataset's (scores of another dataset), or one whose record
+            names another checkpoint (stale scores).
     """
     from torch.utils.data import Subset
+    from utils.pretrained import resolve_checkpoint
     from utils.score_files import high_score_indices, load_flow_scores
 
     if getattr(opt, 'flow_scores', None) is None:
         return dataset, torch.arange(len(dataset))
-    scores = load_flow_scores(opt.flow_scores, len(dataset))
+    scores = load_flow_scores(opt.flow_scores, len(dataset), checkpoint_path=resolve_checkpoint(opt.ckpt))
     kept = high_score_indices(scores, opt.fraction_retained)
     if kept.numel() == 0:
         raise UserError(f'--fraction_retained {opt.fraction_retained} keeps none of the {len(dataset)} images')
@@ -60,14 +61,13 @@ def filter_by_flow_scores(opt, dataset):
     return (dataset if kept.numel() == len(dataset) else Subset(dataset, kept.tolist())), kept
 
 
-@torch.no_grad()
 def compute_flow_scores(t, opt, dataset, device, classifier=None, progress=True):
-    """Score every image of ``dataset`` by the smoothness of its residual flow.
+    """Score every image of ``dataset`` by the smoothness of its residual flow (the original's flow score).
 
     The score is minus the total variation of the flow the transformer
     predicts for the image as it would be congealed (mirrored where the flip
-    decision says, with the head the classifier picks for clustering models).
-    Runs over this process's share of the images and gathers every share.
+    decision says, with the head the classifier picks for clustering models);
+    ``applications.common.image_scores`` computes it with the other scores.
 
     Returns:
         (len(dataset),) float CPU tensor in dataset order; higher is smoother.
@@ -75,33 +75,6 @@ def compute_flow_scores(t, opt, dataset, device, classifier=None, progress=True)
         UserError: a transformer without a flow stage, or a clustering model
             with neither a classifier nor ``--cluster``.
     """
-    from torch.utils.data import DataLoader, Subset
-    from tqdm import tqdm
+    from applications.common.image_scores import compute_image_scores
 
-    from models.spatial_transformers import flow_total_variation
-
-    if not getattr(t, 'is_flow', False):
-        raise UserError('flow scores measure the residual flow, and this spatial transformer has no flow stage '
-                        f"(--transform {' '.join(opt.transform)})")
-    check_cluster(opt, classifier)
-    mine = rank_share(list(range(len(dataset))))
-    loader = DataLoader(Subset(dataset, mine), batch_size=opt.batch, shuffle=False,
-                        num_workers=opt.num_workers, drop_last=False)
-    if progress and is_main_process():
-        loader = tqdm(loader, desc='flow scores', unit='batch')
-    scores = []
-    for images in loader:
-        images = images.to(device)
-        if classifier is None and opt.num_heads == 1 and not opt.no_flip_inference:
-            # The flip decision itself compares flows: keep the chosen flow.
-            _, flows = t.forward_with_flip(images, return_flow=True, **stn_kwargs(opt))
-        else:
-            inputs, _, _, policy = decide_heads(opt, t, classifier, images, getattr(opt, 'cluster', None))
-            _, flows = t(inputs, return_flow=True, warp_policy=policy, **stn_kwargs(opt))
-        scores.append(-flow_total_variation(flows.float()))
-    local = torch.cat(scores) if scores else torch.zeros(0, device=device)
-    positions = all_gather_tensor(torch.tensor(mine, dtype=torch.long, device=device))
-    gathered = all_gather_tensor(local)
-    result = torch.empty(len(dataset), dtype=torch.float32)
-    result[positions.cpu()] = gathered.float().cpu()
-    return result
+    return compute_image_scores(t, opt, dataset, device, ['flow'], classifier=classifier, progress=progress)['flow']
