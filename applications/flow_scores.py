@@ -36,6 +36,11 @@ from options import base_eval_argparse, parse_eval_options
 
 # When a checkpoint does not record the loss it was trained with, distances are measured in this one's space.
 FALLBACK_LOSS = 'laplacian'
+# Evaluation flags this application does not read (given, they are refused).
+UNREAD_OPTIONS = {
+    'out': 'the scores are written into the dataset folder (--real_data_path), as the original does',
+    'output_resolution': 'scores are computed at the transformer\'s own resolutions',
+}
 
 
 def build_parser():
@@ -79,7 +84,7 @@ def score_options(opt, loss_name):
 
 @exit_on_user_error
 def main(argv=None):
-    opt = parse_eval_options(build_parser(), argv)
+    opt = parse_eval_options(build_parser(), argv, unread=UNREAD_OPTIONS)
     device, _, _ = setup_distributed(opt.device)
     try:
         dataset = build_dataset(opt)

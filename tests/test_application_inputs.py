@@ -59,6 +59,18 @@ def test_applications_refuse_flags_they_do_not_read(world, tmp_path, capsys, mon
     assert not out.exists()
 
 
+
+@pytest.mark.parametrize('extra,flag', [(('--out', 'elsewhere'), '--out'), (('--output_resolution', 64),
+                                                                            '--output_resolution')])
+def test_flow_scores_refuses_flags_it_does_not_read(world, capsys, extra, flag):
+    # Scores go into the dataset folder at the transformer's resolutions: an --out or a resolution would be ignored.
+    before = sorted(os.listdir(world['data']))
+    code, errors, _ = run_main('applications.flow_scores', ['--ckpt', world['ckpt'], '--real_data_path',
+                                                             world['data'], *extra, *COMMON], capsys)
+    assert code == 2 and len(errors) == 1
+    assert f'{flag} ' in errors[0] and 'drop it' in errors[0]
+    assert sorted(os.listdir(world['data'])) == before
+
 def test_local_rank_given_by_a_launcher_is_accepted(world, tmp_path, capsys, monkeypatch):
     from applications.pck import pck_argparse
     from options import parse_eval_options
