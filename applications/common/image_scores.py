@@ -148,11 +148,16 @@ def standardise(values):
     return ((values - centre) / spread).float()
 
 
+def standardised_mean(parts, names):
+    """(N,) mean of the robust z-scores (``standardise``) of the pass scores ``names`` of ``parts`` ({part: (N,)})."""
+    return torch.stack([standardise(parts[name]) for name in names]).mean(0)
+
+
 def combine(name, parts):
     """The score ``name`` over the dataset from its pass scores ({part: (N,)}) -> (N,)."""
     if name != 'misfit':
         return parts[name]
-    return torch.stack([standardise(parts[part]) for part in MISFIT_PARTS]).mean(0)
+    return standardised_mean(parts, MISFIT_PARTS)
 
 
 def _loader(opt, dataset, progress, desc):
