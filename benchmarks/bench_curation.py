@@ -359,7 +359,7 @@ def scores_main(argv):
                               args.fraction_retained)
     raws = [torch.load(os.path.join(work, f'data_seed{seed}_outliers{args.outlier_fraction}_raw.pt'),
                        weights_only=True) for seed in args.seeds]
-    if args.outlier_fraction > 0:
+    if args.outlier_fraction > 0 and args.max_parts > 0:
         print_compositions(rank_compositions(raws, args.max_parts, args.fraction_retained), args.seeds)
     print(f"\ncommand: python -m benchmarks.bench_curation --scores {' '.join(argv)}"
           f'  ({(time.time() - start) / 60:.1f} min)')
