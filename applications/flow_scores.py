@@ -24,8 +24,8 @@ classifier to pick each image's head and mirror.
 import os
 
 from applications.common.data import build_dataset
-from applications.common.image_scores import (DEFAULT_SCORE, SCORE_NAMES, check_scores_apply, compute_image_scores,
-                                              parts_of)
+from applications.common.image_scores import (DEFAULT_SCORE, MISFIT_PARTS, SCORE_NAMES, check_scores_apply,
+                                              compute_image_scores, parts_of)
 from applications.common.models import load_stn
 from utils.distributed import cleanup, is_main_process, setup_distributed
 from utils.errors import UserError, exit_on_user_error
@@ -79,6 +79,9 @@ def score_options(opt, loss_name):
                'dataset_mode': opt.dataset_mode}
     if loss_name is not None:
         options['loss_fn'] = loss_name
+    if opt.score == 'misfit':
+        # What misfit combines may change between versions: a file made of other parts is stale.
+        options['misfit_parts'] = list(MISFIT_PARTS)
     return options
 
 

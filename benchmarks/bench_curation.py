@@ -260,6 +260,46 @@ def score_measures(ckpt, data, size, precision, fraction_retained, batch=50, raw
     return result
 
 
+def rank_compositions(raws, max_parts, fraction_retained=0.9):
+    """Every mean of the robust z-scores of 1..``max_parts`` pass scores, ranked best first.
+
+    ``raws``: per data seed, {'scores': {name: (N,)}, 'errors': (N,), 'labels': (N,) long} (``score_measures``'s
+    ``raw_path`` files, datasets with outliers). The rank is the sum over seeds of the outlier ROC AUC and the
+    Spearman correlation with the true error over the ordinary images (the two targets, equally weighted).
+    Returns [(parts, total, [(auc, spearman, kept error change), per seed])].
+    """
+    from itertools import combinations
+
+    from applications.common.image_scores import PASS_SCORES, standardised_mean
+    from metrics.alignment_error import spearman
+    from utils.score_files import high_score_indices
+
+    available = [name for name in PASS_SCORES if all(name in raw['scores'] for raw in raws)]
+    ranked = []
+    for count in range(1, max_parts + 1):
+        for parts in combinations(available, count):
+            per_seed = []
+            for raw in raws:
+                values, errors, outlier = standardised_mean(raw['scores'], parts), raw['errors'], raw['labels'] > 0
+                kept = high_score_indices(values, fraction_retained)
+                per_seed.append((roc_auc(values[~outlier], values[outlier]),
+                                 spearman(-values[~outlier], errors[~outlier]),
+                                 float(errors[kept].mean() / errors.mean() - 1)))
+            ranked.append((parts, sum(auc + rho for auc, rho, _ in per_seed), per_seed))
+    return sorted(ranked, key=lambda entry: -entry[1])
+
+
+def print_compositions(ranked, seeds, top=12):
+    """The best ``top`` compositions of ``rank_compositions`` as a markdown table."""
+    print(f"\nmisfit compositions (mean of robust z-scores), ranked by the sum over data seeds "
+          f"{' '.join(map(str, seeds))} of outlier ROC AUC + Spearman")
+    print('| parts | AUC + Spearman, summed | per seed: AUC / Spearman / kept error change |')
+    print('|---|---|---|')
+    for parts, total, per_seed in ranked[:top]:
+        cells = '; '.join(f'{auc:.3f} / {rho:.3f} / {100 * change:+.1f}%' for auc, rho, change in per_seed)
+        print(f"| {' + '.join(parts)} | {total:.3f} | {cells} |")
+
+
 def print_score_table(title, measures, fraction_retained):
     """One markdown table: a row per score."""
     print(f'\n{title}')
@@ -290,6 +330,9 @@ def scores_main(argv):
     parser.add_argument('--fraction_retained', type=float, default=0.9)
     parser.add_argument('--threads', type=int, default=2)
     parser.add_argument('--precision', default='auto', choices=PRECISIONS)
+    parser.add_argument('--max_parts', type=int, default=3,
+                        help='rank every mean of the robust z-scores of up to this many pass scores (the choice of '
+                             "image_scores.MISFIT_PARTS: make it on validation seeds)")
     parser.add_argument('--workdir', default=None, help='keep the intermediate files here (default: a temp folder)')
     args = parser.parse_args(argv)
     work = args.workdir or tempfile.mkdtemp(prefix='bench_scores_')
@@ -314,6 +357,10 @@ def scores_main(argv):
             everything[f'seed {seed}, outlier fraction {fraction}'] = measures
             print_score_table(f'data seed {seed}, {args.images} images, outlier fraction {fraction}', measures,
                               args.fraction_retained)
+    raws = [torch.load(os.path.join(work, f'data_seed{seed}_outliers{args.outlier_fraction}_raw.pt'),
+                       weights_only=True) for seed in args.seeds]
+    if args.outlier_fraction > 0 and args.max_parts > 0:
+        print_compositions(rank_compositions(raws, args.max_parts, args.fraction_retained), args.seeds)
     print(f"\ncommand: python -m benchmarks.bench_curation --scores {' '.join(argv)}"
           f'  ({(time.time() - start) / 60:.1f} min)')
     with open(os.path.join(work, 'bench_scores.json'), 'w') as f:

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from applications.common.image_scores import MISFIT_PARTS
 from datasets.lmdb_dataset import MultiResolutionDataset
 from models import get_stn
 from models.spatial_transformers import flow_total_variation
@@ -149,7 +150,17 @@ def test_other_scores_and_stale_files(world, tmp_path):
     path = world['data'] / 'misfit_scores.pt'
     misfit = torch.load(path, weights_only=True)
     assert misfit.shape == (NUM_IMAGES,) and torch.isfinite(misfit).all() and misfit.std() > 0
-    assert json.loads((world['data'] / 'misfit_scores.json').read_text())['score'] == 'misfit'
+    record_path = world['data'] / 'misfit_scores.json'
+    record = json.loads(record_path.read_text())
+    assert record['score'] == 'misfit' and record['options']['misfit_parts'] == list(MISFIT_PARTS)
+    # A misfit file made of other parts (an older composition) is computed again, saying why.
+    record['options']['misfit_parts'] = ['flow']
+    record_path.write_text(json.dumps(record))
+    result = run_module('applications.flow_scores', '--ckpt', world['ckpt'], '--real_data_path', world['data'],
+                        '--score', 'misfit', *COMMON)
+    assert result.returncode == 0 and "made with misfit_parts=['flow']" in result.stdout, result.stderr
+    assert json.loads(record_path.read_text())['options']['misfit_parts'] == list(MISFIT_PARTS)
+    torch.testing.assert_close(torch.load(path, weights_only=True), misfit)
     result = run_module('applications.flow_scores', '--ckpt', world['ckpt'], '--real_data_path', world['data'],
                         '--score', 'mean_distance', *COMMON)
     assert result.returncode == 0, result.stderr

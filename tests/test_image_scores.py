@@ -201,3 +201,27 @@ def test_mean_assigner_picks_the_head_whose_mean_an_image_matches():
     assert everything.shape == (2, 3, 16, 16) and counts.tolist() == [2, 2]
     fitted = fit_mean_assigner(t, x, LaplacianPyramidDistance(), rounds=1, stn_kwargs=KWARGS)
     assert fitted.means.shape == (2, 3, 16, 16) and torch.isfinite(fitted.means).all()
+
+
+def test_compositions_rank_the_score_that_follows_the_error_first():
+    from benchmarks.bench_curation import rank_compositions
+
+    generator = torch.Generator().manual_seed(0)
+    errors = torch.linspace(0.01, 0.3, 21)  # odd: the medians of the error and of its negation are one image
+    labels = torch.zeros(21, dtype=torch.long)
+    labels[-4:] = torch.tensor([1, 2, 3, 1])  # the worst four are outliers
+    scores = {'iteration': -errors,  # follows the error exactly
+              'flip': torch.randn(21, generator=generator),  # noise
+              'outside': errors.clone()}  # backwards
+    ranked = rank_compositions([{'scores': scores, 'errors': errors, 'labels': labels}] * 2, max_parts=2)
+    assert len(ranked) == 3 + 3
+    parts, total, per_seed = ranked[0]
+    assert parts == ('iteration',) and total == pytest.approx(4.0)
+    auc, rho, change = per_seed[0]
+    assert auc == 1 and rho == pytest.approx(1.0)
+    # The quantile rule (strictly above the 0.1 quantile) keeps the 18 lowest errors of 21.
+    assert change == pytest.approx(float(errors[:18].mean() / errors.mean() - 1))
+    assert ranked[-1][0] == ('outside',) and ranked[-1][1] == pytest.approx(-2.0)
+    # A pair is the mean of its parts' robust z-scores: iteration + outside cancel out to a constant (ties).
+    pair = next(entry for entry in ranked if entry[0] == ('iteration', 'outside'))
+    assert pair[2][0][:2] == (0.5, 0.0)
