@@ -1,5 +1,8 @@
 """The photo world's factors: a camera-frame scene, occluders and lighting (synthetic_world/photo.py)."""
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -12,6 +15,7 @@ from synthetic_world.options import WORLD_PRESETS
 from synthetic_world.photo import occluder_distance
 
 PHOTO = W.WorldFactors(**WORLD_PRESETS['photo'])
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def sample(n, seed=0, **factors):
@@ -153,14 +157,22 @@ def test_prepare_data_and_the_dataset_mode_render_the_same_photo_world(tmp_path)
     assert ((stored.images[0] + 1) * 127.5 - torch.as_tensor(images[0]).permute(2, 0, 1).float()).abs().max() < 1
 
 
-def test_the_photo_preset_trains_end_to_end(tmp_path, train_in_process, tiny_configs):
-    result = train_in_process(tiny_configs.synthetic + [
-        '--exp-name', 'photo', '--results', str(tmp_path), '--synthetic_world', 'photo', '--iter', '3',
-        '--anneal_psi', '1', '--period', '2', '--vis_every', '100', '--ckpt_every', '100', '--log_every', '1'])
-    assert result.code == 0, result.stderr[-3000:]
-    with open(tmp_path / 'photo' / 'pck.json') as f:
+def test_the_photo_recipe_trains_end_to_end_and_prints_pck(tmp_path, tiny_configs):
+    # The recipe script itself, its extra flags passed on (tiny settings, --results honoured).
+    env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get('PATH', ''),
+               OMP_NUM_THREADS='1')
+    flags = tiny_configs.synthetic + ['--results', str(tmp_path), '--iter', '3', '--anneal_psi', '1',
+                                      '--period', '2', '--vis_every', '100', '--ckpt_every', '100']
+    result = subprocess.run(['bash', os.path.join(REPO, 'scripts', 'training', 'synthetic_photo.sh'), *flags],
+                            env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert '| 0.1 |' in result.stdout and 'identity baseline' in result.stdout
+    run = tmp_path / 'synthetic_photo'
+    with open(run / 'pck.json') as f:
         report = json.load(f)
     assert 0 <= report['pck']['0.1'] <= 1 and 0 <= report['identity_baseline']['0.1'] <= 1
-    with open(tmp_path / 'photo' / 'synthetic_eval' / 'synthetic_world.json') as f:
+    with open(run / 'synthetic_eval' / 'synthetic_world.json') as f:
         described = json.load(f)['factors']
-    assert described['scene'] is True and described['occluders'] == 2 and described['lighting'] == 0.5
+    assert described == {**described, **WORLD_PRESETS['photo']} and described['scene'] is True
+    with open(run / 'opt.json') as f:
+        assert json.load(f)['options']['change_weighting'] > 0
