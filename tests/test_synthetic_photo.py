@@ -176,3 +176,13 @@ def test_the_photo_recipe_trains_end_to_end_and_prints_pck(tmp_path, tiny_config
     assert described == {**described, **WORLD_PRESETS['photo']} and described['scene'] is True
     with open(run / 'opt.json') as f:
         assert json.load(f)['options']['change_weighting'] > 0
+    # The docs' picture of a checkpoint: inputs and their mean over congealed images and their mean.
+    checkpoint = sorted((run / 'checkpoints').glob('*.pt'))[-1]
+    figure = tmp_path / 'figure.png'
+    result = subprocess.run([sys.executable, '-m', 'benchmarks.studies.photo_world_figure', str(checkpoint),
+                             str(figure), '--columns', '3', '--mean_images', '6', '--upscale', '1'],
+                            cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    from PIL import Image
+    with Image.open(figure) as picture:
+        assert picture.size == (4 * (32 + 2) + 2, 2 * (32 + 2) + 2)
