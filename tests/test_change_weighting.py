@@ -39,3 +39,21 @@ def test_training_with_change_weighting_moves_the_loss(tmp_path, train_in_proces
         losses.append([line for line in result.stdout.splitlines() + result.stderr.splitlines()
                        if 'iteration 2/2' in line])
     assert losses[0] and losses[1] and losses[0] != losses[1]
+
+
+def test_weighting_turns_the_scene_worlds_loss_towards_the_true_warp():
+    # benchmarks/studies/true_warp_preference.py as a command: in a world whose scene stays put, the plain
+    # loss prefers leaving samples unaligned; weighted towards what changed, it prefers the true warp.
+    import os
+    import subprocess
+    import sys
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = subprocess.run([sys.executable, '-m', 'benchmarks.studies.true_warp_preference', '--worlds', 'scene',
+                             '--losses', 'laplacian', '--strengths', '0,0.9', '--samples', '24', '--size', '32'],
+                            cwd=repo, capture_output=True, text=True, timeout=300,
+                            env=dict(os.environ, OMP_NUM_THREADS='1'))
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [line.split('|') for line in result.stdout.splitlines() if line.startswith('| scene |')]
+    preferred = {float(row[3]): float(row[6].strip().rstrip('%')) for row in rows}
+    assert set(preferred) == {0.0, 0.9}
+    assert preferred[0.0] < 50 < 80 < preferred[0.9], preferred
