@@ -450,9 +450,25 @@ def _limit(source, max_images):
     return subset_pck_source(source, list(range(max_images)))
 
 
+def _check_world_flags(parser, args):
+    """Refuse (parser.error: usage, one error line, exit 2; before anything is written) world flags
+    out of range, and photo-world flags without --synthetic (the video and real data have no scene to set)."""
+    from synthetic_world import factors_from_options
+    from synthetic_world.options import photo_flags_given
+    try:
+        factors_from_options(args)
+    except UserError as e:
+        parser.error(str(e))
+    given = photo_flags_given(args)
+    if given and not args.synthetic:
+        parser.error(f'{", ".join(given)} apply to --synthetic only (the photo world of rendered datasets)')
+
+
 @exit_on_user_error
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _check_world_flags(parser, args)
     if args.max_images is not None and args.max_images < 1:
         raise UserError('--max_images must be at least 1')
     chosen = [name for name, on in (('--synthetic', args.synthetic), ('--cub_acsm', args.cub_acsm),

@@ -18,6 +18,14 @@ generator is run at that resolution too (``--no_handbuilt`` skips it), so
 the table shows both next to the baseline:
 
     python -m benchmarks.bench_synthetic_alignment --generator stylegan2 --ckpt pretrained/stylegan2_synthetic32.pt
+
+``--worlds default,scene,occluders,lighting,photo`` trains once per world
+(today's world, each photo factor alone at the photo preset's strength, the
+photo preset; docs/synthetic_world.md), ``--jobs 2`` two at a time, and
+``--synthetic_seed S`` picks the held-out set (the PCK pairs use S + 1:
+choose settings on validation seeds, report on another). ``--render_speed``
+only times the renderer (images per second at 64 x 64, one thread) in every
+listed world, with the ratio of per-image times to today's world.
 """
 import argparse
 import json
@@ -57,15 +65,72 @@ def stylegan2_flags(ckpt_path, inject):
             '--gen_channel_max', str(args.channel_max), '--inject', str(inject)] + STYLEGAN2_DEMO, size
 
 
+# The world each --worlds name trains and evaluates in (the photo factors alone at the preset's strengths).
+WORLDS = {
+    'default': [],
+    'scene': ['--synthetic_scene'],
+    'occluders': ['--synthetic_occluders', '2'],
+    'lighting': ['--synthetic_lighting', '0.5'],
+    'photo': ['--synthetic_world', 'photo'],
+}
+
+
+def run_many(jobs, results, args):
+    """Train every (label, name, flags) of ``jobs``, ``args.jobs`` at a time; [(label, report, wall)]."""
+    pending, running, done = list(jobs), [], {}
+    while pending or running:
+        while pending and len(running) < args.jobs:
+            label, name, flags = pending.pop(0)
+            command = [sys.executable, 'train.py', '--exp-name', name, '--results', results, '--device',
+                       args.device, '--synthetic_eval_images', str(2 * args.pairs), '--seed', str(args.seed)] + flags
+            print('running:', ' '.join(command), flush=True)
+            log = open(os.path.join(results, f'{name}.log'), 'w') if args.jobs > 1 else None
+            running.append((label, name, subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=log), time.time(), log))
+        time.sleep(1)
+        for item in list(running):
+            label, name, proc, start, log = item
+            if proc.poll() is None:
+                continue
+            running.remove(item)
+            if log:
+                log.close()
+            if proc.returncode:
+                raise SystemExit(f'error: the run {name} failed (exit {proc.returncode}); see its log in {results}')
+            with open(os.path.join(results, name, 'pck.json')) as f:
+                done[name] = (label, json.load(f), time.time() - start)
+    return [done[name] for _, name, _ in jobs]
+
+
 def run(name, flags, results, args):
-    command = [sys.executable, 'train.py', '--exp-name', name, '--results', results, '--device', args.device,
-               '--synthetic_eval_images', str(2 * args.pairs), '--seed', str(args.seed)] + flags
-    print('running:', ' '.join(command), flush=True)
-    start = time.time()
-    subprocess.run(command, cwd=ROOT, check=True)
-    wall = time.time() - start
-    with open(os.path.join(results, name, 'pck.json')) as f:
-        return json.load(f), wall
+    (_, report, wall), = run_many([(name, name, flags)], results, args)
+    return report, wall
+
+
+def render_speed(worlds, count=256, size=64, rounds=6):
+    """Print images per second of the renderer in each world (one thread) and the time ratio to the first."""
+    import torch
+    from synthetic_world import WorldFactors, render_dataset
+    from synthetic_world.options import WORLD_PRESETS
+    torch.set_num_threads(1)
+    factors = {world: WorldFactors(**{'default': {}, 'scene': {'scene': True},
+                                      'occluders': {'occluders': WORLD_PRESETS['photo']['occluders']},
+                                      'lighting': {'lighting': WORLD_PRESETS['photo']['lighting']},
+                                      'photo': WORLD_PRESETS['photo']}[world]) for world in worlds}
+    per_image = {world: float('inf') for world in worlds}
+    for world in worlds:
+        render_dataset(64, size, 0, factors[world])  # warm-up
+    # Rounds over every world in turn, keeping each one's best time: on a shared machine the
+    # load changes over minutes, and interleaving exposes every world to it alike.
+    for _ in range(rounds):
+        for world in worlds:
+            start = time.perf_counter()
+            render_dataset(count, size, 0, factors[world])
+            per_image[world] = min(per_image[world], (time.perf_counter() - start) / count)
+    first = worlds[0]
+    print(f"| world | images/s at {size} px (one thread) | time per image / {first}'s |")
+    print("|---|---|---|")
+    for world in worlds:
+        print(f"| {world} | {1 / per_image[world]:.0f} | {per_image[world] / per_image[first]:.2f} |")
 
 
 def main():
@@ -81,11 +146,31 @@ def main():
                         help="with --generator stylegan2: W+ entries [0, inject) take the target's pose")
     parser.add_argument('--no_handbuilt', action='store_true',
                         help='with --generator stylegan2: skip the hand-built generator run at its resolution')
+    parser.add_argument('--worlds', default=None,
+                        help=f'comma-separated worlds to train in, one run each ({", ".join(WORLDS)})')
+    parser.add_argument('--jobs', type=int, default=1, help='runs at a time (with --worlds)')
+    parser.add_argument('--render_speed', action='store_true',
+                        help='only time the renderer in each --worlds world (default: default,photo)')
     args, extra = parser.parse_known_args()
+    worlds = args.worlds.split(',') if args.worlds else None
+    unknown = [w for w in worlds or () if w not in WORLDS]
+    if unknown:
+        parser.error(f'unknown world(s) {", ".join(unknown)}; choose from {", ".join(WORLDS)}')
+    if worlds and args.generator == 'stylegan2' and not args.render_speed:
+        parser.error('--worlds trains the hand-built generator; give the learned one its world with the '
+                     'synthetic flags')
+    if args.jobs < 1:
+        parser.error(f'--jobs must be at least 1, got {args.jobs}')
+    if args.render_speed:
+        render_speed(worlds or ['default', 'photo'])
+        return
 
     results = args.results or tempfile.mkdtemp(prefix='bench_synthetic_')
+    os.makedirs(results, exist_ok=True)
     rows = []
-    if args.generator == 'stylegan2':
+    if worlds and args.generator == 'synthetic':
+        rows = run_many([(f'hand-built, {w}', f'bench_{w}', WORLDS[w] + extra) for w in worlds], results, args)
+    elif args.generator == 'stylegan2':
         if not args.ckpt:
             parser.error('--generator stylegan2 needs --ckpt (a train_stylegan2.py checkpoint)')
         flags, size = stylegan2_flags(args.ckpt, args.inject)

@@ -46,6 +46,30 @@ def sample_pairs(generator, ll, psi, batch, flow_size, z=None, freeze_ll=False):
     return x, y
 
 
+def change_weights(x, y, strength, blur=5):
+    """Per-pixel loss weights from where samples and their targets differ.
+
+    A target keeps its sample's appearance and moves the object to the target
+    pose, so the two differ where the object was or now is, and little over
+    a background they share: weighing the loss there keeps an unmatchable
+    scene from pinning the warp. Uses no labels (any generator).
+
+    Args:
+        x: (N, 3, s, s) samples at the targets' resolution.
+        y: (N * K, 3, s, s) targets, image-major (K heads per sample).
+        strength: A in [0, 1]; 0 gives weights of 1.
+        blur: box blur (pixels) of the difference map.
+    Returns:
+        (N * K, 1, s, s) weights, (1 - A) + A * d / mean(d) per image (no gradient).
+    """
+    with torch.no_grad():
+        heads = y.shape[0] // x.shape[0]
+        d = (x.repeat_interleave(heads, 0) - y).abs().mean(1, keepdim=True)
+        d = F.avg_pool2d(d, blur, stride=1, padding=blur // 2, count_include_pad=False)
+        d = d / (d.mean(dim=(2, 3), keepdim=True) + 1e-3)
+        return (1 - strength) + strength * d
+
+
 def congeal_samples(stn, x, flow_size, sample_from_full_res, flips=False, **stn_kwargs):
     """Warp generator samples with every head (and their mirrors with ``flips``).
 

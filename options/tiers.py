@@ -139,6 +139,11 @@ def add_training_options(parser):
                              '(--no-sample_from_full_res turns off a default that a component set)')
     target.add_argument('--flips', action='store_true',
                         help='also try each input mirrored and keep the smaller loss')
+    target.add_argument('--change_weighting', type=float, default=0.0, metavar='A',
+                        help='weigh the reconstruction loss towards pixels where a sample and its target '
+                             'differ (where the pose change moved the object; a scene the target keeps '
+                             'differs little): weights (1 - A) + A * difference / its mean, in [0, 1]; '
+                             '0 (default) weighs every pixel alike')
 
     optim = parser.add_argument_group('optimisation')
     optim.add_argument('--stn_lr', type=float, default=0.001, help='learning rate of the STN')

@@ -130,6 +130,8 @@ def training_problems(opt, parser, explicit, chosen):
     c.at_least('period', 1)
     c.positive('stn_channel_multiplier')
     c.at_least('stn_max_channels', 1)
+    if not 0 <= getattr(opt, 'change_weighting', 0.0) <= 1:
+        c.fail(f'--change_weighting must be in [0, 1] (got {opt.change_weighting})')
     if not 0 < opt.decay <= 1:
         c.fail(f'--decay must be in (0, 1] (got {opt.decay})')
     c.image_size('real_size')

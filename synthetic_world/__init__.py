@@ -12,6 +12,9 @@ Modules, one job each:
   physical parameters they give (``params_from_factors``, ``sample_params``);
 - ``keypoints``: keypoint names, the face's geometry, ``keypoints_from_params``;
 - ``deformation``: the optional smooth per-face deformation (``WorldFactors.deformation``);
+- ``shapes``: the signed-distance shapes parts are drawn with;
+- ``photo``: the photo-like factors (a camera-frame scene, occluders, lighting;
+  off by default, ``--synthetic_world photo`` turns on all three);
 - ``drawing``: ``render(params, size)`` -> images and keypoints;
 - ``dataset``: deterministic datasets (``render_dataset``, ``indexed_params``);
 - ``generator``: ``SyntheticGenerator``, the world as a differentiable generator with
@@ -30,7 +33,9 @@ Coordinates:
   y down); a pose maps object point q to image point
   ``2 * translation + scale * R(rotation) @ (mirror_sign * q.x, q.y)``;
 - the background is laid out in the face's frame (object coordinates times
-  ``BACKGROUND_FRAME_SCALE``), so a pose moves face and background together.
+  ``BACKGROUND_FRAME_SCALE``), so a pose moves face and background together;
+  the photo world's scene and occluders are laid out in the camera's frame
+  (normalised image coordinates) instead.
 
 See docs/synthetic_world.md for the factors and the measurements made with them.
 """

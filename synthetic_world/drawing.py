@@ -1,4 +1,8 @@
-"""Drawing faces: soft signed-distance shapes composited over a scene background.
+"""Drawing faces: soft signed-distance shapes composited over a background.
+
+Back to front: the background (laid out in the face's frame, or with the
+photo world's scene factor the camera-frame scene of synthetic_world.photo),
+the face, its shading, the occluders, then the picture's lighting.
 
 A pixel's coverage of a part is ``sigmoid(-distance / softness)``, which
 anti-aliases edges and makes the image differentiable with respect to every
@@ -13,65 +17,11 @@ from utils.errors import UserError
 from synthetic_world.deformation import deform
 from synthetic_world.factors import BACKGROUND_FRAME_SCALE, COLOR_NAMES, MAX_DISTRACTORS, slice_params
 from synthetic_world.keypoints import HEAD_CENTRE_Y, face_layout, keypoints_from_params
+from synthetic_world.photo import draw_occluders, draw_scene, light_image, shade_object
+from synthetic_world.shapes import (coverage, sd_circle, sd_ellipse, sd_rounded_box, sd_segments,
+                                    sd_triangle)
 
 _DISTRACTOR_TINTS = ((0.9, 0.35, -0.2), (-0.25, 0.55, 0.9), (0.75, 0.75, 0.75))
-
-
-# Signed distances (negative inside). Arguments broadcast against the pixel
-# tensors (N, S, S); per-image values come as (N, 1, 1).
-
-def _sd_circle(x, y, cx, cy, r):
-    return torch.sqrt((x - cx) ** 2 + (y - cy) ** 2 + 1e-12) - r
-
-
-def _sd_ellipse(x, y, cx, cy, rx, ry):
-    # First-order distance to the ellipse: f / |grad f| with f = |q / r|^2 - 1.
-    # Exact on the boundary, -> -inf at the centre, smooth everywhere.
-    dx, dy = (x - cx) / rx, (y - cy) / ry
-    f = dx * dx + dy * dy - 1
-    grad = 2 * torch.sqrt((dx / rx) ** 2 + (dy / ry) ** 2 + 1e-12)
-    return f / grad
-
-
-def _sq_segment(x, y, ax, ay, bx, by):
-    # Squared distance to the segment a-b.
-    ex, ey = bx - ax, by - ay
-    wx, wy = x - ax, y - ay
-    h = ((wx * ex + wy * ey) / (ex * ex + ey * ey + 1e-12)).clamp(0, 1)
-    return (wx - ex * h) ** 2 + (wy - ey * h) ** 2
-
-
-def _sd_segments(x, y, segments, radius):
-    # Union of round-capped strokes of half-width ``radius`` along the segments.
-    sq = _sq_segment(x, y, *segments[0])
-    for segment in segments[1:]:
-        sq = torch.minimum(sq, _sq_segment(x, y, *segment))
-    return torch.sqrt(sq + 1e-12) - radius
-
-
-def _sd_triangle(x, y, a, b, c):
-    # Exact distance to the triangle's edges, negative inside (either winding).
-    sq = torch.minimum(torch.minimum(_sq_segment(x, y, *a, *b), _sq_segment(x, y, *b, *c)),
-                       _sq_segment(x, y, *c, *a))
-    c0, c1, c2 = ((q[0] - p[0]) * (y - p[1]) - (q[1] - p[1]) * (x - p[0]) for p, q in ((a, b), (b, c), (c, a)))
-    inside = ((c0 * c1) >= 0) & ((c1 * c2) >= 0)
-    dist = torch.sqrt(sq + 1e-12)
-    return torch.where(inside, -dist, dist)
-
-
-def _sd_rounded_box(x, y, cx, cy, half, angle, rounding):
-    c, s = math.cos(angle), math.sin(angle)
-    lx, ly = (x - cx) * c + (y - cy) * s, -(x - cx) * s + (y - cy) * c
-    qx, qy = lx.abs() - (half - rounding), ly.abs() - (half - rounding)
-    outside = torch.sqrt(qx.clamp(min=0) ** 2 + qy.clamp(min=0) ** 2 + 1e-12)
-    return outside + torch.maximum(qx, qy).clamp(max=0) - rounding
-
-
-def _coverage(scaled_distance):
-    # sigmoid(-d / ramp). The argument is clamped so that coverage far from an
-    # edge stays a normal float: products of subnormal floats are ~100x slower
-    # on CPUs, in the forward and even more in the backward pass.
-    return torch.sigmoid(scaled_distance.clamp(-20, 20))
 
 
 def _b(t):
@@ -120,12 +70,12 @@ def _draw_background(params, size, x, y):
             continue
         cx, cy, r, shade = _b(d[:, k, 0]), _b(d[:, k, 1]), _b(d[:, k, 2]), d[:, k, 3]
         if k == 0:
-            sd = _sd_circle(bx, by, cx, cy, r)
+            sd = sd_circle(bx, by, cx, cy, r)
         elif k == 1:
-            sd = _sd_rounded_box(bx, by, cx, cy, r, 0.5, 0.3 * r)
+            sd = sd_rounded_box(bx, by, cx, cy, r, 0.5, 0.3 * r)
         else:
-            sd = _sd_circle(bx, by, cx, cy, r).abs() - 0.25 * r  # a ring
-        alpha = _coverage(sd * sharp) * _b(params['distractor_opacity'][:, k])
+            sd = sd_circle(bx, by, cx, cy, r).abs() - 0.25 * r  # a ring
+        alpha = coverage(sd * sharp) * _b(params['distractor_opacity'][:, k])
         color = (2 * shade[:, None] - 1) * tints[k].expand(n, 3)
         image = _paint(image, alpha, color)
     return image
@@ -140,7 +90,7 @@ def _draw_face(image, params, size, x, y, edge_softness):
     sharp = _b(-scale * size / (2 * edge_softness))
 
     def cover(sd):
-        return _coverage(sd * sharp)
+        return coverage(sd * sharp)
 
     mode = params.get('mode')
     moded = mode is not None and bool((mode != 0).any())  # a world of several modes (else the cat alone)
@@ -151,17 +101,17 @@ def _draw_face(image, params, size, x, y, edge_softness):
 
     # Ears: outer (fur) and inner (light) triangles; the head hides their bases.
     ear = [(_b(ex_), _b(ey_)) for ex_, ey_ in lay['ear']]
-    ears = cover(_sd_triangle(ax, y, *ear))
+    ears = cover(sd_triangle(ax, y, *ear))
     # Droopy-eared heads (mode 1) have ears in the marking colour, which contrasts with the fur.
     image = _paint(image, ears, torch.where((mode == 1)[:, None], marking, fur) if moded else fur)
     # Inner ear: the outer triangle shrunk towards a point between its centroid and its base.
     anchor = [(ear[0][i] + ear[1][i] + ear[2][i]) / 6 + (ear[0][i] + ear[1][i]) / 4 for i in (0, 1)]
     inner = [tuple(anchor[i] + 0.6 * (v[i] - anchor[i]) for i in (0, 1)) for v in ear]
-    image = _paint(image, cover(_sd_triangle(ax, y, *inner)), light)
+    image = _paint(image, cover(sd_triangle(ax, y, *inner)), light)
 
     hx, hy = _b(lay['hx']), _b(lay['hy'])
     rx, ry = (_b(r) for r in lay['head_radii'])
-    head = cover(_sd_ellipse(x, y, 0.0, HEAD_CENTRE_Y, rx, ry))
+    head = cover(sd_ellipse(x, y, 0.0, HEAD_CENTRE_Y, rx, ry))
     image = _paint(image, head, fur)
 
     # Fur texture: noise attached to the object, over head and ears.
@@ -179,7 +129,7 @@ def _draw_face(image, params, size, x, y, edge_softness):
     # The asymmetric marking: a patch over the image-left eye (of an unmirrored face).
     mc, ms = math.cos(0.35), math.sin(0.35)
     mx, my = x + 0.30 * hx, y - (HEAD_CENTRE_Y - 0.30 * hy)
-    patch = _sd_ellipse(mx * mc + my * ms, my * mc - mx * ms, 0.0, 0.0, 0.24 * hx, 0.19 * hy)
+    patch = sd_ellipse(mx * mc + my * ms, my * mc - mx * ms, 0.0, 0.0, 0.24 * hx, 0.19 * hy)
     image = _paint(image, cover(patch) * head, marking)
     if moded:
         # Each head type has its own large colour pattern, which no warp of another type can make:
@@ -192,22 +142,22 @@ def _draw_face(image, params, size, x, y, edge_softness):
 
     # Muzzle: two light lobes beside the nose.
     nose_x, nose_y = (_b(v) for v in lay['nose'])
-    image = _paint(image, cover(_sd_ellipse(ax, y, 0.1 * hx, nose_y + 0.13, 0.16, 0.12)), light)
+    image = _paint(image, cover(sd_ellipse(ax, y, 0.1 * hx, nose_y + 0.13, 0.16, 0.12)), light)
 
     # Eyes: dark rim, iris, pupils (following the gaze), highlights.
     ex, ey = (_b(v) for v in lay['eye'])
     es = _b(lay['eye_size'])
-    image = _paint(image, cover(_sd_ellipse(ax, y, ex, ey, 0.13 * es + 0.022, 0.10 * es + 0.022)), dark)
-    image = _paint(image, cover(_sd_ellipse(ax, y, ex, ey, 0.13 * es, 0.10 * es)), iris)
+    image = _paint(image, cover(sd_ellipse(ax, y, ex, ey, 0.13 * es + 0.022, 0.10 * es + 0.022)), dark)
+    image = _paint(image, cover(sd_ellipse(ax, y, ex, ey, 0.13 * es, 0.10 * es)), iris)
     gx, gy = _b(params['gaze'][:, 0]) * 0.05 * es, _b(params['gaze'][:, 1]) * 0.02 * es
-    pupils = torch.minimum(_sd_ellipse(x, y, gx - ex, ey + gy, 0.045 * es, 0.085 * es),
-                           _sd_ellipse(x, y, gx + ex, ey + gy, 0.045 * es, 0.085 * es))
+    pupils = torch.minimum(sd_ellipse(x, y, gx - ex, ey + gy, 0.045 * es, 0.085 * es),
+                           sd_ellipse(x, y, gx + ex, ey + gy, 0.045 * es, 0.085 * es))
     image = _paint(image, cover(pupils), dark)
-    image = _paint(image, cover(_sd_circle(ax, y, ex + 0.025 * es, ey - 0.035 * es, 0.022 * es)), white)
+    image = _paint(image, cover(sd_circle(ax, y, ex + 0.025 * es, ey - 0.035 * es, 0.022 * es)), white)
 
     # Nose: a downward triangle.
     w, h = _b(lay['nose_half_width']), _b(lay['nose_height'])
-    nose = _sd_triangle(x, y, (nose_x - w, nose_y - h / 2), (nose_x + w, nose_y - h / 2), (nose_x, nose_y + h / 2))
+    nose = sd_triangle(x, y, (nose_x - w, nose_y - h / 2), (nose_x + w, nose_y - h / 2), (nose_x, nose_y + h / 2))
     image = _paint(image, cover(nose), nose_color)
 
     # Mouth and whiskers: dark strokes.
@@ -215,11 +165,11 @@ def _draw_face(image, params, size, x, y, edge_softness):
     mid = tuple(_b(v) for v in lay['mouth_mid'])
     corner = tuple(_b(v) for v in lay['mouth_corner'])
     zero = torch.zeros_like(top_y)
-    mouth = _sd_segments(ax, y, [(zero, bottom_y, zero, top_y), (zero, top_y, *mid), (*mid, *corner)], 0.016)
-    whiskers = _sd_segments(ax, y, [(0.24 * hx, nose_y + 0.12, 0.72 * hx, nose_y + 0.04),
+    mouth = sd_segments(ax, y, [(zero, bottom_y, zero, top_y), (zero, top_y, *mid), (*mid, *corner)], 0.016)
+    whiskers = sd_segments(ax, y, [(0.24 * hx, nose_y + 0.12, 0.72 * hx, nose_y + 0.04),
                                     (0.24 * hx, nose_y + 0.16, 0.74 * hx, nose_y + 0.20)], 0.009)
     image = _paint(image, cover(torch.minimum(mouth, whiskers)), dark)
-    return image
+    return image, fur_area
 
 
 # Pixels per rendering chunk: keeps the working set in cache on CPU.
@@ -254,8 +204,18 @@ def render(params, size, edge_softness=0.25):
         x, y = _object_coordinates(part, px, py)
         if bool((part['deformation'] != 0).any()):  # the default world skips it (bit-identical renders)
             x, y = deform(x, y, part['deformation'])
-        image = _draw_background(part, size, x, y)
-        images.append(_draw_face(image, part, size, x, y, edge_softness).clamp(-1, 1))
+        if 'scene_colors' in part:  # the photo world's scene, in the camera's frame
+            image = draw_scene(part, px, py, -size / (2 * edge_softness))
+        else:
+            image = _draw_background(part, size, x, y)
+        image, face_alpha = _draw_face(image, part, size, x, y, edge_softness)
+        if 'lighting' in part:
+            image = shade_object(image, part, x, y, face_alpha)
+        if 'occluders' in part:
+            image = draw_occluders(image, part, px, py, -size / (2 * edge_softness))
+        if 'lighting' in part:
+            image = light_image(image, part)
+        images.append(image.clamp(-1, 1))
     if not images:
         images = [torch.zeros(0, 3, size, size, device=device, dtype=dtype)]
     return torch.cat(images), keypoints_from_params(params, size)

@@ -12,6 +12,7 @@ import torch
 
 from utils.errors import UserError
 from synthetic_world.deformation import DEFORMATION_FACTORS, MAX_DEFORMATION
+from synthetic_world.photo import MAX_LIGHTING, MAX_OCCLUDERS, PHOTO_FACTORS, SCENE_NOISE_SHAPE, photo_params
 
 # Ordered groups of uniform factors; the synthetic generator reads each group
 # from its own W+ entries (pose and shape from the coarse ones).
@@ -82,6 +83,14 @@ class WorldFactors:
         (synthetic_world.deformation; 0 = off, the default world).
         Its uniform factors are drawn after all others, so switching it on
         leaves every other factor of a dataset as it was.
+    scene: lay the background out in the camera's frame, independent of the
+        face's pose (synthetic_world.photo); off: the face-frame background.
+    occluders: up to this many shapes (0 to MAX_OCCLUDERS) in front of the
+        face; keypoints they cover are invisible.
+    lighting: strength (0 to MAX_LIGHTING) of per-image shading, brightness,
+        contrast and colour cast.
+        The photo factors' uniforms are drawn after the deformation's, and
+        only when one of them is on (see ``photo``).
     """
     rotation: float = 45.0
     scale: tuple = (0.6, 1.0)
@@ -93,6 +102,14 @@ class WorldFactors:
     distractors: int = MAX_DISTRACTORS
     modes: int = 1
     deformation: float = 0.0
+    scene: bool = False
+    occluders: int = 0
+    lighting: float = 0.0
+
+    @property
+    def photo(self):
+        """Whether any photo-like factor (scene, occluders, lighting) is on."""
+        return bool(self.scene) or self.occluders > 0 or self.lighting > 0
 
     def validate(self):
         """Raise UserError naming the first factor outside its allowed range."""
@@ -108,6 +125,10 @@ class WorldFactors:
              f'modes must be an integer from 1 to {MAX_MODES}, got {self.modes}'),
             (0 <= self.deformation <= MAX_DEFORMATION,
              f'deformation must be in [0, {MAX_DEFORMATION}], got {self.deformation}'),
+            (int(self.occluders) == self.occluders and 0 <= self.occluders <= MAX_OCCLUDERS,
+             f'occluders must be an integer from 0 to {MAX_OCCLUDERS}, got {self.occluders}'),
+            (0 <= self.lighting <= MAX_LIGHTING,
+             f'lighting strength must be in [0, {MAX_LIGHTING:g}], got {self.lighting}'),
         )
         for ok, message in checks:
             if not ok:
@@ -136,7 +157,8 @@ def _palette_color(name, u):
     return (canon + spread * (2 * u - 1)).clamp(-1, 1)
 
 
-def params_from_factors(u, fur_noise, background_noise, factors=None, deformation_u=None):
+def params_from_factors(u, fur_noise, background_noise, factors=None, deformation_u=None, photo_u=None,
+                        scene_noise=None):
     """Physical world parameters from uniform factors and noise fields.
 
     Args:
@@ -157,7 +179,9 @@ def params_from_factors(u, fur_noise, background_noise, factors=None, deformatio
         (N,), background_noise, distractors (N, 3, 4) x/y/radius/shade and
         distractor_opacity (N, 3), deformation (N, DEFORMATION_FACTORS)
         coefficients in [-D, D] (zeros when off) and mode (N,) (0 .. modes - 1,
-        as floats). Differentiable with respect to ``u`` and ``deformation_u``.
+        as floats); plus the keys of synthetic_world.photo.photo_params for
+        the photo factors that are on. Differentiable with respect to ``u``,
+        ``deformation_u`` and ``photo_u``.
     """
     factors = factors or WorldFactors()
     n = u.shape[0]
@@ -230,7 +254,7 @@ def params_from_factors(u, fur_noise, background_noise, factors=None, deformatio
         deformation = factors.deformation * (2 * deformation_u - 1)
     else:
         deformation = u.new_zeros(n, DEFORMATION_FACTORS)
-    return {
+    params = {
         'scale': scale, 'rotation': rotation, 'translation': translation,
         'mirror': mirror, 'shape': shape, 'colors': colors, 'stripes': stripes,
         'gaze': gaze, 'fur_noise_strength': fur_noise_strength, 'fur_noise': fur_noise,
@@ -239,6 +263,12 @@ def params_from_factors(u, fur_noise, background_noise, factors=None, deformatio
         'distractors': distractors, 'distractor_opacity': distractor_opacity,
         'deformation': deformation, 'mode': mode,
     }
+    if factors.photo and photo_u is not None:
+        if photo_u.shape != (n, PHOTO_FACTORS):
+            raise UserError(f'synthetic world: photo factors must have shape (N, {PHOTO_FACTORS}), '
+                            f'got {tuple(photo_u.shape)}')
+        params.update(photo_params(photo_u, scene_noise, factors))
+    return params
 
 
 def sample_params(n, generator, factors=None):
@@ -257,7 +287,11 @@ def sample_params(n, generator, factors=None):
     background_noise = torch.randn(n, *BACKGROUND_NOISE_SHAPE, generator=generator)
     # Drawn last, and only when used: the default world's draws stay as they were.
     deformation_u = torch.rand(n, DEFORMATION_FACTORS, generator=generator) if factors.deformation > 0 else None
-    return params_from_factors(u, fur_noise, background_noise, factors, deformation_u)
+    photo_u = scene_noise = None
+    if factors.photo:  # drawn whole whichever photo factors are on, so each keeps its draws
+        photo_u = torch.rand(n, PHOTO_FACTORS, generator=generator)
+        scene_noise = torch.randn(n, *SCENE_NOISE_SHAPE, generator=generator)
+    return params_from_factors(u, fur_noise, background_noise, factors, deformation_u, photo_u, scene_noise)
 
 
 def canonical_params(n=1, factors=None, device=None):

@@ -41,6 +41,12 @@ coordinates NUM_FACTORS .. NUM_FACTORS + 7 of entries 2 and 3 (half each),
 so such a generator needs style_dim >= NUM_FACTORS + DEFORMATION_FACTORS, and
 a congealing target (coarse entries from the mean) is undeformed.
 
+The photo factors (``synthetic_world.photo``: a camera-frame scene,
+occluders, lighting) are fine factors too, read from coordinates of entries
+7, 5 and 4 that those entries' own factors leave unused; the scene's texture
+is a fixed projection of entry 7. Pose latents move the face alone: a
+congealing target keeps its input's scene, occluders and light.
+
 Mirroring is read from a fine entry: the face's geometry is symmetric, so a
 mirrored face keeps its labelled keypoints and differs from its twin only in
 which eye carries the marking (and in mirrored textures), an appearance
@@ -66,6 +72,7 @@ from torch import nn
 import synthetic_world as world
 from utils.errors import UserError
 from synthetic_world.deformation import DEFORMATION_FACTORS
+from synthetic_world.photo import PHOTO_GROUPS, SCENE_NOISE_SHAPE
 
 N_LATENT = 8
 COARSE_LAYERS = 4  # W+ entries [0, COARSE_LAYERS) set pose and shape: the natural --inject
@@ -74,6 +81,26 @@ MODE_SPREAD = 3.0  # W spread of the mode's coordinate in a world of several mod
 NOISE_SHARE = 0.02  # variance share of the noise inputs in the fur and background patterns
 _PATTERN_LAYERS = (6, 7)  # W+ entries setting the fur and the background patterns
 _DEFORMATION_LAYERS = (2, 3)  # W+ entries holding the deformation coefficients (shape entries)
+
+# The photo factors (synthetic_world.photo) are fine factors: W+ entry and first
+# coordinate of each group. Each entry's coordinates below are ones its own
+# world factors leave unused (entry 7 reads 45-64, entry 5 25-36, entry 4
+# 16-24 and 64), so the photo factors are independent of the rest and need no
+# wider W. A congealing target keeps them all: its input's scene, occluders
+# and light, as a StyleGAN's coarse latents turn the cat and keep the room.
+_PHOTO_PLACES = {'scene': (7, 0), 'occluders': (5, 37), 'lighting': (4, 0)}
+_SCENE_LAYER = 7  # the scene's texture pattern comes from this entry, as the background's does
+
+
+def _photo_index():
+    # (entries, coordinates) LongTensors (PHOTO_FACTORS,) where each photo factor is read.
+    entries, coordinates = [], []
+    for name, width in PHOTO_GROUPS:
+        entry, start = _PHOTO_PLACES[name]
+        entries += [entry] * width
+        coordinates += list(range(start, start + width))
+    return torch.tensor(entries), torch.tensor(coordinates)
+
 
 # W+ entry of each factor group; a tuple spreads the group evenly over those entries.
 _LAYER_OF_GROUP = {
@@ -170,6 +197,12 @@ class SyntheticGenerator(nn.Module):
         for name, shape in (('fur', world.FUR_NOISE_SHAPE), ('background', world.BACKGROUND_NOISE_SHAPE)):
             projection = torch.randn(style_dim, math.prod(shape), generator=generator) / math.sqrt(style_dim)
             self.register_buffer(f'pattern_{name}', projection, persistent=False)
+        # The photo scene's texture: unit-norm columns, so each value is standard normal.
+        projection = torch.randn(style_dim, math.prod(SCENE_NOISE_SHAPE), generator=generator)
+        self.register_buffer('pattern_scene', projection / projection.norm(dim=0, keepdim=True), persistent=False)
+        entries, coordinates = _photo_index()
+        self.register_buffer('photo_entry', entries, persistent=False)
+        self.register_buffer('photo_coordinate', coordinates, persistent=False)
 
     def extra_repr(self):
         return f'size={self.size}, style_dim={self.style_dim}, n_latent={self.n_latent}, factors={self.factors}'
@@ -249,7 +282,11 @@ class SyntheticGenerator(nn.Module):
                 DEFORMATION_FACTORS // len(_DEFORMATION_LAYERS))
             index = torch.arange(world.NUM_FACTORS, world.NUM_FACTORS + DEFORMATION_FACTORS, device=latent.device)
             deformation = 0.5 * (1 + torch.erf(coords[:, entries, index] / math.sqrt(2)))
-        return world.params_from_factors(uniform, fur, background, self.factors, deformation)
+        photo_u = scene_noise = None
+        if self.factors.photo:
+            photo_u = 0.5 * (1 + torch.erf(coords[:, self.photo_entry, self.photo_coordinate] / math.sqrt(2)))
+            scene_noise = (coords[:, _SCENE_LAYER] @ self.pattern_scene).view(-1, *SCENE_NOISE_SHAPE)
+        return world.params_from_factors(uniform, fur, background, self.factors, deformation, photo_u, scene_noise)
 
     def true_modes(self, z):
         """(N,) long: the mode (``--synthetic_modes``) of the face each z (N, style_dim) draws; 0 with one mode."""

@@ -11,6 +11,7 @@ import torch
 
 from synthetic_world.deformation import undeform
 from synthetic_world.factors import canonical_params
+from synthetic_world.photo import occluded_points
 
 KEYPOINT_NAMES = (
     'left_ear_tip', 'right_ear_tip',
@@ -142,7 +143,7 @@ def keypoints_from_params(params, size):
     Returns:
         (N, NUM_KEYPOINTS, 3): x, y in pixels (pixel centres at 0 .. size - 1)
         and visibility 1 when the point lies on the canvas ([0, size - 1] in
-        both coordinates), else 0.
+        both coordinates) and no occluder (synthetic_world.photo) covers it, else 0.
     """
     q = object_keypoints(params['shape'], params.get('mode'))
     if bool((params['deformation'] != 0).any()):
@@ -153,7 +154,8 @@ def keypoints_from_params(params, size):
     matrix, shift = pose_matrix(params)
     p = torch.einsum('nij,npj->npi', matrix, q) + shift[:, None]
     xy = (p + 1) * size / 2 - 0.5
-    visible = ((xy >= 0) & (xy <= size - 1)).all(dim=-1, keepdim=True).to(xy.dtype)
+    visible = ((xy >= 0) & (xy <= size - 1)).all(dim=-1) & ~occluded_points(params, p)
+    visible = visible.unsqueeze(-1).to(xy.dtype)
     return torch.cat([xy, visible], dim=-1)
 
 

@@ -107,11 +107,12 @@ def test_prepare_data_records_the_true_modes(tmp_path):
     stored = np.stack([MultiResolutionDataset(str(out), 24).read_array(i) for i in range(10)])
     rendered, _ = W.render_dataset(10, 24, 3, factors)
     assert np.array_equal(stored, rendered)
-    for flags, message in ((['--path', str(tmp_path), '--synthetic_modes', '2'], 'applies to --synthetic'),
-                           (['--synthetic', '--synthetic_modes', '5'], 'modes must be an integer')):
+    # A flag out of range is a usage error (exit 2, as train.py); a flag without --synthetic exits 1.
+    for flags, message, code in ((['--path', str(tmp_path), '--synthetic_modes', '2'], 'applies to --synthetic', 1),
+                                 (['--synthetic', '--synthetic_modes', '5'], 'modes must be an integer', 2)):
         result = subprocess.run([sys.executable, 'prepare_data.py', *flags, '--out', str(tmp_path / 'x')], cwd=REPO,
                                 env=env, capture_output=True, text=True, timeout=300)
-        assert result.returncode == 1 and message in result.stderr and 'Traceback' not in result.stderr
+        assert result.returncode == code and message in result.stderr and 'Traceback' not in result.stderr
         assert not os.path.exists(tmp_path / 'x')
     # One mode writes no side file (and the same images as before modes existed).
     result = subprocess.run([sys.executable, 'prepare_data.py', '--synthetic', '--size', '24', '--max_images', '4',

@@ -1,7 +1,7 @@
 """One training iteration's objective (the EMA update that follows each step is training/ema.py)."""
 import torch
 
-from models.gangealing import congeal_samples, sample_pairs
+from models.gangealing import change_weights, congeal_samples, resize_for_stn, sample_pairs
 from models.losses import LossTerms, gangealing_cluster_loss
 from utils.compilation import compiled
 from utils.precision import autocast
@@ -39,6 +39,10 @@ def _objective(opt, generator, stn, ll, loss_fn, psi):
                                     padding_mode=opt.padding_mode)
     if opt.flips:
         y = y.repeat(2, 1, 1, 1)
+    strength = getattr(opt, 'change_weighting', 0.0)
+    if strength > 0:  # both sides weighted alike: a linear loss compares the weighted residual
+        weights = change_weights(resize_for_stn(x, opt.flow_size).repeat(1 + int(opt.flips), 1, 1, 1), y, strength)
+        aligned, y = aligned * weights, y * weights
     distances = loss_fn(aligned, y)
     delta_flow = flow if 'flow' in opt.transform else None
     terms, _ = gangealing_cluster_loss(distances, delta_flow, opt.batch, opt.num_heads, opt.flips,

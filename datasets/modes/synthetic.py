@@ -17,6 +17,7 @@ import tempfile
 import torch
 from torch.utils.data import Dataset
 
+from utils.errors import UserError
 from datasets.lmdb_dataset import close_reader, write_lmdb_dataset
 from datasets.modes import DATASET_MODES
 from utils.argparse_tools import has_option
@@ -128,7 +129,11 @@ class SyntheticMode:
 
     @staticmethod
     def validate(opt, parser):
-        """Rejects negative seeds and image counts (parser.error, exit 2)."""
+        """Rejects world flags out of range and negative seeds and image counts (parser.error, exit 2)."""
+        try:
+            factors_from_options(opt)
+        except UserError as e:
+            parser.error(str(e))
         if opt.synthetic_seed < 0:
             parser.error(f'--synthetic_seed must be >= 0, got {opt.synthetic_seed}')
         if opt.synthetic_num_images < 1:

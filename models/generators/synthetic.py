@@ -11,6 +11,8 @@ command line.
 from models.generators import GENERATORS
 from synthetic_world.generator import COARSE_LAYERS, N_LATENT, SyntheticGenerator
 from synthetic_world import NUM_FACTORS, add_world_options, factors_from_options
+from synthetic_world.options import photo_flags_given
+from utils.errors import UserError
 from synthetic_world.deformation import DEFORMATION_FACTORS
 
 DEMO_DEFAULTS = dict(
@@ -56,7 +58,17 @@ class SyntheticComponent:
 
     @staticmethod
     def validate(opt, parser):
-        """Rejects a W space too narrow for the world's factors (parser.error, exit 2)."""
+        """Rejects world flags out of range, photo-world flags without the synthetic dataset
+        mode, and a W space too narrow for the world's factors (parser.error, exit 2)."""
+        try:
+            factors_from_options(opt)
+        except UserError as e:
+            parser.error(str(e))
+        given = photo_flags_given(opt)
+        if given and getattr(opt, 'dataset_mode', 'synthetic') != 'synthetic':
+            parser.error(f'{", ".join(given)} describe(s) the photo world of --dataset_mode synthetic; with '
+                         f'--dataset_mode {opt.dataset_mode} the real images are yours: drop them, or use '
+                         f'--dataset_mode synthetic')
         if getattr(opt, 'dim_latent', NUM_FACTORS) < NUM_FACTORS:
             parser.error(f'--generator synthetic needs --dim_latent >= {NUM_FACTORS}, got {opt.dim_latent}')
         needed = NUM_FACTORS + DEFORMATION_FACTORS
