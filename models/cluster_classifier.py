@@ -26,7 +26,53 @@ from utils.errors import UserError
 _FIXED_SUFFIXES = ('input_downsample.kernel_horz', 'input_downsample.kernel_vert', '.kernel')
 
 
-class ResnetClassifier(nn.Module):
+class ClassDecisions:
+    """What follows from logits over the classes ``mirror * K + head``: the cluster and mirror of
+    each image. Shared by the cluster classifier and by classifier-free assigners
+    (``applications.common.cluster_by_means``); a subclass provides ``forward(images) -> (N, C)``
+    logits, ``num_clusters`` (K) and ``flips`` (whether the mirrored classes exist).
+    """
+
+    def split_classes(self, classes):
+        """Class indices -> (cluster (N,) long, mirrored (N,) bool)."""
+        return classes % self.num_clusters, classes >= self.num_clusters
+
+    def assign(self, images, ignore_flips=False):
+        """(N,) predicted classes; with ``ignore_flips`` the cluster alone."""
+        classes = self.forward(images).argmax(dim=1)
+        return classes % self.num_clusters if ignore_flips else classes
+
+    def run_flip(self, images):
+        """Mirror each image as predicted.
+
+        Returns:
+            (images (N, 3, S, S) mirrored where predicted, logits (N, C),
+             classes (N,), mirrored (N,) bool).
+        """
+        logits = self.forward(images)
+        classes = logits.argmax(dim=1)
+        mirrored = self.split_classes(classes)[1]
+        return mirror_where(images, mirrored), logits, classes, mirrored
+
+    def run_flip_target(self, images, cluster):
+        """Mirror each image if the classifier prefers the mirror of ``cluster``.
+
+        Returns (images mirrored where chosen, mirrored (N,) bool).
+        """
+        self._check_cluster(cluster)
+        if not self.flips:
+            return images, torch.zeros(images.shape[0], dtype=torch.bool, device=images.device)
+        logits = self.forward(images)
+        mirrored = logits[:, cluster + self.num_clusters] > logits[:, cluster]
+        return mirror_where(images, mirrored), mirrored
+
+    def _check_cluster(self, cluster):
+        if not 0 <= int(cluster) < self.num_clusters:
+            raise UserError(f'cluster {cluster} does not exist: this classifier knows clusters 0 to '
+                            f'{self.num_clusters - 1}')
+
+
+class ResnetClassifier(ClassDecisions, nn.Module):
     """Predicts each image's (mirror, cluster) class.
 
     Args:
@@ -76,39 +122,6 @@ class ResnetClassifier(nn.Module):
         out = self.final_conv(self.convs(self.regression_input(images)))
         return self.to_logits(out.flatten(1))
 
-    def split_classes(self, classes):
-        """Class indices -> (cluster (N,) long, mirrored (N,) bool)."""
-        return classes % self.num_clusters, classes >= self.num_clusters
-
-    def assign(self, images, ignore_flips=False):
-        """(N,) predicted classes; with ``ignore_flips`` the cluster alone."""
-        classes = self.forward(images).argmax(dim=1)
-        return classes % self.num_clusters if ignore_flips else classes
-
-    def run_flip(self, images):
-        """Mirror each image as predicted.
-
-        Returns:
-            (images (N, 3, S, S) mirrored where predicted, logits (N, C),
-             classes (N,), mirrored (N,) bool).
-        """
-        logits = self.forward(images)
-        classes = logits.argmax(dim=1)
-        mirrored = self.split_classes(classes)[1]
-        return _mirror_where(images, mirrored), logits, classes, mirrored
-
-    def run_flip_target(self, images, cluster):
-        """Mirror each image if the classifier prefers the mirror of ``cluster``.
-
-        Returns (images mirrored where chosen, mirrored (N,) bool).
-        """
-        self._check_cluster(cluster)
-        if not self.flips:
-            return images, torch.zeros(images.shape[0], dtype=torch.bool, device=images.device)
-        logits = self.forward(images)
-        mirrored = logits[:, cluster + self.num_clusters] > logits[:, cluster]
-        return _mirror_where(images, mirrored), mirrored
-
     def run(self, images, cluster, return_flip_indices=False):
         """The images the classifier assigns to ``cluster``, mirrored as it says.
 
@@ -123,11 +136,6 @@ class ResnetClassifier(nn.Module):
         if return_flip_indices:
             outputs += (mirrored[kept], kept)
         return outputs
-
-    def _check_cluster(self, cluster):
-        if not 0 <= int(cluster) < self.num_clusters:
-            raise UserError(f'cluster {cluster} does not exist: this classifier knows clusters 0 to '
-                            f'{self.num_clusters - 1}')
 
     def load_state_dict(self, state_dict, strict=True, assign=False):
         """Load our or a released classifier's weights.
@@ -164,7 +172,8 @@ class ResnetClassifier(nn.Module):
         return super().load_state_dict(completed, strict=strict, assign=assign)
 
 
-def _mirror_where(images, mirrored):
+def mirror_where(images, mirrored):
+    """(N, 3, S, S) images, each mirrored left-right where ``mirrored`` (N,) bool says so."""
     return torch.where(mirrored.view(-1, 1, 1, 1), images.flip(3), images)
 
 

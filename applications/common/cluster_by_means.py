@@ -15,9 +15,7 @@ so ``applications.common.models.decide_heads`` can use either.
 """
 import torch
 
-
-def _mirror_where(images, mirrored):
-    return torch.where(mirrored.view(-1, 1, 1, 1), images.flip(3), images)
+from models.cluster_classifier import ClassDecisions, mirror_where
 
 
 @torch.no_grad()
@@ -37,14 +35,14 @@ def head_means(t, images, stn_kwargs, heads=None, mirrored=None):
         congealed = t(images, warp_policy='cartesian', unfold=True, **stn_kwargs)  # (N, K, 3, F, F)
         return congealed.float().mean(0), torch.full((k,), images.shape[0], dtype=torch.float32)
     if mirrored is not None:
-        images = _mirror_where(images, mirrored)
+        images = mirror_where(images, mirrored)
     congealed = t(images, warp_policy=heads, **stn_kwargs).float()
     sums = torch.zeros(k, *congealed.shape[1:], device=congealed.device).index_add_(0, heads, congealed)
     counts = torch.bincount(heads, minlength=k).float()
     return sums / counts.clamp_min(1).view(-1, 1, 1, 1), counts.cpu()
 
 
-class MeanAssigner:
+class MeanAssigner(ClassDecisions):
     """Assign images to (mirror, head) by the distance of their congealed outputs from each head's mean.
 
     Args:
@@ -77,29 +75,6 @@ class MeanAssigner:
         return -self.distances(images)
 
     __call__ = forward
-
-    def split_classes(self, classes):
-        """(clusters, mirrored) of class indices ``mirror * K + head``."""
-        return classes % self.num_clusters, classes >= self.num_clusters
-
-    def assign(self, images, ignore_flips=False):
-        classes = self.forward(images).argmax(dim=1)
-        return classes % self.num_clusters if ignore_flips else classes
-
-    def run_flip(self, images):
-        """(images mirrored where chosen, logits, classes, mirrored) as ResnetClassifier.run_flip."""
-        logits = self.forward(images)
-        classes = logits.argmax(dim=1)
-        mirrored = self.split_classes(classes)[1]
-        return _mirror_where(images, mirrored), logits, classes, mirrored
-
-    def run_flip_target(self, images, cluster):
-        """(images mirrored where the mirror is closer to head ``cluster``'s mean, mirrored)."""
-        if not self.flips:
-            return images, torch.zeros(images.shape[0], dtype=torch.bool, device=images.device)
-        logits = self.forward(images)
-        mirrored = logits[:, cluster + self.num_clusters] > logits[:, cluster]
-        return _mirror_where(images, mirrored), mirrored
 
 
 @torch.no_grad()
