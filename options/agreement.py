@@ -7,6 +7,7 @@ hangs or mixes mismatched tensors. ``check_ranks_agree`` compares the options
 of all ranks with one collective and stops every rank with one error line that
 names each differing option and the ranks holding each value.
 """
+from options.run_flags import FLAG_SPELLINGS
 from utils.distributed import describe_by_rank, differences_between_ranks
 from utils.errors import UserError
 
@@ -16,8 +17,6 @@ from utils.errors import UserError
 # disk). The checkpoint a run starts from is compared (--ckpt): a node that
 # cannot see the shared results folder would start from another point.
 PER_PROCESS_OPTIONS = ('device', 'local_rank', 'num_workers', 'real_data_path', 'perceptual_weights')
-# Options whose command-line spelling is not '--' + their name.
-_FLAG_SPELLINGS = {'exp_name': '--exp-name'}
 
 
 def check_ranks_agree(opt, **more):
@@ -36,7 +35,7 @@ def check_ranks_agree(opt, **more):
     differing = differences_between_ranks(values)
     if not differing:
         return
-    details = '; '.join(f'{_FLAG_SPELLINGS.get(name, "--" + name) if name in vars(opt) else name}: '
+    details = '; '.join(f'{FLAG_SPELLINGS.get(name, "--" + name) if name in vars(opt) else name}: '
                         f'{describe_by_rank(column)}' for name, column in differing.items())
     raise UserError(f'the ranks of this run were started with different options ({details}); start every node '
                     f'with the same flags (and the same results folder, so that --resume finds the same '

@@ -8,10 +8,13 @@ train_stylegan2.py both call these; each trainer then sets its own defaults with
 """
 from utils.distributed import DEVICE_CHOICES
 
+# Options whose command-line spelling is not '--' + their name.
+FLAG_SPELLINGS = {'exp_name': '--exp-name'}
+
 
 def add_experiment_flags(group, ckpt_help):
     """--exp-name, --results, --ckpt (with the trainer's ``ckpt_help``), --resume, --iter."""
-    group.add_argument('--exp-name', dest='exp_name', type=str, required=True,
+    group.add_argument(FLAG_SPELLINGS['exp_name'], dest='exp_name', type=str, required=True,
                        help='name of the run; its files go to <results>/<exp-name>')
     group.add_argument('--results', type=str, default='results', help='folder holding all experiments')
     group.add_argument('--ckpt', type=str, default=None, help=ckpt_help)

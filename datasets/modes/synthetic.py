@@ -21,6 +21,7 @@ from utils.errors import UserError
 from datasets.lmdb_dataset import close_reader, write_lmdb_dataset
 from datasets.modes import DATASET_MODES
 from utils.argparse_tools import has_option
+from utils.atomic_io import make_staging_folder, publish_folder
 from datasets.keypoint_pairs import PCKDataset, write_pck_files
 from synthetic_world import (MIRROR_PERMUTATION, add_world_options, factors_from_options,
                                    indexed_params, render, render_dataset)
@@ -86,9 +87,7 @@ def write_synthetic_pck(folder, count, size, seed, factors, description):
     ``description`` written last), so an interrupted run leaves nothing that
     looks finished.
     """
-    parent = os.path.dirname(os.path.abspath(folder))
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix='.synthetic_eval.', dir=parent)
+    staging = make_staging_folder(folder)  # a killed run's staging folder is removed first
     try:
         images, keypoints = render_dataset(count, size, seed, factors)
         write_lmdb_dataset(staging, {size: images}, image_format='png')
@@ -102,8 +101,7 @@ def write_synthetic_pck(folder, count, size, seed, factors, description):
             return
         if os.path.exists(folder):
             close_reader(folder)
-            shutil.rmtree(folder)
-        os.replace(staging, folder)
+        publish_folder(staging, folder, replace=True)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -11,12 +11,8 @@ import torch
 from PIL import Image
 
 from utils.atomic_io import atomic_write
+from utils.distributed import choose_device
 from utils.image_io import tensor_to_uint8
-
-
-def default_device():
-    """The accelerator when there is one, else the CPU: where the snippet's model ends up."""
-    return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
 
 
 def load_pil(path, resolution=None, device=None):
@@ -34,7 +30,7 @@ def load_pil(path, resolution=None, device=None):
             image = image.resize((resolution, resolution), Image.LANCZOS)
         array = np.asarray(image, dtype=np.float32)
     tensor = torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0)
-    return (tensor / 255.0 - 0.5).mul(2).to(device or default_device())
+    return (tensor / 255.0 - 0.5).mul(2).to(device or choose_device('auto'))  # where the snippet's model ends up
 
 
 def save_image(images, path, nrow=8, padding=2, normalize=False, value_range=None, range=None, **grid_kwargs):
