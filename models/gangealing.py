@@ -18,7 +18,7 @@ def resize_for_stn(images, size):
                          antialias=images.shape[-1] > size)
 
 
-def sample_pairs(generator, ll, psi, batch, flow_size, z=None, freeze_ll=False):
+def sample_pairs(generator, ll, psi, batch, flow_size, z=None, freeze_ll=False, return_w=False):
     """Draw unaligned samples and their congealing targets.
 
     Args:
@@ -28,10 +28,11 @@ def sample_pairs(generator, ll, psi, batch, flow_size, z=None, freeze_ll=False):
         psi: 1 = the target is the sample itself, 0 = the learned target pose.
         flow_size: resolution the targets are resized to (the STN's output).
         z: optional (N, style_dim) latents; random when None.
+        return_w: also return the samples' w (N, style_dim).
     Returns:
         x (N, 3, gen_size, gen_size) unaligned samples in [-1, 1] (no gradient),
         y (N * num_heads, 3, flow_size, flow_size) targets (differentiable in
-        the target coefficients unless ``freeze_ll``).
+        the target coefficients unless ``freeze_ll``) [, w (N, style_dim)].
     """
     device = next(ll.parameters()).device
     if z is None:
@@ -43,10 +44,29 @@ def sample_pairs(generator, ll, psi, batch, flow_size, z=None, freeze_ll=False):
         # Noise is re-randomised between the two generator calls, as in the original method.
         y, _ = generator([target_latents], input_is_latent=True)
         y = resize_for_stn(y, flow_size)
-    return x, y
+    return (x, y, w_plus[:, 0]) if return_w else (x, y)
 
 
-def change_weights(x, y, strength, blur=5):
+def reposed_samples(generator, w, inject, size):
+    """The samples of ``w`` with the coarse (pose) entries of other random samples.
+
+    Args:
+        w: (N, style_dim) the samples' latents.
+        inject: W+ entries [0, inject) come from the other samples (``--inject``).
+        size: output resolution.
+    Returns:
+        (N, 3, size, size) images in [-1, 1], no gradient.
+    """
+    with torch.no_grad():
+        other = generator.get_latent(torch.randn_like(w))
+        n_latent = generator.n_latent
+        latents = torch.cat([other.unsqueeze(1).expand(-1, inject, -1),
+                             w.unsqueeze(1).expand(-1, n_latent - inject, -1)], 1)
+        images, _ = generator([latents], input_is_latent=True)
+        return resize_for_stn(images, size)
+
+
+def change_weights(x, y, strength, blur=5, reposed=None):
     """Per-pixel loss weights from where samples and their targets differ.
 
     A target keeps its sample's appearance and moves the object to the target
@@ -54,17 +74,26 @@ def change_weights(x, y, strength, blur=5):
     a background they share: weighing the loss there keeps an unmatchable
     scene from pinning the warp. Uses no labels (any generator).
 
+    With ``reposed`` (the samples under other random poses, see
+    ``reposed_samples``) the difference is the smaller of |x - y| and
+    |reposed - y|: both are large only where the *target* has its object,
+    so the place the sample's object left (where the target shows scene,
+    which no warp of the sample can match) is no longer weighed up.
+
     Args:
         x: (N, 3, s, s) samples at the targets' resolution.
         y: (N * K, 3, s, s) targets, image-major (K heads per sample).
         strength: A in [0, 1]; 0 gives weights of 1.
         blur: box blur (pixels) of the difference map.
+        reposed: optional (N, 3, s, s) samples under other poses.
     Returns:
         (N * K, 1, s, s) weights, (1 - A) + A * d / mean(d) per image (no gradient).
     """
     with torch.no_grad():
         heads = y.shape[0] // x.shape[0]
         d = (x.repeat_interleave(heads, 0) - y).abs().mean(1, keepdim=True)
+        if reposed is not None:
+            d = torch.minimum(d, (reposed.repeat_interleave(heads, 0) - y).abs().mean(1, keepdim=True))
         d = F.avg_pool2d(d, blur, stride=1, padding=blur // 2, count_include_pad=False)
         d = d / (d.mean(dim=(2, 3), keepdim=True) + 1e-3)
         return (1 - strength) + strength * d

@@ -144,6 +144,10 @@ def add_training_options(parser):
                              'differ (where the pose change moved the object; a scene the target keeps '
                              'differs little): weights (1 - A) + A * difference / its mean, in [0, 1]; '
                              '0 (default) weighs every pixel alike')
+    target.add_argument('--change_weighting_target', action='store_true',
+                        help="with --change_weighting: keep the weights to where the target's object is (the "
+                             'smaller of the sample-target difference and the difference between the target and '
+                             'the sample under another random pose; one more generator pass per step)')
 
     optim = parser.add_argument_group('optimisation')
     optim.add_argument('--stn_lr', type=float, default=0.001, help='learning rate of the STN')

@@ -132,6 +132,8 @@ def training_problems(opt, parser, explicit, chosen):
     c.at_least('stn_max_channels', 1)
     if not 0 <= getattr(opt, 'change_weighting', 0.0) <= 1:
         c.fail(f'--change_weighting must be in [0, 1] (got {opt.change_weighting})')
+    if getattr(opt, 'change_weighting_target', False) and not getattr(opt, 'change_weighting', 0.0) > 0:
+        c.fail('--change_weighting_target shapes the --change_weighting weights: give --change_weighting A > 0 too')
     if not 0 < opt.decay <= 1:
         c.fail(f'--decay must be in (0, 1] (got {opt.decay})')
     c.image_size('real_size')

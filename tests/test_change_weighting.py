@@ -57,3 +57,59 @@ def test_weighting_turns_the_scene_worlds_loss_towards_the_true_warp():
     preferred = {float(row[3]): float(row[6].strip().rstrip('%')) for row in rows}
     assert set(preferred) == {0.0, 0.9}
     assert preferred[0.0] < 50 < 80 < preferred[0.9], preferred
+
+
+def test_reposed_view_keeps_the_weights_to_where_the_target_has_its_object():
+    x = torch.zeros(1, 3, 16, 16)
+    x[:, :, 1:5, 1:5] = 1                          # the sample's object
+    y = torch.zeros(2, 3, 16, 16)                  # 2 heads
+    y[:, :, 10:14, 10:14] = 1                      # the target's object
+    reposed = torch.zeros(1, 3, 16, 16)
+    reposed[:, :, 1:5, 10:14] = 1                  # the sample under another pose
+    plain = change_weights(x, y, 1.0, blur=1)
+    localised = change_weights(x, y, 1.0, blur=1, reposed=reposed)
+    assert localised.shape == (2, 1, 16, 16)
+    assert plain[:, :, 2, 2].min() > 1 and plain[:, :, 11, 11].min() > 1          # both places weighed up
+    assert localised[:, :, 2, 2].max() == 0 and localised[:, :, 11, 11].min() > 1  # only the target's
+
+
+def test_reposed_samples_change_the_pose_and_keep_the_rest():
+    from models.gangealing import reposed_samples
+    from synthetic_world import WorldFactors
+    from synthetic_world.generator import SyntheticGenerator
+    torch.manual_seed(0)
+    generator = SyntheticGenerator(32, factors=WorldFactors(scene=True))
+    w = generator.get_latent(torch.randn(3, generator.style_dim))
+    images = reposed_samples(generator, w, generator.coarse_layers, 16)
+    assert images.shape == (3, 3, 16, 16) and not images.requires_grad
+    assert images.abs().max() <= 1
+    sample, _ = generator([w], input_is_latent=True)
+    assert (resize(sample) - images).abs().mean(dim=(1, 2, 3)).min() > 0.05        # another pose
+    same = reposed_samples(generator, w, 0, 32)                                    # no pose entries taken:
+    assert (sample - same).abs().mean(dim=(1, 2, 3)).max() < 0.02                  # fresh noise only
+
+
+def resize(images):
+    from models.gangealing import resize_for_stn
+    return resize_for_stn(images, 16)
+
+
+def test_target_localisation_needs_change_weighting(tmp_path, train_in_process):
+    result = train_in_process(['--exp-name', 'x', '--results', str(tmp_path), '--change_weighting_target'])
+    assert result.code == 2
+    message = result.stderr.strip().splitlines()[-1]
+    assert message.startswith('train.py: error:') and '--change_weighting A > 0' in message, message
+    assert not (tmp_path / 'x').exists()
+
+
+def test_training_with_target_localisation_runs_and_moves_the_loss(tmp_path, train_in_process, tiny_configs):
+    losses = []
+    for extra in ([], ['--change_weighting_target']):
+        result = train_in_process(tiny_configs.synthetic + [
+            '--exp-name', f'cwt{len(extra)}', '--results', str(tmp_path), '--iter', '2', '--anneal_psi', '1',
+            '--period', '2', '--vis_every', '100', '--ckpt_every', '100', '--log_every', '1', '--flips',
+            '--change_weighting', '0.9'] + extra)
+        assert result.code == 0, result.stderr[-3000:]
+        losses.append([line for line in result.stdout.splitlines() + result.stderr.splitlines()
+                       if 'iteration 2/2' in line])
+    assert losses[0] and losses[1] and losses[0] != losses[1]

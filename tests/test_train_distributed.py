@@ -98,13 +98,13 @@ def _fixed_batch_patches(train, rank, per_rank, out_path):
     real_pairs, real_step, real_accumulate = training.step.sample_pairs, train.training_step, train.accumulate
     seen = {'losses': []}
 
-    def sample_pairs(generator, ll, psi, batch, flow_size, freeze_ll=False):
+    def sample_pairs(generator, ll, psi, batch, flow_size, freeze_ll=False, return_w=False):
         z = torch.randn(FULL_BATCH, generator.style_dim, generator=torch.Generator().manual_seed(7))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(8)  # the generator's noise
-            x, y = real_pairs(generator, ll, psi, FULL_BATCH, flow_size, z=z, freeze_ll=freeze_ll)
+            pairs = real_pairs(generator, ll, psi, FULL_BATCH, flow_size, z=z, freeze_ll=freeze_ll, return_w=return_w)
         lo = rank * per_rank
-        return x[lo:lo + per_rank], y[lo:lo + per_rank]
+        return tuple(t[lo:lo + per_rank] for t in pairs)
 
     def initialise_target(opt, generator, ll, loss_fn, device):
         with torch.random.fork_rng(devices=[]):

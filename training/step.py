@@ -1,7 +1,7 @@
 """One training iteration's objective (the EMA update that follows each step is training/ema.py)."""
 import torch
 
-from models.gangealing import change_weights, congeal_samples, resize_for_stn, sample_pairs
+from models.gangealing import change_weights, congeal_samples, reposed_samples, resize_for_stn, sample_pairs
 from models.losses import LossTerms, gangealing_cluster_loss
 from utils.compilation import compiled
 from utils.precision import autocast
@@ -34,14 +34,18 @@ def training_step(opt, generator, stn, ll, loss_fn, psi):
 
 
 def _objective(opt, generator, stn, ll, loss_fn, psi):
-    x, y = sample_pairs(generator, ll, psi, opt.batch, opt.flow_size, freeze_ll=opt.freeze_ll)
+    strength = getattr(opt, 'change_weighting', 0.0)
+    localise = strength > 0 and getattr(opt, 'change_weighting_target', False)
+    x, y, *w = sample_pairs(generator, ll, psi, opt.batch, opt.flow_size, freeze_ll=opt.freeze_ll, return_w=localise)
     aligned, flow = congeal_samples(stn, x, opt.flow_size, opt.sample_from_full_res, flips=opt.flips,
                                     padding_mode=opt.padding_mode)
     if opt.flips:
         y = y.repeat(2, 1, 1, 1)
-    strength = getattr(opt, 'change_weighting', 0.0)
     if strength > 0:  # both sides weighted alike: a linear loss compares the weighted residual
-        weights = change_weights(resize_for_stn(x, opt.flow_size).repeat(1 + int(opt.flips), 1, 1, 1), y, strength)
+        copies = 1 + int(opt.flips)
+        reposed = reposed_samples(generator, w[0], opt.inject, opt.flow_size).repeat(copies, 1, 1, 1) if localise else None
+        weights = change_weights(resize_for_stn(x, opt.flow_size).repeat(copies, 1, 1, 1), y, strength,
+                                 reposed=reposed)
         aligned, y = aligned * weights, y * weights
     distances = loss_fn(aligned, y)
     delta_flow = flow if 'flow' in opt.transform else None
