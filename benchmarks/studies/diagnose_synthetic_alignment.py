@@ -27,7 +27,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from models.gangealing import resize_for_stn, sample_pairs
+from models.gangealing import change_weights, reposed_samples, resize_for_stn, sample_pairs
 from models.perceptual import PERCEPTUAL_LOSSES
 from models.spatial_transformers.geometry import compose_affine
 from training.building import build_models
@@ -118,7 +118,8 @@ def mirror_decisions(opt, stn, pairs, alpha=0.1):
 
 def rotation_landscape(opt, stn, generator, ll, samples, degrees=range(-60, 61, 15), min_rotation=30):
     """Mean loss against the target for an extra rotation (degrees, toward upright)
-    added to the similarity warp of samples rotated by more than ``min_rotation``."""
+    added to the similarity warp of samples rotated by more than ``min_rotation``,
+    weighted as the run trained (``--change_weighting``, ``--change_weighting_target``)."""
     loss_fn = PERCEPTUAL_LOSSES.get(opt.loss_fn).build(opt)
     z = torch.randn(samples, generator.style_dim)
     _, w_plus = generator([z], return_latents=True)
@@ -129,6 +130,11 @@ def rotation_landscape(opt, stn, generator, ll, samples, degrees=range(-60, 61, 
     z, sign = z[keep], rotation[keep].sign()
     x, y = sample_pairs(generator, ll, 0.0, len(z), opt.flow_size, z=z, freeze_ll=True)
     base = similarity_of(stn, x, opt.flow_size)
+    weights, strength = 1.0, getattr(opt, 'change_weighting', 0.0)
+    if strength > 0:
+        reposed = (reposed_samples(generator, w_plus[keep, 0], opt.inject, opt.flow_size)
+                   if getattr(opt, 'change_weighting_target', False) else None)
+        weights = change_weights(resize_for_stn(x, opt.flow_size), y, strength, reposed=reposed)
     rows = []
     for degree in degrees:
         angle = math.radians(degree) * sign
@@ -137,7 +143,7 @@ def rotation_landscape(opt, stn, generator, ll, samples, degrees=range(-60, 61, 
         grid = F.affine_grid(compose_affine(base, extra), (len(z), 3, opt.flow_size, opt.flow_size),
                              align_corners=False)
         warped = F.grid_sample(x, grid, padding_mode=opt.padding_mode, align_corners=False)
-        rows.append((degree, loss_fn(warped, y).mean().item()))
+        rows.append((degree, loss_fn(warped * weights, y * weights).mean().item()))
     return rows
 
 
