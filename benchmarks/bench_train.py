@@ -68,6 +68,10 @@ STYLEGAN2 = ['--generator', 'stylegan2', '--dim_latent', '512', '--n_mlp', '8', 
              '--dataset_mode', 'lmdb', '--inject', '5', '--stn_channel_multiplier', '0.5']
 CONFIGS = {
     'synthetic': ([], 'synthetic demo defaults'),
+    # scripts/training/synthetic_photo.sh's flags (its schedule aside: a step is a step)
+    'synthetic-photo': (['--synthetic_world', 'photo', '--change_weighting', '0.9', '--flips',
+                         '--change_weighting_target', '--transform', 'similarity', 'similarity',
+                         '--stn_channel_multiplier', '0.25', '--stn_max_channels', '64'], 'synthetic photo recipe'),
     'sg2-64': (STYLEGAN2 + ['--gen_size', '64', '--real_size', '64', '--flow_size', '64', '--batch', '5'],
                'StyleGAN2 64, flow 64, batch 5'),
     'sg2-128': (STYLEGAN2 + ['--gen_size', '128', '--real_size', '128', '--flow_size', '128', '--batch', '5'],
@@ -121,7 +125,7 @@ def parse_args(argv=None):
     if args.official and args.loss_fn == 'laplacian' and '--loss_fn' not in (argv or sys.argv[1:]):
         args.loss_fn = 'lpips'
     if args.official:
-        args.configs = [name for name in args.configs if name != 'synthetic']
+        args.configs = [name for name in args.configs if not name.startswith('synthetic')]
     return args
 
 
@@ -144,7 +148,7 @@ def training_flags(name, args, device, precision=None, compile_=None):
              precision or args.precision[0], *flags]
     if (compile_ or args.compile[0]) == 'on':
         flags.append('--compile')
-    if name != 'synthetic':
+    if not name.startswith('synthetic'):
         flags += ['--loss_fn', args.loss_fn]
         if args.perceptual_weights:
             flags += ['--perceptual_weights', args.perceptual_weights]
