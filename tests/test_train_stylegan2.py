@@ -260,11 +260,12 @@ def test_a_folder_of_images_larger_than_size_trains(tmp_path):
     assert ckpt['iteration'] == 2 and all(torch.isfinite(v).all() for v in ckpt['d'].values())
 
 
-SHIPPED = os.path.join(REPO, 'pretrained', 'stylegan2_synthetic32.pt')
+SHIPPED = [os.path.join(REPO, 'pretrained', name) for name in ('stylegan2_synthetic32.pt', 'stylegan2_photo32.pt')]
 
 
-def test_shipped_synthetic_world_generator_loads_and_generates():
-    ckpt = load_checkpoint(SHIPPED)
+@pytest.mark.parametrize('shipped', SHIPPED, ids=os.path.basename)
+def test_shipped_synthetic_world_generator_loads_and_generates(shipped):
+    ckpt = load_checkpoint(shipped)
     args = ckpt['args']
     assert (args.size, args.latent, args.n_mlp, args.channel_max) == (32, 128, 4, 32)
     assert args.real_data_path is None and args.results is None  # no paths of the training machine
