@@ -18,27 +18,37 @@ def test_weights_are_one_at_strength_zero_and_favour_changed_pixels():
     assert torch.allclose(w[:, :, 12:, 12:], torch.full_like(w[:, :, 12:, 12:], 0.1), atol=0.01)  # floor 1 - A
 
 
-@pytest.mark.parametrize('value', ['-0.1', '1.5'])
-def test_out_of_range_strength_is_refused(value, tmp_path, train_in_process):
-    result = train_in_process(['--exp-name', 'x', '--results', str(tmp_path), '--change_weighting', value])
+def assert_refused(train_in_process, tmp_path, flags, expected):
+    result = train_in_process(['--exp-name', 'x', '--results', str(tmp_path)] + flags)
     assert result.code == 2
     message = result.stderr.strip().splitlines()[-1]
-    assert message.startswith('train.py: error:') and '--change_weighting must be in [0, 1]' in message, message
+    assert message.startswith('train.py: error:') and expected in message, message
     assert not (tmp_path / 'x').exists()
 
 
-def test_training_with_change_weighting_moves_the_loss(tmp_path, train_in_process, tiny_configs):
-    # Same seed, same samples: only the weighting differs, so the logged reconstruction loss does.
+def logged_losses_differ(train_in_process, tmp_path, tiny_configs, variants):
+    """Two tiny runs, same seed and samples, that differ only in ``variants`` (two flag lists): do
+    their logged losses at iteration 2 differ?"""
     losses = []
-    for strength in ('0', '0.9'):
+    for index, flags in enumerate(variants):
         result = train_in_process(tiny_configs.synthetic + [
-            '--exp-name', f'cw{strength}', '--results', str(tmp_path), '--iter', '2', '--anneal_psi', '1',
-            '--period', '2', '--vis_every', '100', '--ckpt_every', '100', '--log_every', '1',
-            '--change_weighting', strength])
+            '--exp-name', f'run{index}', '--results', str(tmp_path), '--iter', '2', '--anneal_psi', '1',
+            '--period', '2', '--vis_every', '100', '--ckpt_every', '100', '--log_every', '1'] + flags)
         assert result.code == 0, result.stderr[-3000:]
         losses.append([line for line in result.stdout.splitlines() + result.stderr.splitlines()
                        if 'iteration 2/2' in line])
-    assert losses[0] and losses[1] and losses[0] != losses[1]
+    assert losses[0] and losses[1]
+    return losses[0] != losses[1]
+
+
+@pytest.mark.parametrize('value', ['-0.1', '1.5'])
+def test_out_of_range_strength_is_refused(value, tmp_path, train_in_process):
+    assert_refused(train_in_process, tmp_path, ['--change_weighting', value], '--change_weighting must be in [0, 1]')
+
+
+def test_training_with_change_weighting_moves_the_loss(tmp_path, train_in_process, tiny_configs):
+    assert logged_losses_differ(train_in_process, tmp_path, tiny_configs,
+                                [['--change_weighting', '0'], ['--change_weighting', '0.9']])
 
 
 def test_weighting_turns_the_scene_worlds_loss_towards_the_true_warp():
@@ -95,21 +105,10 @@ def resize(images):
 
 
 def test_target_localisation_needs_change_weighting(tmp_path, train_in_process):
-    result = train_in_process(['--exp-name', 'x', '--results', str(tmp_path), '--change_weighting_target'])
-    assert result.code == 2
-    message = result.stderr.strip().splitlines()[-1]
-    assert message.startswith('train.py: error:') and '--change_weighting A > 0' in message, message
-    assert not (tmp_path / 'x').exists()
+    assert_refused(train_in_process, tmp_path, ['--change_weighting_target'], '--change_weighting A > 0')
 
 
 def test_training_with_target_localisation_runs_and_moves_the_loss(tmp_path, train_in_process, tiny_configs):
-    losses = []
-    for extra in ([], ['--change_weighting_target']):
-        result = train_in_process(tiny_configs.synthetic + [
-            '--exp-name', f'cwt{len(extra)}', '--results', str(tmp_path), '--iter', '2', '--anneal_psi', '1',
-            '--period', '2', '--vis_every', '100', '--ckpt_every', '100', '--log_every', '1', '--flips',
-            '--change_weighting', '0.9'] + extra)
-        assert result.code == 0, result.stderr[-3000:]
-        losses.append([line for line in result.stdout.splitlines() + result.stderr.splitlines()
-                       if 'iteration 2/2' in line])
-    assert losses[0] and losses[1] and losses[0] != losses[1]
+    weighted = ['--flips', '--change_weighting', '0.9']
+    assert logged_losses_differ(train_in_process, tmp_path, tiny_configs,
+                                [weighted, weighted + ['--change_weighting_target']])
