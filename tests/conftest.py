@@ -101,6 +101,20 @@ def train_in_process():
     return run
 
 
+@pytest.fixture
+def train_refused(train_in_process, tmp_path):
+    """``check(flags, phrase)``: ``train.py --exp-name x --results tmp_path *flags`` exits 2 with one
+    ``train.py: error:`` line holding ``phrase``, and writes no experiment folder. Returns that line."""
+    def check(flags, phrase):
+        result = train_in_process(['--exp-name', 'x', '--results', str(tmp_path), *flags])
+        assert result.code == 2
+        message = result.stderr.strip().splitlines()[-1]
+        assert message.startswith('train.py: error:') and phrase in message, message
+        assert not (tmp_path / 'x').exists()
+        return message
+    return check
+
+
 @pytest.fixture(scope='session')
 def read_events():
     """``read(exp_dir, single=True)`` -> the experiment's only TensorBoard event file (with

@@ -18,14 +18,6 @@ def test_weights_are_one_at_strength_zero_and_favour_changed_pixels():
     assert torch.allclose(w[:, :, 12:, 12:], torch.full_like(w[:, :, 12:, 12:], 0.1), atol=0.01)  # floor 1 - A
 
 
-def assert_refused(train_in_process, tmp_path, flags, expected):
-    result = train_in_process(['--exp-name', 'x', '--results', str(tmp_path)] + flags)
-    assert result.code == 2
-    message = result.stderr.strip().splitlines()[-1]
-    assert message.startswith('train.py: error:') and expected in message, message
-    assert not (tmp_path / 'x').exists()
-
-
 def logged_losses_differ(train_in_process, tmp_path, tiny_configs, variants):
     """Two tiny runs, same seed and samples, that differ only in ``variants`` (two flag lists): do
     their logged losses at iteration 2 differ?"""
@@ -42,8 +34,8 @@ def logged_losses_differ(train_in_process, tmp_path, tiny_configs, variants):
 
 
 @pytest.mark.parametrize('value', ['-0.1', '1.5'])
-def test_out_of_range_strength_is_refused(value, tmp_path, train_in_process):
-    assert_refused(train_in_process, tmp_path, ['--change_weighting', value], '--change_weighting must be in [0, 1]')
+def test_out_of_range_strength_is_refused(value, train_refused):
+    train_refused(['--change_weighting', value], '--change_weighting must be in [0, 1]')
 
 
 def test_training_with_change_weighting_moves_the_loss(tmp_path, train_in_process, tiny_configs):
@@ -104,8 +96,8 @@ def resize(images):
     return resize_for_stn(images, 16)
 
 
-def test_target_localisation_needs_change_weighting(tmp_path, train_in_process):
-    assert_refused(train_in_process, tmp_path, ['--change_weighting_target'], '--change_weighting A > 0')
+def test_target_localisation_needs_change_weighting(train_refused):
+    train_refused(['--change_weighting_target'], '--change_weighting A > 0')
 
 
 def test_training_with_target_localisation_runs_and_moves_the_loss(tmp_path, train_in_process, tiny_configs):

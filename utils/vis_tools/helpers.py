@@ -1,10 +1,8 @@
 """``load_pil`` and ``save_image`` under the names the original release's README snippet imports.
 
-The snippet (load a released transformer, align one image) runs unchanged:
-
-    from models import get_stn
-    from utils.download import download_model, PRETRAINED_TEST_HYPERPARAMS
-    from utils.vis_tools.helpers import load_pil, save_image
+The snippet (load a released transformer, align one image) runs unchanged: it
+takes ``get_stn`` from ``models``, ``download_model`` and
+``PRETRAINED_TEST_HYPERPARAMS`` from ``utils.download``, and these two from here.
 """
 import numpy as np
 import torch
